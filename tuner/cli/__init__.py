@@ -1,0 +1,72 @@
+"""The `tuner` command: Typer wiring only. Each command parses options, calls one function, prints.
+
+Errors a person can fix (TunerError) are caught once, in `main`: one line on stderr and exit 1;
+the traceback only with `tuner --debug ...`. Tracebacks never show locals (URLs carry passwords).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from tuner.cli import space as space_cli
+from tuner.cli import study as study_cli
+from tuner.cli.common import StorageOpt, console_err
+from tuner.errors import TunerError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tuner",
+    help="Hyperparameter tuning for PyTorch: search spaces, Optuna studies in SQL, live dashboard, resume anywhere.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(space_cli.app, name="space")
+app.add_typer(study_cli.app, name="study")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+) -> None:
+    """tuner: define a search space, run a study, read the best configuration."""
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you ask for another.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study storage (live while workers write to it)."""
+    from tuner.dashboard import serve
+
+    serve(storage, host=host, port=port)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app()
+    except TunerError as e:
+        if debug:
+            raise
+        console_err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console_err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: still one line, with the way to the traceback
+        if debug:
+            raise
+        console_err.print(
+            f"error: unexpected {e.__class__.__name__}: {e} (run `tuner --debug ...` for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,355 @@
+"""`tuner study ...`: create, run, resume, list, show, best, trials, export, delete."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
+from tuner.errors import SpecError, StorageError
+from tuner.space import SPACES_DIR
+from tuner.spec import StudySpec, load_spec
+from tuner.storage import mask, resolve_url
+
+app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="The study's name in storage.")]
+SpecOpt = Annotated[Optional[Path], typer.Option("--spec", help="A study spec YAML file (see studies/); options override it.")]
+SpaceOpt = Annotated[Optional[str], typer.Option("--space", help="Search space: a name in search_spaces/ or a YAML path.")]
+WorkloadOpt = Annotated[
+    Optional[str],
+    typer.Option("--workload", help="digits, breast_cancer, wine; a .csv (with --target) or .npz file; or module:function."),
+]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", help="The column to predict, for a CSV workload.")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="tpe, random, grid, gp, qmc or cmaes [default: tpe].")]
+PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", help="none, median, percentile, sha or hyperband [default: median].")]
+MetricOpt = Annotated[Optional[str], typer.Option("--metric", help="val_accuracy, val_loss or val_rmse [default: val_accuracy].")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seeds the sampler, the split and every trial [default: 0].")]
+TrialsOpt = Annotated[
+    Optional[int], typer.Option("--trials", min=1, help="Finished trials the study should hold in total [default: 30, grid: its size].")
+]
+ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", min=0.01, max=0.99, help="Share held out for validation [default: 0.2].")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
+SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", help="Folder of space files.")]
+
+
+def _spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:
+    """A spec file as the base, options on top, the NAME argument naming the study."""
+    base: dict[str, Any] = load_spec(spec_file).as_dict() if spec_file else {}
+    merged = {**base, **{k: v for k, v in options.items() if v is not None}}
+    if name:
+        merged["name"] = name
+    if not merged.get("name"):
+        raise SpecError("give the study a NAME (or a --spec file with `name:`)")
+    if not merged.get("space"):
+        raise SpecError(f"study '{merged['name']}' needs a search space: pass --space NAME (see `tuner space list`) or --spec FILE")
+    return StudySpec.from_dict(merged, source=str(spec_file) if spec_file else "options")
+
+
+def _study_exists(name: str, url: str) -> bool:
+    import optuna
+
+    from tuner.storage import open_storage
+
+    try:
+        return name in optuna.get_all_study_names(open_storage(url))
+    except StorageError as e:
+        if str(e).startswith("no studies yet"):
+            return False
+        raise
+
+
+@app.command()
+def create(
+    name: Annotated[Optional[str], typer.Argument(help="The study's name (or `name:` in --spec).")] = None,
+    spec: SpecOpt = None,
+    space: SpaceOpt = None,
+    workload: WorkloadOpt = None,
+    target: TargetOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    metric: MetricOpt = None,
+    seed: SeedOpt = None,
+    trials: TrialsOpt = None,
+    val_fraction: ValOpt = None,
+    storage: StorageOpt = None,
+    spaces_dir: SpacesDirOpt = SPACES_DIR,
+) -> None:
+    """Create a study without running it (grid points are queued now)."""
+    from tuner.study import create_study
+
+    options = dict(space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, seed=seed, trials=trials, val_fraction=val_fraction)
+    url = resolve_url(storage)
+    loaded = create_study(_spec_from(name, spec, options), url, spaces_dir=spaces_dir)
+    console.print(f"created study '{loaded.spec.name}' in {mask(url)}: {loaded.spec.sampler} over '{loaded.space.name}', budget {loaded.spec.trials} trials")
+
+
+@app.command()
+def run(
+    name: Annotated[Optional[str], typer.Argument(help="The study's name; an existing study is continued.")] = None,
+    spec: SpecOpt = None,
+    space: SpaceOpt = None,
+    workload: WorkloadOpt = None,
+    target: TargetOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    metric: MetricOpt = None,
+    seed: SeedOpt = None,
+    trials: TrialsOpt = None,
+    val_fraction: ValOpt = None,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+    spaces_dir: SpacesDirOpt = SPACES_DIR,
+) -> None:
+    """Run a study until it holds --trials finished trials (creating it first if it is new)."""
+    from tuner.study import create_study, open_study, reconcile
+
+    url = resolve_url(storage)
+    options = dict(space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, seed=seed, trials=trials, val_fraction=val_fraction)
+    given = _spec_from(name, spec, options) if spec or space else None
+    study_name = name or (given.name if given else None)
+    if not study_name:
+        raise SpecError("give the study a NAME (or a --spec file with `name:`)")
+    if _study_exists(study_name, url):
+        loaded = open_study(study_name, url)
+        file_values = load_spec(spec).as_dict() if spec else {}
+        new_spec = reconcile(loaded, {**file_values, **options}, spaces_dir=spaces_dir)
+        if new_spec.trials != loaded.spec.trials:
+            from tuner.study import SPEC_ATTR
+
+            loaded.study.set_user_attr(SPEC_ATTR, new_spec.as_dict())
+            loaded.spec = new_spec
+    else:
+        if given is None:
+            raise SpecError(f"no study '{study_name}' in {mask(url)} yet; to create it pass --space NAME (or --spec FILE)")
+        loaded = create_study(given, url, spaces_dir=spaces_dir)
+    _run(loaded, url, device=device, timeout=timeout, quiet=quiet, fmt=fmt)
+
+
+@app.command()
+def resume(
+    name: NameArg,
+    trials: TrialsOpt = None,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+) -> None:
+    """Continue a study from the database with its stored space, sampler, pruner and budget."""
+    from tuner.study import SPEC_ATTR, open_study
+
+    url = resolve_url(storage)
+    loaded = open_study(name, url)
+    if trials and trials != loaded.spec.trials:
+        loaded.spec = dataclasses.replace(loaded.spec, trials=trials)
+        loaded.study.set_user_attr(SPEC_ATTR, loaded.spec.as_dict())
+    _run(loaded, url, device=device, timeout=timeout, quiet=quiet, fmt=fmt)
+
+
+def _run(loaded: Any, url: str, *, device: str, timeout: Optional[float], quiet: bool, fmt: Format) -> None:
+    from tuner.study import FINISHED, run_study
+
+    spec = loaded.spec
+    show_bar = not quiet and fmt == Format.table
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console_err,
+        disable=not show_bar,
+    )
+    done_before = len(loaded.study.get_trials(deepcopy=False, states=FINISHED))
+    with progress:
+        task = progress.add_task(spec.name, total=spec.trials, completed=done_before, best=fmt_value(None))
+
+        def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
+            progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+            if trial.state.name == "FAIL" and show_bar:
+                progress.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown')}", markup=False)
+
+        result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial)
+    if fmt == Format.json:
+        print_json({**dataclasses.asdict(result), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
+        return
+    why = {"budget": "budget reached", "grid_exhausted": "grid exhausted", "timeout": "timeout"}[result.stopped]
+    console.print(
+        f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete, "
+        f"{result.n_pruned} pruned, {result.n_failed} failed), {why}; this run: {result.ran} trials in {result.elapsed_s:.1f}s"
+    )
+    if result.best_trial is None:
+        console.print("no complete trial yet")
+        return
+    console.print(f"best {spec.metric}: {result.best_value:.4f} (trial {result.best_trial})")
+    for k, v in result.best_params.items():
+        console.print(f"  {k}: {fmt_value(v)}")
+    if not quiet:
+        storage_flag = "" if url == resolve_url(None) and not _env_storage() else f" --storage '{mask(url)}'"
+        console.print(f"dashboard: tuner dashboard{storage_flag}   (then open http://127.0.0.1:8080)")
+
+
+def _env_storage() -> bool:
+    import os
+
+    return bool(os.environ.get("TUNER_STORAGE"))
+
+
+@app.command("list")
+def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """List the studies in the storage."""
+    from tuner.study import list_studies
+
+    url = resolve_url(storage)
+    rows = list_studies(url)
+    if fmt == Format.json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no studies in {mask(url)}")
+        return
+    table = Table("name", "trials", "budget", "best", "direction", "sampler", "workload")
+    for r in rows:
+        table.add_row(r["name"], str(r["trials"]), fmt_value(r["budget"]), fmt_value(r["best_value"]), r["direction"], fmt_value(r["sampler"]), fmt_value(r["workload"]))
+    console.print(table)
+
+
+@app.command()
+def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """A study's settings, trial counts by state, why trials were pruned, and its best trial."""
+    from tuner.study import open_study, study_summary
+
+    url = resolve_url(storage)
+    s = study_summary(open_study(name, url), url)
+    if fmt == Format.json:
+        print_json(s)
+        return
+    spec = s["spec"]
+    console.print(f"study {s['name']}  ({s['storage']})")
+    console.print(f"  space {spec['space']}, workload {spec['workload']}, sampler {spec['sampler']}, pruner {spec['pruner']}, seed {spec['seed']}")
+    console.print(f"  metric {spec['metric']} ({s['direction']}), budget {spec['trials']}, finished {s['finished']}")
+    counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v and k != "total")
+    console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
+    if s["pruned_reasons"]:
+        console.print("  pruned: " + ", ".join(f"{k} {v}" for k, v in s["pruned_reasons"].items()))
+    _print_best(s["best"], spec["metric"])
+
+
+def _print_best(best: Optional[dict[str, Any]], metric: str) -> None:
+    if best is None:
+        console.print("  no complete trial yet")
+        return
+    console.print(f"  best {metric}: {best['value']:.4f} (trial {best['number']})")
+    for k, v in best["params"].items():
+        console.print(f"    {k}: {fmt_value(v)}")
+
+
+@app.command()
+def best(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """The best trial: value, parameters and its training record."""
+    from tuner.study import _trial_dict, open_study
+
+    loaded = open_study(name, resolve_url(storage))
+    try:
+        trial = loaded.study.best_trial
+    except ValueError:
+        raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
+    d = _trial_dict(trial)
+    if fmt == Format.json:
+        print_json({"metric": loaded.spec.metric, **d})
+        return
+    _print_best(d, loaded.spec.metric)
+    attrs = d["user_attrs"]
+    console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in ("epochs_run", "duration_s", "device", "seed") if k in attrs))
+
+
+class StateFilter(str, enum.Enum):
+    all = "all"
+    complete = "complete"
+    pruned = "pruned"
+    fail = "fail"
+    running = "running"
+    waiting = "waiting"
+
+
+@app.command()
+def trials(
+    name: NameArg,
+    state: Annotated[StateFilter, typer.Option(help="Only trials in this state.")] = StateFilter.all,
+    storage: StorageOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Every trial: state, value, parameters, and why it was pruned or failed."""
+    from optuna.trial import TrialState
+
+    from tuner.study import open_study, trial_rows
+
+    loaded = open_study(name, resolve_url(storage))
+    states = None if state == StateFilter.all else (TrialState[state.value.upper()],)
+    rows = trial_rows(loaded, states=states)
+    if fmt == Format.json:
+        print_json(rows)
+        return
+    params = sorted({k for r in rows for k in r["params"]})
+    table = Table("#", "state", loaded.spec.metric, *params, "epochs", "seconds", "note")
+    for r in rows:
+        attrs = r["user_attrs"]
+        note = attrs.get("pruned_reason") or attrs.get("fail_reason") or attrs.get("stopped", "")
+        table.add_row(
+            str(r["number"]), r["state"], fmt_value(r["value"]), *(fmt_value(r["params"].get(p)) for p in params),
+            fmt_value(attrs.get("epochs_run")), fmt_value(r["duration_s"]), str(note),
+        )
+    console.print(table)
+
+
+class ExportFormat(str, enum.Enum):
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def export(
+    name: NameArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[Optional[ExportFormat], typer.Option("--format", help="csv or json [default: from --out's suffix].")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Export every trial to CSV or JSON (JSON adds intermediate values, the spec and the space)."""
+    from tuner.study import export_trials, open_study
+
+    chosen = fmt.value if fmt else ("json" if out.suffix == ".json" else "csv")
+    n = export_trials(open_study(name, resolve_url(storage)), out, fmt=chosen)
+    console.print(f"wrote {n} trials to {out}")
+
+
+@app.command()
+def delete(
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Delete a study and all its trials (asks first, unless --yes)."""
+    from tuner.study import delete_study, open_study
+
+    url = resolve_url(storage)
+    loaded = open_study(name, url)
+    n = len(loaded.study.get_trials(deepcopy=False))
+    if not yes and not typer.confirm(f"delete study '{name}' and its {n} trials from {mask(url)}?", default=False):
+        console.print("nothing deleted")
+        raise typer.Exit(1)
+    delete_study(name, url)
+    console.print(f"deleted study '{name}' ({n} trials)")

@@ -1,0 +1,93 @@
+"""Study specs: what a study binds (space, workload, sampler, pruner, metric, seed, budget).
+
+A spec comes from CLI options or a YAML file in studies/, and is stored with the study (as a study
+user attribute, beside the full search space) so that `run` and `resume` restore exactly what the
+study was created with, on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.errors import SpecError
+from tuner.params import METRICS
+
+__all__ = ["StudySpec", "load_spec", "RUN_OPTIONS"]
+
+# What may change between runs of one study; everything else is fixed at creation.
+RUN_OPTIONS = ("trials",)
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str  # the study's name in storage
+    space: str  # search space: a name in search_spaces/ or a path to a YAML file
+    workload: str = "digits"  # builtin name, a .csv or .npz path, or module:function
+    target: str | None = None  # the column to predict, for a CSV workload
+    sampler: str = "tpe"  # see tuner.samplers.SAMPLERS
+    pruner: str = "median"  # see tuner.samplers.PRUNERS
+    metric: str = "val_accuracy"  # see tuner.params.METRICS
+    seed: int = 0  # seeds the sampler, the validation split and each trial (seed + trial number)
+    trials: int | None = None  # budget: finished (complete or pruned) trials, all runs together; None: 30, or the grid size
+    val_fraction: float = 0.2  # share of the data held out for validation
+
+    def __post_init__(self) -> None:
+        from tuner.samplers import PRUNERS, SAMPLERS, check_name
+
+        if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 100:
+            raise SpecError(f"study name {self.name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
+        check_name("sampler", self.sampler, SAMPLERS)
+        check_name("pruner", self.pruner, PRUNERS)
+        if self.metric not in METRICS:
+            raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        for key in ("seed", "trials"):
+            value = getattr(self, key)
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (key == "trials" and value is None):
+                raise SpecError(f"{key} must be an integer, got {value!r}")
+        if self.trials is not None and self.trials < 1:
+            raise SpecError(f"trials must be at least 1, got {self.trials}")
+        if self.seed < 0:
+            raise SpecError(f"seed must be 0 or more, got {self.seed}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
+            raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> "StudySpec":
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: a study spec must be a mapping of settings, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(map(str, data)) - fields)
+        if unknown:
+            raise SpecError(f"{source}: unknown setting {unknown[0]!r}; valid: {', '.join(sorted(fields))}")
+        for key in ("name", "space"):
+            if not data.get(key):
+                raise SpecError(f"{source}: `{key}` is required")
+        try:
+            return cls(**data)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}") from None
+
+
+def load_spec(path: Path) -> StudySpec:
+    if not path.is_file():
+        raise SpecError(f"study spec {path} not found (the shipped ones are in studies/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    return StudySpec.from_dict(data, source=str(path))

@@ -1,0 +1,106 @@
+"""Storage URLs: the embedded SQLite default, SQLite settings for concurrent workers, password masking.
+
+Any SQLAlchemy URL works (--storage or TUNER_STORAGE); studies are plain Optuna RDB studies, so
+`optuna studies --storage URL` and optuna-dashboard open them unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+
+from tuner.errors import StorageError
+
+__all__ = ["DEFAULT_STORAGE", "mask", "open_storage", "resolve_url"]
+
+DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+_SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock before failing
+
+
+def resolve_url(url: str | None) -> str:
+    """--storage, else TUNER_STORAGE, else the embedded SQLite file in studies/."""
+    return url or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise StorageError(
+            f"storage URL {_mask_text(url)!r} is not a SQLAlchemy URL; "
+            "use e.g. sqlite:///studies/tuner.db or postgresql+psycopg://user@host:5432/db"
+        ) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver tuner installs
+    return parsed
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for every message and stored attribute."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return _mask_text(url)
+
+
+def _mask_text(text: str) -> str:
+    # user:secret@host in something SQLAlchemy could not parse
+    import re
+
+    return re.sub(r"(//[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorage:
+    """Open an RDB storage; without `create`, a missing SQLite file is an error rather than a new file."""
+    parsed = _parse(url)
+    engine_kwargs: dict = {}
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise StorageError(f"no studies yet: {path} does not exist (`tuner study run` creates it), or pass --storage")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_sqlite(path)
+        engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    elif parsed.get_backend_name() == "postgresql":
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    try:
+        storage = optuna.storages.RDBStorage(
+            parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs, skip_table_creation=False
+        )
+    except ModuleNotFoundError as e:
+        raise StorageError(f"storage {mask(url)}: the database driver is not installed ({e.name}); pip install it") from None
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {mask(url)}: {_mask_text(reason)}") from None
+    if path is not None:
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connection_pragmas)
+    return storage
+
+
+def _prepare_sqlite(path: Path) -> None:
+    # WAL lets readers (the dashboard, `tuner study show`) run beside a writing worker; it is a
+    # property of the file, so setting it once is enough.
+    try:
+        with sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as e:
+        raise StorageError(f"cannot open storage sqlite:///{path}: {e}") from None
+
+
+def _sqlite_connection_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; an fsync per checkpoint, not per commit
+    cursor.close()

@@ -1,0 +1,311 @@
+"""The training loop: build, then for each epoch train, evaluate, report, decide to stop.
+
+It knows nothing of Optuna or the CLI: the study passes `on_epoch`, which may raise to prune.
+Data lives on the device as tensors and is batched by index (no DataLoader, no per-batch copy);
+the loss is summed on the device and read once per epoch, so there is no host sync per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner.errors import DivergedError, TunerError
+from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from tuner.workloads.data import Dataset
+from tuner.workloads.models import apply_init, build_model
+
+__all__ = ["OPTIMIZER_FACTORIES", "EpochResult", "TrainResult", "resolve_device", "train"]
+
+_EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
+
+
+def _params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+# name -> factory(params, cfg); weight decay is the optimizer's own L2 (decoupled for adamw)
+OPTIMIZER_FACTORIES: dict[str, Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay),
+    "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "nesterov": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(
+        p, lr=c.lr, alpha=c.rho, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+    "adagrad": lambda p, c: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay),
+    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay),
+    # quasi-Newton; L-BFGS has no weight_decay argument, so its L2 is added to the loss instead
+    "lbfgs": lambda p, c: torch.optim.LBFGS(p, lr=c.lr, history_size=c.lbfgs_history, max_iter=4),
+}
+assert tuple(OPTIMIZER_FACTORIES) == OPTIMIZERS
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None  # classification only
+    metric: float  # the study's metric at this epoch
+    lr: float  # learning rate in force during the epoch
+
+
+@dataclass
+class TrainResult:
+    value: float  # best metric over the epochs run
+    best_epoch: int
+    epochs_run: int
+    stopped: str  # completed | early_stopping
+    history: list[EpochResult]
+    device: str
+    duration_s: float
+    model: nn.Module = field(repr=False)
+
+    @property
+    def last(self) -> EpochResult:
+        return self.history[-1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto takes the first GPU torch sees; cuda:N is checked against what is visible."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TunerError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TunerError(f"--device {name}: torch {torch.__version__} sees no GPU; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TunerError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise TunerError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+# Tensors on the device, per (dataset, scaling, device): a worker loads them once and reuses them
+# across trials. The dataset is kept in the value so its id stays unique while cached.
+_DEVICE_DATA: dict[tuple[int, str, str], tuple[Dataset, tuple[torch.Tensor, ...]]] = {}
+
+
+def _scale(x_train: np.ndarray, x_val: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    # statistics come from the training split only, so validation stays unseen
+    if scaling == "none":
+        return x_train, x_val
+    if scaling == "minmax":
+        lo, span = x_train.min(0), x_train.max(0) - x_train.min(0)
+        span[span == 0] = 1.0
+        return (x_train - lo) / span, (x_val - lo) / span
+    mean, std = x_train.mean(0), x_train.std(0)
+    std[std == 0] = 1.0
+    return (x_train - mean) / std, (x_val - mean) / std
+
+
+def device_tensors(data: Dataset, scaling: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    key = (id(data), scaling, str(device))
+    if key not in _DEVICE_DATA:
+        if len(_DEVICE_DATA) >= 8:
+            _DEVICE_DATA.pop(next(iter(_DEVICE_DATA)))
+        x_tr, x_va = _scale(data.x_train, data.x_val, scaling)
+        arrays = (x_tr.astype(np.float32), data.y_train, x_va.astype(np.float32), data.y_val)
+        tensors = tuple(torch.as_tensor(a).to(device, non_blocking=True) for a in arrays)
+        _DEVICE_DATA[key] = (data, tensors)
+    return _DEVICE_DATA[key][1]
+
+
+class _Schedule:
+    """Learning rate over training: linear warm-up, then none/step/cosine/plateau per epoch, or
+    one-cycle per batch (one-cycle has its own warm-up phase, sized by warmup_epochs when given)."""
+
+    def __init__(self, cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+        assert cfg.scheduler in SCHEDULERS
+        self.cfg, self.optimizer = cfg, optimizer
+        self.onecycle = None
+        self.plateau = None
+        if cfg.scheduler == "onecycle":
+            pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
+            self.onecycle = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=min(max(pct, 0.01), 0.99)
+            )
+        elif cfg.scheduler == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
+            )
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def start_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        if self.onecycle is not None:
+            return
+        if epoch <= cfg.warmup_epochs:
+            self._set(cfg.lr * epoch / (cfg.warmup_epochs + 1))
+            return
+        if self.plateau is not None:
+            if epoch == cfg.warmup_epochs + 1 and cfg.warmup_epochs:
+                self._set(cfg.lr)  # warm-up is over; from here the plateau rule owns the rate
+            return
+        e, n = epoch - cfg.warmup_epochs - 1, max(cfg.epochs - cfg.warmup_epochs, 1)
+        if cfg.scheduler == "step":
+            self._set(cfg.lr * cfg.gamma ** (e // cfg.step_size))
+        elif cfg.scheduler == "cosine":
+            self._set(cfg.lr * 0.5 * (1.0 + math.cos(math.pi * e / n)))
+        else:
+            self._set(cfg.lr)
+
+    def after_batch(self) -> None:
+        if self.onecycle is not None:
+            self.onecycle.step()
+
+    def end_epoch(self, epoch: int, val_loss: float) -> None:
+        if self.plateau is not None and epoch > self.cfg.warmup_epochs:
+            self.plateau.step(val_loss)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _penalty(weights: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor | float:
+    """L1 on weights for every optimizer; L2 too for L-BFGS, which has no weight_decay of its own."""
+    total: torch.Tensor | float = 0.0
+    if cfg.l1 > 0:
+        total = total + cfg.l1 * sum(w.abs().sum() for w in weights)
+    if cfg.optimizer == "lbfgs" and cfg.weight_decay > 0:
+        total = total + 0.5 * cfg.weight_decay * sum(w.pow(2).sum() for w in weights)
+    return total
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for xb, yb in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)):
+        out = model(xb)
+        out = out.squeeze(-1) if task == "regression" else out
+        loss_sum += loss_fn(out, yb) * len(xb)
+        if task == "classification":
+            correct += (out.argmax(1) == yb).sum()
+    n = len(x)
+    return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
+
+
+def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
+    if name == "val_accuracy":
+        return float(val_accuracy)  # the study checks the metric fits the task before training
+    if name == "val_rmse":
+        return math.sqrt(val_loss)
+    return val_loss
+
+
+def train(
+    cfg: TrainConfig,
+    data: Dataset,
+    *,
+    metric: str = "val_accuracy",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    model: nn.Module | None = None,
+    on_epoch: Callable[[EpochResult], Any] | None = None,
+) -> TrainResult:
+    """Train one configuration; `on_epoch` sees each epoch's result and may raise to stop (pruning).
+
+    Raises DivergedError as soon as an epoch's loss is NaN or infinite."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x_train, y_train, x_val, y_val = device_tensors(data, cfg.scaling, device)
+    n_outputs = data.n_classes or 1
+
+    # build
+    if model is None:
+        model = build_model(cfg, n_features=data.n_features, n_outputs=n_outputs, image_shape=data.image_shape)
+    apply_init(model, cfg)
+    model.to(device)
+    weights = [p for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer](_params(model), cfg)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    schedule = _Schedule(cfg, optimizer, steps_per_epoch)
+    if data.task == "classification":
+        train_loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        eval_loss_fn: nn.Module = nn.CrossEntropyLoss()  # smoothing shapes training, not the score
+    else:
+        train_loss_fn = eval_loss_fn = nn.MSELoss()
+
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = model(xb)
+        out = out.squeeze(-1) if data.task == "regression" else out
+        return train_loss_fn(out, yb) + _penalty(weights, cfg)
+
+    history: list[EpochResult] = []
+    best: EpochResult | None = None
+    sign = 1.0 if METRICS[metric] == "maximize" else -1.0
+    stopped = "completed"
+    for epoch in range(1, cfg.epochs + 1):
+        # train
+        schedule.start_epoch(epoch)
+        lr = schedule.lr
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        order = torch.randperm(len(x_train), device=device, generator=generator)
+        for idx in order.split(cfg.batch_size):
+            if len(idx) < 2 and cfg.norm == "batch":
+                continue  # batch norm cannot normalize a batch of one
+            xb, yb = x_train[idx], y_train[idx]
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(xb, yb)
+                loss.backward()
+                if cfg.grad_clip > 0:  # the guard against exploding gradients
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                return loss
+
+            loss = optimizer.step(closure)
+            schedule.after_batch()
+            loss_sum += loss.detach() * len(idx)
+        train_loss = (loss_sum / len(x_train)).item()
+        if not math.isfinite(train_loss):
+            raise DivergedError(epoch, train_loss)
+
+        # evaluate
+        val_loss, val_accuracy = _evaluate(model, x_val, y_val, eval_loss_fn, data.task)
+        if not math.isfinite(val_loss):
+            raise DivergedError(epoch, val_loss)
+        schedule.end_epoch(epoch, val_loss)
+        result = EpochResult(epoch, train_loss, val_loss, val_accuracy, _metric(metric, val_loss, val_accuracy), lr)
+        history.append(result)
+
+        # report (may raise to prune), then decide to stop early
+        if on_epoch is not None:
+            on_epoch(result)
+        if best is None or sign * result.metric > sign * best.metric:
+            best = result
+        elif cfg.patience and epoch - best.epoch >= cfg.patience:
+            stopped = "early_stopping"
+            break
+
+    assert best is not None, "epochs >= 1 is checked when the space is validated"
+    return TrainResult(
+        value=best.metric,
+        best_epoch=best.epoch,
+        epochs_run=len(history),
+        stopped=stopped,
+        history=history,
+        device=str(device),
+        duration_s=time.perf_counter() - started,
+        model=model,
+    )
