@@ -114,7 +114,9 @@ def run(
 ) -> None:
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
     from tuner.study import create_study, open_study, reconcile
+    from tuner.train import resolve_device
 
+    resolve_device(device)  # a bad --device fails before anything is written
     url = resolve_url(storage)
     options = dict(space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, seed=seed, trials=trials, val_fraction=val_fraction)
     given = _spec_from(name, spec, options) if spec or space else None
@@ -149,7 +151,9 @@ def resume(
 ) -> None:
     """Continue a study from the database with its stored space, sampler, pruner and budget."""
     from tuner.study import SPEC_ATTR, open_study
+    from tuner.train import resolve_device
 
+    resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url)
     if trials and trials != loaded.spec.trials:
@@ -305,15 +309,25 @@ def trials(
         print_json(rows)
         return
     params = sorted({k for r in rows for k in r["params"]})
-    table = Table("#", "state", loaded.spec.metric, *params, "epochs", "seconds", "note")
+    table = Table()
+    # identity and outcome never truncate; the free-text note folds instead
+    for header in ("#", "state", loaded.spec.metric):
+        table.add_column(header, no_wrap=True, min_width=len(header) if header != loaded.spec.metric else 6)
+    for header in (*params, "epochs", "s"):
+        table.add_column(header, overflow="fold")
+    table.add_column("note", overflow="fold", ratio=1)
     for r in rows:
         attrs = r["user_attrs"]
         note = attrs.get("pruned_reason") or attrs.get("fail_reason") or attrs.get("stopped", "")
         table.add_row(
-            str(r["number"]), r["state"], fmt_value(r["value"]), *(fmt_value(r["params"].get(p)) for p in params),
-            fmt_value(attrs.get("epochs_run")), fmt_value(r["duration_s"]), str(note),
+            str(r["number"]), r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
+            _short(attrs.get("epochs_run")), _short(r["duration_s"]), str(note),
         )
     console.print(table)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else fmt_value(value)
 
 
 class ExportFormat(str, enum.Enum):

@@ -1,0 +1,195 @@
+"""The CLI through its commands: README examples, output formats, and bad input (one line, exit 1,
+nothing written, no traceback)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+TUNER = str(Path(sys.executable).with_name("tuner"))
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every line of the README's ```bash blocks, in order (optuna's own CLI included)."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [shlex.split(line) for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_examples_all_run(project):
+    commands = _readme_commands()
+    assert len(commands) >= 15
+    for argv in commands:
+        if argv[0] == "tuner":
+            result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True)
+        else:
+            result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True)
+        assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
+    assert Path("out/demo.csv").is_file() and json.loads(Path("out/demo.json").read_text())["trials"]
+
+
+def test_readme_files_exist():
+    text = (REPO / "README.md").read_text()
+    for path in re.findall(r"studies/\w+\.yaml", text):
+        assert (REPO / path).is_file(), path
+    for name in ("quick", "full", "grid_small", "tiny"):
+        assert (REPO / "search_spaces" / f"{name}.yaml").is_file()
+
+
+def test_demo_reaches_095_on_digits_with_tpe_in_30_trials(project, cli):
+    result = cli("study", "run", "--spec", "studies/demo.yaml", "--format", "json", "--device", "cpu")
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["n_finished"] == 30 and doc["best_value"] >= 0.95
+
+
+def test_space_create_show_validate_list(project, cli):
+    r = cli("space", "create", "s1", "--lr", "1e-4:1e-1:log", "--optimizer", "sgd,momentum", "--momentum", "0.5:0.9", "--epochs", "3")
+    assert r.code == 0 and "wrote search_spaces/s1.yaml" in r.out
+    shown = cli("space", "show", "s1", "--format", "json")
+    doc = json.loads(shown.out)
+    assert doc["params"]["momentum"]["when"] == {"optimizer": ["momentum"]}
+    assert doc["params"]["epochs"] == 3
+    assert cli("space", "validate", "s1", "quick").code == 0
+    listing = json.loads(cli("space", "list", "--format", "json").out)
+    assert {"s1", "quick", "full"} <= {r["name"] for r in listing}
+    # refuses to overwrite without --force, and leaves the file as it was
+    before = Path("search_spaces/s1.yaml").read_bytes()
+    again = cli("space", "create", "s1", "--lr", "0.1")
+    assert again.code == 1 and "already exists; pass --force" in again.err
+    assert Path("search_spaces/s1.yaml").read_bytes() == before
+    assert cli("space", "create", "s1", "--lr", "0.1", "--force").code == 0
+
+
+BAD_SPACES = {
+    "low_above_high": ("params:\n  lr: {type: float, low: 0.1, high: 0.001}\n", "lr: low must be below high, but got low=0.1 high=0.001"),
+    "log_nonpositive": ("params:\n  weight_decay: {type: float, low: 0, high: 0.1, log: true}\n", "log scale needs low > 0"),
+    "unknown_optimizer": ("params:\n  optimizer: [sgd, adamm]\n", "unknown choice 'adamm'; valid: sgd"),
+    "unknown_init": ("params:\n  init: [he_normal]\n", "unknown choice 'he_normal'; valid: default"),
+    "condition_missing_parent": ("params:\n  momentum: {fixed: 0.9, when: {optimizer: [sgd]}}\n", "condition on 'optimizer', which is not in this space"),
+    "empty_choices": ("params:\n  batch_size: {type: categorical, choices: []}\n", "choices must be a non-empty list"),
+    "malformed_yaml": ("params:\n  lr: [0.1, 0.2\n", "not valid YAML at line"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPACES))
+def test_bad_space_is_one_line_exit_1_and_writes_nothing(project, cli, case):
+    text, expected = BAD_SPACES[case]
+    Path(f"search_spaces/{case}.yaml").write_text(text)
+    r = cli("space", "validate", case)
+    assert r.code == 1 and expected in r.err and f"search_spaces/{case}.yaml" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    run = cli("study", "run", "x", "--space", case)
+    assert run.code == 1 and expected in run.err and len(run.err.strip().splitlines()) == 1
+    assert not Path("studies/tuner.db").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["study", "run", "x", "--space", "quick", "--sampler", "bayes"], "unknown sampler 'bayes'; valid: tpe, random, grid"),
+        (["study", "run", "x", "--space", "quick", "--pruner", "always"], "unknown pruner 'always'; valid: none, median"),
+        (["study", "run", "x", "--space", "quick", "--metric", "f1"], "unknown metric 'f1'; valid: val_accuracy"),
+        (["study", "run", "x", "--space", "nope"], "search space 'nope' not found: no file search_spaces/nope.yaml"),
+        (["study", "run", "x", "--space", "quick", "--workload", "mnist"], "unknown workload 'mnist'; use one of digits"),
+        (["study", "run", "x", "--space", "quick", "--workload", "missing.csv", "--target", "y"], "workload missing.csv: file not found"),
+        (["study", "run", "x", "--space", "quick", "--workload", "no_such_module:build"], "cannot import module 'no_such_module'"),
+        (["study", "run", "x", "--space", "quick", "--device", "cuda:7"], "--device cuda:7"),
+        (["study", "run", "x", "--space", "quick", "--storage", "notaurl"], "storage URL 'notaurl' is not a SQLAlchemy URL"),
+        (["study", "run", "x", "--space", "quick", "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"], "cannot open storage postgresql://u:***@127.0.0.1:1/db: connection failed"),
+        (["study", "run", "x", "--spec", "studies/none.yaml"], "study spec studies/none.yaml not found"),
+        (["study", "run", "bad name!", "--space", "quick"], "study name 'bad name!' is not valid"),
+        (["study", "show", "ghost"], "no studies yet: studies/tuner.db does not exist"),
+        (["study", "run", "ghost"], "no study 'ghost' in sqlite:///studies/tuner.db yet; to create it pass --space"),
+        (["study", "run", "x", "--space", "full", "--workload", "wine"], "can pick model=cnn, but wine is not image data"),
+    ],
+)
+def test_bad_study_input_is_one_line_and_writes_nothing(project, cli, argv, expected):
+    r = cli(*argv)
+    assert r.code == 1, r.out
+    assert expected in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert "Traceback" not in r.err and "hunter2" not in r.err + r.out
+    assert not Path("studies/tuner.db").exists()
+
+
+def test_bad_input_leaves_an_existing_database_byte_for_byte_unchanged(project, cli):
+    assert cli("study", "run", "a", "--space", "tiny", "--trials", "2", "-q").code == 0
+    db = Path("studies/tuner.db")
+    cli("study", "run", "a", "--space", "tiny", "--trials", "2", "-q")  # a no-op run settles the WAL
+    subprocess.run([sys.executable, "-c", f"import sqlite3; sqlite3.connect('{db}').execute('PRAGMA wal_checkpoint(TRUNCATE)')"], check=True)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    for argv in (
+        ["study", "run", "a", "--sampler", "random"],
+        ["study", "run", "b", "--space", "tiny", "--sampler", "nope"],
+        ["study", "run", "b", "--space", "tiny", "--workload", "x.csv", "--target", "t"],
+        ["study", "show", "nope"],
+        ["study", "delete", "nope", "--yes"],
+        ["study", "create", "a", "--space", "tiny"],
+    ):
+        r = cli(*argv)
+        assert r.code == 1 and len(r.err.strip().splitlines()) == 1, (argv, r.err)
+    subprocess.run([sys.executable, "-c", f"import sqlite3; sqlite3.connect('{db}').execute('PRAGMA wal_checkpoint(TRUNCATE)')"], check=True)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+
+
+def test_debug_shows_the_traceback_and_plain_does_not():
+    plain = subprocess.run([TUNER, "space", "show", "/nonexistent/x.yaml"], capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr and "not found" in plain.stderr
+    debug = subprocess.run([TUNER, "--debug", "space", "show", "/nonexistent/x.yaml"], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "SpaceError" in debug.stderr
+
+
+def test_run_continues_an_existing_study_to_its_total_budget(project, cli):
+    first = json.loads(cli("study", "run", "c", "--space", "tiny", "--trials", "3", "--format", "json").out)
+    assert first["ran"] == 3
+    again = json.loads(cli("study", "run", "c", "--trials", "5", "--format", "json").out)
+    assert again["ran"] == 2 and again["n_finished"] == 5
+    resumed = json.loads(cli("study", "resume", "c", "--format", "json").out)
+    assert resumed["ran"] == 0 and resumed["budget"] == 5  # the raised budget was stored
+    refused = cli("study", "run", "c", "--sampler", "random")
+    assert refused.code == 1 and "created with sampler='tpe', not 'random'; drop --sampler" in refused.err
+
+
+def test_show_best_trials_and_json_formats(project, cli):
+    cli("study", "run", "d", "--space", "tiny", "--trials", "3", "-q")
+    show = json.loads(cli("study", "show", "d", "--format", "json").out)
+    assert show["finished"] == 3 and show["spec"]["sampler"] == "tpe"
+    best = json.loads(cli("study", "best", "d", "--format", "json").out)
+    assert best["value"] == show["best"]["value"]
+    rows = json.loads(cli("study", "trials", "d", "--format", "json").out)
+    assert len(rows) == 3 and all(r["state"] == "complete" for r in rows)
+    table = cli("study", "trials", "d")
+    assert table.code == 0 and "complete" in table.out
+    listing = json.loads(cli("study", "list", "--format", "json").out)
+    assert listing == [{"name": "d", "direction": "maximize", "trials": 3, "best_value": best["value"], "sampler": "tpe", "workload": "digits", "budget": 3}]
+
+
+def test_delete_asks_and_keeps_the_study_unless_confirmed(project, cli):
+    cli("study", "run", "e", "--space", "tiny", "--trials", "1", "-q")
+    no = cli("study", "delete", "e", input="n\n")
+    assert no.code == 1 and "nothing deleted" in no.out
+    assert cli("study", "show", "e").code == 0
+    yes = cli("study", "delete", "e", input="y\n")
+    assert yes.code == 0 and "deleted study 'e' (1 trials)" in yes.out
+    assert cli("study", "show", "e").code == 1
+
+
+def test_tuner_storage_environment_variable_is_used(project, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNER_STORAGE", f"sqlite:///{tmp_path}/elsewhere.db")
+    assert cli("study", "run", "f", "--space", "tiny", "--trials", "1", "-q").code == 0
+    assert (tmp_path / "elsewhere.db").exists() and not Path("studies/tuner.db").exists()
+
+
+def test_grid_study_from_the_cli_stops_when_exhausted(project, cli):
+    r = json.loads(cli("study", "run", "--spec", "studies/digits_grid.yaml", "--format", "json").out)
+    assert r["n_finished"] == 12 and r["budget"] == 12
+    assert json.loads(cli("study", "run", "digits_grid", "--trials", "20", "--format", "json").out)["stopped"] == "grid_exhausted"

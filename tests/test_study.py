@@ -1,0 +1,307 @@
+"""Studies end to end on real storage: samplers, pruners, budget, resume, failures, exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.errors import SpecError, StorageError, TunerError
+from tuner.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from tuner.spec import StudySpec
+from tuner.study import (
+    FINISHED,
+    MAX_CONSECUTIVE_FAILURES,
+    create_study,
+    delete_study,
+    export_trials,
+    list_studies,
+    open_study,
+    reconcile,
+    run_study,
+    study_summary,
+)
+
+SQLITE = "sqlite:///studies/tuner.db"
+
+
+def _spec(**kw) -> StudySpec:
+    return StudySpec(**{"name": "s", "space": "tiny", "workload": "digits", "pruner": "none", "trials": 4, **kw})
+
+
+def _finished(url: str, name: str = "s") -> list:
+    return open_study(name, url).study.get_trials(states=FINISHED)
+
+
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "grid"])
+def test_each_sampler_runs_a_seeded_study_stored_in_sqlite(project, sampler):
+    loaded = create_study(_spec(sampler=sampler, trials=6), SQLITE)
+    assert type(loaded.study.sampler) is type(make_sampler(sampler, 0))
+    result = run_study(loaded, device="cpu")
+    assert result.n_finished == 6 and result.ran == 6
+    trials = _finished(SQLITE)
+    assert len(trials) == 6
+    assert all(0.0 < t.value <= 1.0 for t in trials if t.state == TrialState.COMPLETE)
+    # the study reopens with the same sampler kind, rebuilt from the stored spec
+    assert type(open_study("s", SQLITE).study.sampler) is type(loaded.study.sampler)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_study_is_reproducible_from_its_seed(project, sampler):
+    for name in ("a", "b"):
+        run_study(create_study(_spec(name=name, sampler=sampler, trials=5), SQLITE), device="cpu")
+    a, b = _finished(SQLITE, "a"), _finished(SQLITE, "b")
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == pytest.approx([t.value for t in b])
+
+
+def test_grid_runs_every_point_once_and_stops_when_exhausted(project):
+    loaded = create_study(_spec(sampler="grid", trials=None), SQLITE)
+    assert loaded.spec.trials == 4  # the grid's size: 2 lr x 2 optimizers
+    result = run_study(loaded, device="cpu")
+    assert result.n_finished == 4 and result.stopped == "budget"
+    points = {tuple(sorted(t.params.items())) for t in _finished(SQLITE)}
+    assert len(points) == 4
+    assert {p["optimizer"] for p in map(dict, points)} == {"adam", "nesterov"}
+    # a larger budget than the grid: the run ends when the grid is exhausted, not after more trials
+    bigger = create_study(_spec(name="g2", sampler="grid", trials=50), SQLITE)
+    again = run_study(bigger, device="cpu")
+    assert again.stopped == "grid_exhausted" and again.n_finished == 4
+
+
+def test_grid_needs_grid_points_for_continuous_ranges(project):
+    Path("search_spaces/cont.yaml").write_text("params:\n  lr: {type: float, low: 0.001, high: 0.1}\n  epochs: 1\n")
+    with pytest.raises(SpecError, match="lr is a continuous range without grid points"):
+        create_study(_spec(space="cont", sampler="grid"), SQLITE)
+    assert not Path("studies/tuner.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize("pruner", list(PRUNERS))
+def test_each_pruner_is_applied_from_the_stored_spec(project, pruner):
+    Path("search_spaces/wide.yaml").write_text(
+        textwrap.dedent(
+            """\
+            params:
+              lr: {type: float, low: 1.0e-5, high: 0.5, log: true}
+              optimizer: [sgd, adam]
+              epochs: 6
+              hidden_units: 32
+              n_layers: 1
+            """
+        )
+    )
+    loaded = create_study(_spec(space="wide", sampler="random", pruner=pruner, trials=16), SQLITE)
+    expected = type(make_pruner(pruner))
+    assert type(loaded.study.pruner) is expected
+    assert type(open_study("s", SQLITE).study.pruner) is expected
+    run_study(loaded, device="cpu")
+    trials = _finished(SQLITE)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if pruner == "none":
+        assert pruned == []
+    else:
+        # lr spans 1e-5..0.5 with plain sgd: some trials are hopeless and get cut early
+        assert pruned, f"{pruner} pruned nothing in 16 trials"
+        for t in pruned:
+            assert t.user_attrs["pruned_reason"].startswith(f"{pruner} pruner at epoch")
+            assert len(t.intermediate_values) < 6
+
+
+def test_every_trial_stores_what_a_person_needs(project):
+    run_study(create_study(_spec(trials=3), SQLITE), device="cpu")
+    for t in _finished(SQLITE):
+        assert sorted(t.intermediate_values) == [1, 2]  # the metric per epoch
+        assert t.value == max(t.intermediate_values.values())
+        attrs = t.user_attrs
+        assert attrs["device"] == "cpu" and attrs["seed"] == t.number  # study seed 0 + trial number
+        assert attrs["epochs_run"] == 2 and attrs["duration_s"] > 0
+        assert {"train_loss", "val_loss", "val_accuracy", "stopped"} <= set(attrs)
+        assert t.duration is not None
+
+
+def test_budget_counts_finished_trials_in_the_study_not_per_run(project):
+    loaded = create_study(_spec(trials=3), SQLITE)
+    assert run_study(loaded, device="cpu").ran == 3
+    first = [(t.number, t.params, t.value) for t in _finished(SQLITE)]
+    # same budget again: nothing to do
+    assert run_study(open_study("s", SQLITE), device="cpu").ran == 0
+    # a larger budget: only the difference runs, and earlier trials are untouched
+    reopened = open_study("s", SQLITE)
+    reopened.spec = reconcile(reopened, {"trials": 5})
+    result = run_study(reopened, device="cpu")
+    assert result.ran == 2 and result.n_finished == 5
+    assert [(t.number, t.params, t.value) for t in _finished(SQLITE)][:3] == first
+
+
+def test_resume_in_a_new_process_after_the_first_one_dies(project):
+    # The first process dies abruptly (os._exit, no cleanup) after two finished trials.
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from tuner.spec import StudySpec
+        from tuner.study import create_study, open_study, run_study
+        url = "sqlite:///studies/tuner.db"
+        if sys.argv[1] == "first":
+            loaded = create_study(StudySpec(name="r", space="tiny", pruner="none", trials=6), url)
+            run_study(loaded, device="cpu", on_trial=lambda t, n, b, best: n == 2 and os._exit(3))
+        else:
+            print(run_study(open_study("r", url), device="cpu").n_finished)
+        """
+    )
+    first = subprocess.run([sys.executable, "-c", code, "first"], capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr
+    assert len(_finished(SQLITE, "r")) == 2
+    before = {t.number: (t.params, t.value) for t in _finished(SQLITE, "r")}
+    second = subprocess.run([sys.executable, "-c", code, "second"], capture_output=True, text=True, check=True)
+    assert int(second.stdout) == 6
+    after = _finished(SQLITE, "r")
+    assert len(after) == 6
+    assert {n: v for n, v in ((t.number, (t.params, t.value)) for t in after) if n in before} == before
+    assert not open_study("r", SQLITE).study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_resumed_tpe_does_not_replay_the_first_runs_start_up_points(project):
+    loaded = create_study(_spec(sampler="tpe", trials=3), SQLITE)
+    run_study(loaded, device="cpu")
+    reopened = open_study("s", SQLITE)
+    reopened.spec = reconcile(reopened, {"trials": 6})
+    run_study(reopened, device="cpu")
+    params = [tuple(sorted(t.params.items())) for t in _finished(SQLITE)]
+    assert len(set(params)) == 6
+
+
+def test_run_with_different_settings_than_stored_is_refused(project):
+    create_study(_spec(), SQLITE)
+    loaded = open_study("s", SQLITE)
+    with pytest.raises(SpecError, match="created with sampler='tpe', not 'random'; drop --sampler"):
+        reconcile(loaded, {"sampler": "random"})
+    Path("search_spaces/tiny.yaml").write_text(Path("search_spaces/tiny.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    with pytest.raises(SpecError, match="different search space"):
+        reconcile(loaded, {"space": "tiny"})
+    # the stored space is what a resume uses, whatever the file says now
+    assert open_study("s", SQLITE).space.params["epochs"].value == 2
+
+
+def test_divergence_ends_the_trial_early_as_pruned_with_the_reason(project):
+    Path("search_spaces/explode.yaml").write_text(
+        "params:\n  optimizer: sgd\n  lr: 1.0e+6\n  scaling: none\n  epochs: 8\n  init: {type: categorical, choices: [default, kaiming_normal]}\n"
+    )
+    result = run_study(create_study(_spec(space="explode", trials=2), SQLITE), device="cpu")
+    assert result.n_pruned == 2
+    for t in _finished(SQLITE):
+        assert t.user_attrs["pruned_reason"].startswith("diverged: loss=")
+        assert t.user_attrs["epochs_run"] < 8
+
+
+def test_repeated_identical_failures_stop_the_study_with_the_reason(project):
+    Path("broken_workload.py").write_text(
+        "import numpy as np\n"
+        "calls = 0\n"
+        "def build(config):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls > 1:\n"  # the first call is tuner's check at creation
+        "        raise RuntimeError('CUDA out of memory (simulated)')\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    return rng.normal(size=(60, 4)), rng.integers(0, 2, 60)\n"
+    )
+    loaded = create_study(_spec(workload="broken_workload:build", trials=20), SQLITE)
+    with pytest.raises(TunerError, match=f"stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: .*CUDA out of memory"):
+        run_study(loaded, device="cpu")
+    failed = open_study("s", SQLITE).study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == MAX_CONSECUTIVE_FAILURES
+    assert all("CUDA out of memory" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_user_callable_workload_supplies_its_own_model(project):
+    Path("my_workload.py").write_text(
+        "import numpy as np, torch\n"
+        "def build(config):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.normal(size=(200, 5)).astype('float32')\n"
+        "    y = (x[:, 0] + x[:, 1] > 0).astype('int64')\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(5, config['hidden_units']), torch.nn.ReLU(), torch.nn.Linear(config['hidden_units'], 2))\n"
+        "    return model, x, y\n"
+    )
+    result = run_study(create_study(_spec(workload="my_workload:build", trials=3, sampler="random"), SQLITE), device="cpu")
+    assert result.n_complete == 3 and result.best_value > 0.7
+
+
+def test_csv_workload_checks_its_target_before_writing_anything(project):
+    Path("data.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+    with pytest.raises(TunerError, match="no column 'target' for --target; columns: a, b, label"):
+        create_study(_spec(workload="data.csv", target="target"), SQLITE)
+    assert not Path("studies/tuner.db").exists()
+    result = run_study(create_study(_spec(workload="data.csv", target="label", trials=2), SQLITE), device="cpu")
+    assert result.n_finished == 2
+
+
+def test_metric_must_fit_the_task(project):
+    import numpy as np
+
+    np.savez("reg.npz", X=np.random.default_rng(0).normal(size=(100, 3)), y=np.linspace(0, 1, 100))
+    with pytest.raises(SpecError, match="val_accuracy needs a classification target"):
+        create_study(_spec(workload="reg.npz"), SQLITE)
+    result = run_study(create_study(_spec(workload="reg.npz", metric="val_rmse", trials=2), SQLITE), device="cpu")
+    assert result.n_finished == 2
+    assert open_study("s", SQLITE).study.direction == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_missing_study_and_missing_database_are_clear_errors(project):
+    with pytest.raises(StorageError, match="no studies yet: studies/tuner.db does not exist"):
+        open_study("nope", SQLITE)
+    assert not Path("studies/tuner.db").exists()
+    create_study(_spec(), SQLITE)
+    with pytest.raises(StorageError, match="no study 'nope' in sqlite:///studies/tuner.db; studies there: s"):
+        open_study("nope", SQLITE)
+    with pytest.raises(SpecError, match="already exists"):
+        create_study(_spec(), SQLITE)
+
+
+def test_summary_export_list_and_delete(project, tmp_path):
+    run_study(create_study(_spec(trials=3), SQLITE), device="cpu")
+    loaded = open_study("s", SQLITE)
+    summary = study_summary(loaded, SQLITE)
+    assert summary["finished"] == 3 and summary["best"]["value"] == loaded.study.best_value
+    assert export_trials(loaded, tmp_path / "t.csv", fmt="csv") == 3
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2]
+    assert {"params_lr", "params_optimizer", "user_attrs_device", "value"} <= set(rows[0])
+    assert export_trials(loaded, tmp_path / "t.json", fmt="json") == 3
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["study"]["name"] == "s" and doc["space"]["params"]["epochs"] == 2
+    assert doc["trials"][0]["intermediate_values"].keys() == {"1", "2"}
+    assert [r["name"] for r in list_studies(SQLITE)] == ["s"]
+    delete_study("s", SQLITE)
+    assert list_studies(SQLITE) == []
+
+
+def test_optuna_cli_reads_a_tuner_study_unchanged(project):
+    run_study(create_study(_spec(trials=3), SQLITE), device="cpu")
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run(
+        [str(optuna_cli), "trials", "--storage", SQLITE, "--study-name", "s", "-f", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    theirs = json.loads(out)
+    ours = _finished(SQLITE)
+    assert [t["number"] for t in theirs] == [t.number for t in ours]
+    assert [t["value"] for t in theirs] == pytest.approx([t.value for t in ours])
+    studies = subprocess.run([str(optuna_cli), "studies", "--storage", SQLITE, "-f", "json"], capture_output=True, text=True, check=True)
+    assert json.loads(studies.stdout)[0]["name"] == "s"
+
+
+def test_postgresql_storage_runs_and_resumes_a_study(project, pg_url):
+    run_study(create_study(_spec(trials=2), pg_url), device="cpu")
+    reopened = open_study("s", pg_url)
+    reopened.spec = reconcile(reopened, {"trials": 4})
+    assert run_study(reopened, device="cpu").n_finished == 4
+    assert [r["trials"] for r in list_studies(pg_url)] == [4]
+    assert not Path("studies/tuner.db").exists()
