@@ -16,11 +16,11 @@ linearly (or log-spaced when `log: true`), so grid search can run over any space
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -149,8 +149,9 @@ class Space:
         for p in self.params.values():
             expanded: list[dict[str, Any]] = []
             for point in points:
-                context = {**self.fixed(), **point}
-                if not p.is_active(context) or p.type == "fixed":
+                # active fixed values stay in the point while expanding, so that their children
+                # are active exactly where suggest() would sample them; they are dropped below
+                if not p.is_active(point):
                     expanded.append(point)
                     continue
                 expanded.extend({**point, p.name: v} for v in p.grid_values())
@@ -160,7 +161,8 @@ class Space:
                     f"space '{self.name}': the grid has more than {MAX_GRID_POINTS:,} points; "
                     "lower the `grid:` counts or the number of choices"
                 )
-        return points
+        fixed = self.fixed()
+        return [{k: v for k, v in point.items() if k not in fixed} for point in points]
 
     def grid_problem(self) -> str | None:
         """Why this space cannot be grid-searched, or None."""
@@ -195,7 +197,8 @@ def _expand_count(p: Param, n: int) -> list[Any]:
     else:
         raw = [lo + i * (hi - lo) / (n - 1) for i in range(n)]
     if p.step is not None:
-        raw = [lo + round((v - lo) / p.step) * p.step for v in raw]
+        n_steps = int((Decimal(str(p.high)) - Decimal(str(p.low))) // Decimal(str(p.step)))
+        raw = [lo + min(round((v - lo) / p.step), n_steps) * p.step for v in raw]
     if p.type == "int":
         return sorted({min(max(int(round(v)), int(lo)), int(hi)) for v in raw})
     # 12 significant digits: 1e-3 stays 0.001, not 0.0009999999999999998
@@ -214,7 +217,12 @@ class _Where:
 
     def fail(self, param: str | None, problem: str) -> SpaceError:
         where = f"{self.source}: {param}" if param else self.source
-        return SpaceError(f"{where}: {problem}")
+        return SpaceError(_one_line(f"{where}: {problem}"))
+
+
+def _one_line(text: str) -> str:
+    # names and keys come from the file and may hold line breaks: escape them as repr() would
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _suggest_name(name: str, names: Iterable[str]) -> str:
@@ -232,10 +240,14 @@ def _number(where: _Where, name: str, key: str, raw: Any, kind: type) -> float |
             raise where.fail(name, f"{key} must be a number, got {raw!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.fail(name, f"{key} must be a number, got {raw!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        finite = False
+    if not finite:
         raise where.fail(name, f"{key} must be finite, got {raw!r}")
     if kind is int:
-        if float(value) != int(value):
+        if not float(value).is_integer():
             raise where.fail(name, f"{key} must be an integer for {name}, got {raw!r}")
         value = int(value)
     else:
@@ -300,6 +312,8 @@ def _parse_range(where: _Where, name: str, ptype: str, kind: type, entry: dict, 
         raise where.fail(name, f"{name} takes names, not a {ptype} range; use `choices: [{', '.join(choices[:3])}, ...]`")
     if kind is int and ptype == "float":
         raise where.fail(name, f"{name} is an integer; use `type: int`")
+    if kind is float and ptype == "int":
+        raise where.fail(name, f"{name} is a real number; use `type: float` (with `step:` for a lattice)")
     num = int if ptype == "int" else float
     for key in ("low", "high"):
         if key not in entry:
@@ -320,6 +334,13 @@ def _parse_range(where: _Where, name: str, ptype: str, kind: type, entry: dict, 
         if log:
             raise where.fail(name, "step and log cannot be combined (Optuna samples a log range continuously)")
     grid = _parse_grid(where, name, entry.get("grid"), num, low, high)
+    if step is not None and isinstance(grid, tuple):
+        n_steps = (Decimal(str(high)) - Decimal(str(low))) // Decimal(str(step))
+        for v in grid:
+            k = (Decimal(str(v)) - Decimal(str(low))) / Decimal(str(step))
+            if k != k.to_integral_value() or k > n_steps:
+                top = Decimal(str(low)) + n_steps * Decimal(str(step))
+                raise where.fail(name, f"grid value {v} is not on the step lattice low={low}, step={step} (up to {top})")
     return Param(name, ptype, low=low, high=high, log=log, step=step, when=when, grid=grid)
 
 
@@ -336,6 +357,8 @@ def _parse_grid(where: _Where, name: str, raw: Any, num: type, low: float, high:
         return values
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         raise where.fail(name, f"grid must be a count >= 1 or a list of values, got {raw!r}")
+    if raw > MAX_GRID_POINTS:
+        raise where.fail(name, f"grid count {raw} is more than the {MAX_GRID_POINTS:,} points a grid may have")
     return raw
 
 
@@ -437,7 +460,10 @@ def space_from_text(text: str, *, name: str, source: str) -> Space:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpaceError(f"{source}: not valid YAML{at}: {problem}") from None
+        raise SpaceError(_one_line(f"{source}: not valid YAML{at}: {problem}")) from None
+    except (ValueError, OverflowError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else (str(e).splitlines() or [""])[0]
+        raise SpaceError(_one_line(f"{source}: not valid YAML: {e.__class__.__name__}: {what}")) from None
     return parse_space(data, name=name, source=source)
 
 
@@ -447,12 +473,18 @@ def save_space(space: Space, path: Path, *, overwrite: bool = False) -> Path:
         raise SpaceError(f"{path} already exists; pass --force to overwrite it or choose another name")
     text = space.to_yaml()
     space_from_text(text, name=space.name, source=str(path))  # what we write must load back
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise SpaceError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise SpaceError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -467,6 +499,8 @@ def parse_entry(name: str, text: str) -> Any:
     """One `space create` option into a YAML entry.
 
     `LOW:HIGH[:log][:step=S][:grid=N|grid=A|B|C]` is a range, `A,B,C` a choice, a lone value fixed."""
+    if name not in param_names():
+        raise SpaceError(f"unknown parameter {name!r}; {_suggest_name(name, param_names())}valid: {', '.join(param_names())}")
     kind, _ = param_kind(name)
     text = text.strip()
     if ":" in text:
@@ -479,10 +513,10 @@ def parse_entry(name: str, text: str) -> Any:
             elif key == "step" and val:
                 entry["step"] = val
             elif key == "grid" and val:
-                entry["grid"] = [v for v in val.split("|")] if "|" in val else _count(name, val)
+                entry["grid"] = _grid_option(val)
             else:
                 raise SpaceError(
-                    f"--{name.replace('_', '-')} {text}: unknown range flag {flag!r}; use LOW:HIGH[:log][:step=S][:grid=N]"
+                    f"--{name.replace('_', '-')} {text}: unknown range flag {flag!r}; use LOW:HIGH[:log][:step=S][:grid=N|grid=A|B]"
                 )
         if kind is str:
             raise SpaceError(f"--{name.replace('_', '-')} {text}: {name} takes names, not a range; use A,B,C")
@@ -492,11 +526,11 @@ def parse_entry(name: str, text: str) -> Any:
     return _scalar(text)
 
 
-def _count(name: str, val: str) -> int:
-    try:
+def _grid_option(val: str) -> int | list[str]:
+    """grid=5 is a count; grid=0.9 (not an integer) or grid=1|2|4 are values."""
+    if "|" not in val and val.isdigit():
         return int(val)
-    except ValueError:
-        raise SpaceError(f"--{name.replace('_', '-')}: grid={val!r} is not a count; use grid=5 or grid=0.1|0.2") from None
+    return [v for v in val.split("|") if v]
 
 
 def _scalar(text: str) -> Any:
@@ -514,6 +548,8 @@ def build_space(name: str, options: dict[str, str], *, description: str = "") ->
     entries: dict[str, Any] = {}
     for pname, text in options.items():
         entries[pname] = parse_entry(pname, text)
+    # Bad values (an unknown optimizer, low > high) are reported as such before any condition.
+    parse_space({"params": entries}, name=name, source=f"space '{name}'")
     for child, (parent, values) in CONDITIONS.items():
         entry = entries.get(child)
         parent_entry = entries.get(parent)

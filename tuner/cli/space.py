@@ -47,7 +47,7 @@ def _option_help(name: str) -> str:
     if choices:
         return f"One or more of: {','.join(choices)}."
     what = "integer" if kind is int else "number"
-    return f"{what.capitalize()} range LOW:HIGH[:log][:step=S][:grid=N], choices A,B,C, or one fixed {what}."
+    return f"{what.capitalize()} range LOW:HIGH[:log][:step=S][:grid=N|grid=A|B], choices A,B,C, or one fixed {what}."
 
 
 def _create_signature() -> inspect.Signature:
