@@ -133,8 +133,14 @@ class _Schedule:
         self.plateau = None
         if cfg.scheduler == "onecycle":
             pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
+            # cycle_momentum off: momentum/beta1 stay as configured, and adagrad, adadelta and lbfgs
+            # (which have neither) can use one-cycle at all
             self.onecycle = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=min(max(pct, 0.01), 0.99)
+                optimizer,
+                max_lr=cfg.lr,
+                total_steps=cfg.epochs * steps_per_epoch,
+                pct_start=min(max(pct, 0.01), 0.99),
+                cycle_momentum=False,
             )
         elif cfg.scheduler == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import functools
 import importlib
+import math
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -133,6 +135,11 @@ def split_callable_output(ref: str, out: Any) -> tuple[Any, np.ndarray, np.ndarr
     if not isinstance(out, tuple) or len(out) not in (2, 3):
         raise WorkloadError(f"workload {ref} must return (model, X, y) or (X, y), got {type(out).__name__}")
     model, x, y = (None, *out) if len(out) == 2 else out
+    if model is not None:
+        from torch import nn
+
+        if not isinstance(model, nn.Module):
+            raise WorkloadError(f"workload {ref} returned a {type(model).__name__} as its model; return a torch.nn.Module (or (X, y))")
     return model, np.asarray(_numpy(x)), np.asarray(_numpy(y))
 
 
@@ -155,12 +162,15 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise WorkloadError(f"workload {path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy array saved under an .npz name
+            raise WorkloadError(f"workload {path}: holds a single array, not X and y (save with np.savez(path, X=..., y=...))")
+        with f:
             missing = [k for k in ("X", "y") if k not in f.files]
             if missing:
                 raise WorkloadError(f"workload {path}: no array '{missing[0]}'; it has {', '.join(f.files) or 'none'} (save with np.savez(path, X=..., y=...))")
             return f["X"], f["y"]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # BadZipFile: truncated or not a zip
         raise WorkloadError(f"workload {path}: not a readable .npz file ({e})") from None
 
 
@@ -168,20 +178,21 @@ def _csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise WorkloadError(f"workload {path}: file not found")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: drop the BOM spreadsheets write
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise WorkloadError(f"workload {path}: cannot read it as CSV ({e})") from None
     if not rows:
         raise WorkloadError(f"workload {path}: the file is empty")
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    header = [h.strip() for h in rows[0]]
+    body = [(line, r) for line, r in enumerate(rows[1:], start=2) if r]  # blank lines skipped, numbers kept
     if target not in header:
         raise WorkloadError(f"workload {path}: no column '{target}' for --target; columns: {', '.join(header)}")
     if len(body) < 10:
         raise WorkloadError(f"workload {path}: {len(body)} data rows; at least 10 are needed to hold out a validation split")
     t = header.index(target)
     features, labels = [], []
-    for line, row in enumerate(body, start=2):
+    for line, row in body:
         if len(row) != len(header):
             raise WorkloadError(f"workload {path}: line {line} has {len(row)} fields, the header has {len(header)}")
         labels.append(row[t].strip())
@@ -236,8 +247,13 @@ def _split(
         raise WorkloadError(f"workload {name}: X has NaN or infinite values; impute or drop them first")
     if not 0.0 < val_fraction < 1.0:
         raise WorkloadError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    n_val = math.ceil(val_fraction * len(x))  # as train_test_split rounds it
+    if n_val >= len(x):
+        raise WorkloadError(f"workload {name}: {len(x)} rows leave none to train on after holding out {val_fraction} for validation")
     targets, task, n_classes = _targets(name, y)
-    stratify = targets if task == "classification" and np.bincount(targets).min() >= 2 else None
+    # stratify only where both splits can hold every class, else train_test_split refuses
+    feasible = task == "classification" and np.bincount(targets).min() >= 2 and min(n_val, len(x) - n_val) >= n_classes
+    stratify = targets if feasible else None
     x_tr, x_va, y_tr, y_va = train_test_split(
         x, targets, test_size=val_fraction, random_state=seed, stratify=stratify
     )
