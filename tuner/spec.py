@@ -36,6 +36,7 @@ class StudySpec:
     seed: int = 0  # seeds the sampler, the validation split and each trial (seed + trial number)
     trials: int | None = None  # budget: finished (complete or pruned) trials, all runs together; None: 30, or the grid size
     val_fraction: float = 0.2  # share of the data held out for validation
+    retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
 
     def __post_init__(self) -> None:
         from tuner.samplers import PRUNERS, SAMPLERS, check_name
@@ -46,7 +47,7 @@ class StudySpec:
         check_name("pruner", self.pruner, PRUNERS)
         if self.metric not in METRICS:
             raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
-        for key in ("seed", "trials"):
+        for key in ("seed", "trials", "retries"):
             value = getattr(self, key)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (key == "trials" and value is None):
                 raise SpecError(f"{key} must be an integer, got {value!r}")
@@ -54,6 +55,8 @@ class StudySpec:
             raise SpecError(f"trials must be at least 1, got {self.trials}")
         if self.seed < 0:
             raise SpecError(f"seed must be 0 or more, got {self.seed}")
+        if self.retries < 0:
+            raise SpecError(f"retries must be 0 or more, got {self.retries}")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
 

@@ -6,9 +6,14 @@ Any SQLAlchemy URL works (--storage or TUNER_STORAGE); studies are plain Optuna 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import sqlite3
+import warnings
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -16,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
 
-__all__ = ["DEFAULT_STORAGE", "mask", "open_storage", "resolve_url"]
+__all__ = ["DEFAULT_STORAGE", "StudyLock", "heartbeat_settings", "mask", "open_storage", "resolve_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 _SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock before failing
@@ -62,8 +67,29 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorage:
-    """Open an RDB storage; without `create`, a missing SQLite file is an error rather than a new file."""
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds: a trial whose worker has not beaten for `grace` seconds is
+    failed and re-queued. TUNER_HEARTBEAT sets the interval; the grace is three intervals."""
+    raw = os.environ.get("TUNER_HEARTBEAT", "10")
+    try:
+        interval = int(raw)
+    except ValueError:
+        raise StorageError(f"TUNER_HEARTBEAT={raw!r} is not a whole number of seconds; e.g. TUNER_HEARTBEAT=10") from None
+    if interval < 1:
+        raise StorageError(f"TUNER_HEARTBEAT={raw} must be at least 1 second")
+    return interval, 3 * interval
+
+
+def open_storage(
+    url: str,
+    *,
+    create: bool = False,
+    on_stale_trial: Callable[[Any, Any], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """Open an RDB storage; without `create`, a missing SQLite file is an error rather than a new file.
+
+    Heartbeats are on: a trial whose worker died is failed after the grace period and handed to
+    `on_stale_trial` (tuner's re-queue)."""
     parsed = _parse(url)
     engine_kwargs: dict = {}
     path = sqlite_path(url)
@@ -77,9 +103,16 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     try:
-        storage = optuna.storages.RDBStorage(
-            parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs, skip_table_creation=False
-        )
+        interval, grace = heartbeat_settings()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are stable enough for us
+            storage = optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=on_stale_trial,
+            )
     except ModuleNotFoundError as e:
         raise StorageError(f"storage {mask(url)}: the database driver is not installed ({e.name}); pip install it") from None
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
@@ -104,3 +137,44 @@ def _sqlite_connection_pragmas(dbapi_connection, _record) -> None:  # type: igno
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; an fsync per checkpoint, not per commit
     cursor.close()
+
+
+class StudyLock:
+    """A lock per study, held only while a worker claims its next trial, so that the budget check
+    and the claim are one step across processes and hosts: SQLite (one host) locks a file beside
+    the database; PostgreSQL takes an advisory lock, released by the server if the worker dies."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        self._path: Path | None = None
+        self._engine: sqlalchemy.Engine | None = None
+        path = sqlite_path(url)
+        if path is not None:
+            self._path = path.with_name(path.name + ".lock")
+        elif _parse(url).get_backend_name() == "postgresql":
+            self._engine = sqlalchemy.create_engine(
+                _parse(url).render_as_string(hide_password=False), poolclass=sqlalchemy.pool.NullPool
+            )
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._path is not None:
+            with self._path.open("a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        elif self._engine is not None:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({self._key})")
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({self._key})")
+        else:  # other databases: no cross-process lock; the budget may overshoot by workers - 1
+            yield
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()

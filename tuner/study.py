@@ -7,10 +7,17 @@ stored with it as study user attributes: the spec ("tuner.spec") and the whole s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import math
+import os
+import signal
+import threading
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +30,12 @@ from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
 from tuner.spec import RUN_OPTIONS, StudySpec
-from tuner.storage import mask, open_storage
+from tuner.storage import StudyLock, heartbeat_settings, mask, open_storage
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
 
 __all__ = [
+    "Interrupted",
+    "Loaded",
     "RunResult",
     "create_study",
     "delete_study",
@@ -43,15 +52,26 @@ SPACE_ATTR = "tuner.space"
 DEFAULT_TRIALS = 30
 MAX_CONSECUTIVE_FAILURES = 5  # identical failures in a row stop the study instead of burning its budget
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_S = 1.0  # how often a worker with nothing to claim looks again (others' trials may fail)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the current trial is closed and re-queued, then the process exits."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 
 @dataclass
 class Loaded:
-    """A study as stored: the Optuna study and what tuner created it with."""
+    """A study as stored: the Optuna study, what tuner created it with, and where it lives."""
 
     study: optuna.Study
     spec: StudySpec
     space: Space
+    url: str
 
     @property
     def workload(self) -> WorkloadRef:
@@ -127,12 +147,12 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     for point in grid:
         study.enqueue_trial(point, skip_if_exists=True)
-    return Loaded(study, spec, space)
+    return open_study(spec.name, storage_url)
 
 
-def open_study(name: str, storage_url: str, *, seed_offset: int = 0) -> Loaded:
+def open_study(name: str, storage_url: str, *, worker_index: int = 0) -> Loaded:
     _quiet_optuna()
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, on_stale_trial=_requeue_lost)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names[:10]) or "none"
@@ -144,15 +164,39 @@ def open_study(name: str, storage_url: str, *, seed_offset: int = 0) -> Loaded:
     spec = StudySpec.from_dict(attrs[SPEC_ATTR], source=f"study '{name}'")
     space = parse_space(attrs[SPACE_ATTR], name=Path(spec.space).stem, source=f"study '{name}' (stored space)")
     # The sampler is rebuilt from the stored spec. Its seed moves on with the study's size so that
-    # a resumed run does not replay the random start-up points of the first run.
+    # a resumed run does not replay the random start-up points of the first run, and differs per
+    # worker so that parallel workers do not sample the same points.
     n_existing = len(bare.get_trials(deepcopy=False))
     study = optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=make_sampler(spec.sampler, spec.seed + n_existing + seed_offset),
+        sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index),
         pruner=make_pruner(spec.pruner),
     )
-    return Loaded(study, spec, space)
+    return Loaded(study, spec, space, storage_url)
+
+
+def _requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Queue a copy of a lost or interrupted trial with the same parameters, up to the study's
+    `retries`; the copy records which trial it repeats and why."""
+    retries = study.user_attrs.get(SPEC_ATTR, {}).get("retries", StudySpec.retries)
+    count = int(trial.user_attrs.get("retry_count", 0)) + 1
+    if count > retries:
+        return
+    study.enqueue_trial(
+        dict(trial.params),
+        user_attrs={
+            "retry_of": trial.number,
+            "retry_root": trial.user_attrs.get("retry_root", trial.number),
+            "retry_count": count,
+            "retry_reason": reason,
+        },
+    )
+
+
+def _requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+    _, grace = heartbeat_settings()
+    _requeue(study, trial, f"trial {trial.number} lost its worker (no heartbeat for {grace}s)")
 
 
 def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACES_DIR) -> StudySpec:
@@ -234,76 +278,176 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
     return objective
 
 
+def _claim(loaded: Loaded, budget: int) -> tuple[str, optuna.Trial | None]:
+    """Under the study lock: free the trials of dead workers, then start one trial if the budget
+    allows it. Queued trials (grid points, re-queued copies) are taken first, so with K workers
+    the study ends with exactly `budget` finished trials and each grid point runs once."""
+    study = loaded.study
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats outside Study.optimize are tuner's own
+        optuna.storages.fail_stale_trials(study)
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+    running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
+    if finished >= budget:
+        return "budget", None
+    if finished + running >= budget:
+        return "wait", None  # a running trial may still fail and free its place
+    if loaded.spec.sampler == "grid" and waiting == 0:
+        return ("wait", None) if running else ("grid_exhausted", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return "trial", study.ask()
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: Any, trial_id: int, interval: float):  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
+    study = loaded.study
+    interval, _ = heartbeat_settings()
+    with _heartbeat(study._storage, trial._trial_id, interval):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            return study.tell(trial, state=TrialState.PRUNED)
+        except Exception:  # the objective stored the reason
+            return study.tell(trial, state=TrialState.FAIL)
+        except KeyboardInterrupt as e:
+            reason = f"interrupted by {getattr(e, 'signal_name', 'SIGINT')}"
+            trial.set_user_attr("fail_reason", reason)
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            _requeue(study, frozen, reason)
+            raise
+    if not math.isfinite(value):
+        trial.set_user_attr("fail_reason", f"objective returned {value}")
+        return study.tell(trial, state=TrialState.FAIL)
+    return study.tell(trial, value)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():  # type: ignore[no-untyped-def]
+    """SIGTERM (a scheduler's kill) behaves like Ctrl-C: the trial is closed, then the process exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Interrupted("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            raise Interrupted("SIGINT") from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def set_threads(threads: int | None, *, n_workers: int = 1) -> int:
+    """Torch threads per worker: a small model on a busy core loses far more to threads waiting on
+    each other than it gains, so each worker gets its share of the cores unless told otherwise."""
+    import torch
+
+    n = threads or max(1, (os.cpu_count() or 1) // max(n_workers, 1))
+    torch.set_num_threads(n)
+    return n
+
+
 def run_study(
     loaded: Loaded,
     *,
     device: str = "auto",
     timeout: float | None = None,
     on_trial: Callable[[FrozenTrial, int, int, float | None], None] | None = None,
+    threads: int | None = None,
+    n_workers: int = 1,
 ) -> RunResult:
-    """Run until the study holds `spec.trials` finished trials (all runs together), the grid is
-    exhausted, or the timeout passes. Failed trials do not count toward the budget; a run of
-    identical failures stops the study with the reason."""
+    """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
+    workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
+    count toward the budget; a run of identical failures stops the worker with the reason."""
     from tuner.train import resolve_device
 
     _quiet_optuna()
     study, spec = loaded.study, loaded.spec
     torch_device = resolve_device(device)
+    set_threads(threads, n_workers=n_workers)
     objective = make_objective(loaded, torch_device)
     budget = int(spec.trials or DEFAULT_TRIALS)
+    lock = StudyLock(loaded.url, spec.name)
     started = time.monotonic()
     deadline = started + timeout if timeout else None
     failures: list[str] = []
     ran = 0
     stopped = "budget"
+    try:
+        with _signals_interrupt():
+            while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped = "timeout"
+                    break
+                with lock.held():
+                    decision, trial = _claim(loaded, budget)
+                if decision == "wait":
+                    time.sleep(POLL_S)
+                    continue
+                if trial is None:
+                    stopped = decision
+                    break
+                frozen = _execute(loaded, trial, objective)
+                ran += 1
+                if frozen.state == TrialState.FAIL:
+                    failures.append(frozen.user_attrs.get("fail_reason", "unknown error"))
+                    recent = failures[-MAX_CONSECUTIVE_FAILURES:]
+                    if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
+                        raise TunerError(
+                            f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: "
+                            f"{recent[0]} (fix it, then `tuner study resume {spec.name}`)"
+                        )
+                else:
+                    failures.clear()
+                if on_trial is not None:
+                    on_trial(frozen, _count(study, FINISHED), budget, _best_value(study))
+    finally:
+        lock.close()
+    return summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
 
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal ran
-        ran += 1
-        if trial.state == TrialState.FAIL:
-            failures.append(trial.user_attrs.get("fail_reason", "unknown error"))
-            recent = failures[-MAX_CONSECUTIVE_FAILURES:]
-            if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
-                study.stop()
-        else:
-            failures.clear()
-        if on_trial is not None:
-            on_trial(trial, _count(study, FINISHED), budget, _best_value(study))
 
-    while True:
-        remaining = budget - _count(study, FINISHED)
-        if spec.sampler == "grid":
-            waiting = _count(study, (TrialState.WAITING,))
-            if waiting == 0:
-                stopped = "grid_exhausted" if remaining > 0 else "budget"
-                break
-            remaining = min(remaining, waiting)
-        if remaining <= 0:
-            break
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            stopped = "timeout"
-            break
-        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), callbacks=[after_trial])
-        recent = failures[-MAX_CONSECUTIVE_FAILURES:]
-        if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
-            raise TunerError(
-                f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: {recent[0]} "
-                f"(fix it, then `tuner study resume {spec.name}`)"
-            )
-
+def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: str, elapsed_s: float, failures: list[str]) -> RunResult:
+    study = loaded.study
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
     best = _best_trial(study)
     return RunResult(
-        name=spec.name,
+        name=loaded.spec.name,
         budget=budget,
-        n_finished=_count(study, FINISHED),
-        n_complete=_count(study, (TrialState.COMPLETE,)),
-        n_pruned=_count(study, (TrialState.PRUNED,)),
-        n_failed=_count(study, (TrialState.FAIL,)),
+        n_finished=states[TrialState.COMPLETE] + states[TrialState.PRUNED],
+        n_complete=states[TrialState.COMPLETE],
+        n_pruned=states[TrialState.PRUNED],
+        n_failed=states[TrialState.FAIL],
         best_value=best.value if best else None,
         best_params=dict(best.params) if best else {},
         best_trial=best.number if best else None,
-        elapsed_s=time.monotonic() - started,
+        elapsed_s=elapsed_s,
         stopped=stopped,
         ran=ran,
         failures=sorted(set(failures)),
