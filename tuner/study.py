@@ -320,6 +320,16 @@ def _heartbeat(storage: Any, trial_id: int, interval: float):  # type: ignore[no
         thread.join()
 
 
+def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: str) -> None:
+    """A signal landed between claiming the trial and recording its result: close it as failed,
+    with the reason, and queue it again (unless its result was already recorded)."""
+    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        return
+    reason = f"interrupted by {signal_name}"
+    trial.set_user_attr("fail_reason", reason)
+    _requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
+
+
 def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
     study = loaded.study
@@ -331,12 +341,6 @@ def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Tr
             return study.tell(trial, state=TrialState.PRUNED)
         except Exception:  # the objective stored the reason
             return study.tell(trial, state=TrialState.FAIL)
-        except KeyboardInterrupt as e:
-            reason = f"interrupted by {getattr(e, 'signal_name', 'SIGINT')}"
-            trial.set_user_attr("fail_reason", reason)
-            frozen = study.tell(trial, state=TrialState.FAIL)
-            _requeue(study, frozen, reason)
-            raise
     if not math.isfinite(value):
         trial.set_user_attr("fail_reason", f"objective returned {value}")
         return study.tell(trial, state=TrialState.FAIL)
@@ -344,7 +348,7 @@ def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Tr
 
 
 @contextlib.contextmanager
-def _signals_interrupt():  # type: ignore[no-untyped-def]
+def signals_interrupt():  # type: ignore[no-untyped-def]
     """SIGTERM (a scheduler's kill) behaves like Ctrl-C: the trial is closed, then the process exits."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -364,12 +368,12 @@ def _signals_interrupt():  # type: ignore[no-untyped-def]
         signal.signal(signal.SIGTERM, previous)
 
 
-def set_threads(threads: int | None, *, n_workers: int = 1) -> int:
-    """Torch threads per worker: a small model on a busy core loses far more to threads waiting on
-    each other than it gains, so each worker gets its share of the cores unless told otherwise."""
+def set_threads(threads: int | None) -> int:
+    """Torch threads for this worker (default: all cores; `tuner worker --workers K` passes its
+    share). Oversubscribed cores are ruinous for small models: threads wait on each other."""
     import torch
 
-    n = threads or max(1, (os.cpu_count() or 1) // max(n_workers, 1))
+    n = threads or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
 
@@ -381,7 +385,6 @@ def run_study(
     timeout: float | None = None,
     on_trial: Callable[[FrozenTrial, int, int, float | None], None] | None = None,
     threads: int | None = None,
-    n_workers: int = 1,
 ) -> RunResult:
     """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
     workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
@@ -391,7 +394,7 @@ def run_study(
     _quiet_optuna()
     study, spec = loaded.study, loaded.spec
     torch_device = resolve_device(device)
-    set_threads(threads, n_workers=n_workers)
+    set_threads(threads)
     objective = make_objective(loaded, torch_device)
     budget = int(spec.trials or DEFAULT_TRIALS)
     lock = StudyLock(loaded.url, spec.name)
@@ -401,20 +404,26 @@ def run_study(
     ran = 0
     stopped = "budget"
     try:
-        with _signals_interrupt():
+        with signals_interrupt():
             while True:
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "timeout"
                     break
-                with lock.held():
-                    decision, trial = _claim(loaded, budget)
-                if decision == "wait":
-                    time.sleep(POLL_S)
-                    continue
-                if trial is None:
-                    stopped = decision
-                    break
-                frozen = _execute(loaded, trial, objective)
+                trial = None
+                try:
+                    with lock.held():
+                        decision, trial = _claim(loaded, budget)
+                    if decision == "wait":
+                        time.sleep(POLL_S)
+                        continue
+                    if trial is None:
+                        stopped = decision
+                        break
+                    frozen = _execute(loaded, trial, objective)
+                except KeyboardInterrupt as e:
+                    if trial is not None:
+                        _close_interrupted(study, trial, getattr(e, "signal_name", "SIGINT"))
+                    raise
                 ran += 1
                 if frozen.state == TrialState.FAIL:
                     failures.append(frozen.user_attrs.get("fail_reason", "unknown error"))
@@ -495,10 +504,15 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     best = _best_trial(study)
     pruned_reasons: dict[str, int] = {}
+    failed_reasons: dict[str, int] = {}
     for t in trials:
         if t.state == TrialState.PRUNED:
             kind = "diverged" if str(t.user_attrs.get("pruned_reason", "")).startswith("diverged") else "pruner"
             pruned_reasons[kind] = pruned_reasons.get(kind, 0) + 1
+        elif t.state == TrialState.FAIL:
+            reason = fail_reason(t.user_attrs)
+            kind = "lost worker" if reason.startswith("lost") else reason.split(":")[0]
+            failed_reasons[kind] = failed_reasons.get(kind, 0) + 1
     return {
         "name": loaded.spec.name,
         "storage": mask(storage_url),
@@ -507,8 +521,15 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "trials": {"total": len(trials), **states},
         "finished": states["complete"] + states["pruned"],
         "pruned_reasons": pruned_reasons,
+        "failed_reasons": failed_reasons,
+        "retried": sum("retry_of" in t.user_attrs for t in trials),
         "best": _trial_dict(best) if best else None,
     }
+
+
+def fail_reason(user_attrs: dict[str, Any]) -> str:
+    """Why a failed trial failed: what tuner recorded, or (nothing recorded) its worker was lost."""
+    return str(user_attrs.get("fail_reason") or "lost its worker: no heartbeat within the grace period")
 
 
 def _trial_dict(t: FrozenTrial) -> dict[str, Any]:

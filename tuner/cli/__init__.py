@@ -36,6 +36,9 @@ def _root(
     """tuner: define a search space, run a study, read the best configuration."""
 
 
+app.command("worker")(study_cli.worker)
+
+
 @app.command()
 def dashboard(
     storage: StorageOpt = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -37,6 +38,10 @@ TrialsOpt = Annotated[
 ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", min=0.01, max=0.99, help="Share held out for validation [default: 0.2].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes on this machine sharing the study.")]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="Torch threads per worker [default: cores / workers].")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
 SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", help="Folder of space files.")]
 
@@ -107,6 +112,8 @@ def run(
     val_fraction: ValOpt = None,
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = None,
+    workers: WorkersOpt = 1,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -136,7 +143,7 @@ def run(
         if given is None:
             raise SpecError(f"no study '{study_name}' in {mask(url)} yet; to create it pass --space NAME (or --spec FILE)")
         loaded = create_study(given, url, spaces_dir=spaces_dir)
-    _run(loaded, url, device=device, timeout=timeout, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 
 
 @app.command()
@@ -145,6 +152,8 @@ def resume(
     trials: TrialsOpt = None,
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = None,
+    workers: WorkersOpt = 1,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -159,11 +168,22 @@ def resume(
     if trials and trials != loaded.spec.trials:
         loaded.spec = dataclasses.replace(loaded.spec, trials=trials)
         loaded.study.set_user_attr(SPEC_ATTR, loaded.spec.as_dict())
-    _run(loaded, url, device=device, timeout=timeout, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 
 
-def _run(loaded: Any, url: str, *, device: str, timeout: Optional[float], quiet: bool, fmt: Format) -> None:
+def _run(
+    loaded: Any,
+    url: str,
+    *,
+    device: str,
+    timeout: Optional[float],
+    workers: int = 1,
+    threads: Optional[int] = None,
+    quiet: bool,
+    fmt: Format,
+) -> None:
     from tuner.study import FINISHED, run_study
+    from tuner.workers import run_workers
 
     spec = loaded.spec
     show_bar = not quiet and fmt == Format.table
@@ -179,15 +199,31 @@ def _run(loaded: Any, url: str, *, device: str, timeout: Optional[float], quiet:
         disable=not show_bar,
     )
     done_before = len(loaded.study.get_trials(deepcopy=False, states=FINISHED))
-    with progress:
-        task = progress.add_task(spec.name, total=spec.trials, completed=done_before, best=fmt_value(None))
+    label = spec.name if workers == 1 else f"{spec.name} ({workers} workers)"
+    try:
+        with progress:
+            task = progress.add_task(label, total=spec.trials, completed=done_before, best=fmt_value(None))
 
-        def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
-            progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
-            if trial.state.name == "FAIL" and show_bar:
-                progress.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown')}", markup=False)
+            def on_progress(n_finished: int, budget: int, best: Optional[float]) -> None:
+                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
 
-        result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial)
+            def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
+                on_progress(n_finished, budget, best)
+                if trial.state.name == "FAIL" and show_bar:
+                    progress.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown')}", markup=False)
+
+            if workers > 1:
+                result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, on_progress=on_progress)
+            else:
+                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, threads=threads)
+    except KeyboardInterrupt as e:
+        signal_name = getattr(e, "signal_name", "SIGINT")
+        console_err.print(
+            f"interrupted by {signal_name}: the running trial was closed as failed and queued again; "
+            f"`tuner study resume {spec.name}` continues the study",
+            markup=False,
+        )
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     if fmt == Format.json:
         print_json({**dataclasses.asdict(result), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
         return
@@ -208,8 +244,6 @@ def _run(loaded: Any, url: str, *, device: str, timeout: Optional[float], quiet:
 
 
 def _env_storage() -> bool:
-    import os
-
     return bool(os.environ.get("TUNER_STORAGE"))
 
 
@@ -250,6 +284,10 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
     if s["pruned_reasons"]:
         console.print("  pruned: " + ", ".join(f"{k} {v}" for k, v in s["pruned_reasons"].items()))
+    if s["failed_reasons"]:
+        console.print("  failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()), markup=False)
+    if s["retried"]:
+        console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
     _print_best(s["best"], spec["metric"])
 
 
@@ -300,7 +338,7 @@ def trials(
     """Every trial: state, value, parameters, and why it was pruned or failed."""
     from optuna.trial import TrialState
 
-    from tuner.study import open_study, trial_rows
+    from tuner.study import fail_reason, open_study, trial_rows
 
     loaded = open_study(name, resolve_url(storage))
     states = None if state == StateFilter.all else (TrialState[state.value.upper()],)
@@ -318,7 +356,11 @@ def trials(
     table.add_column("note", overflow="fold", ratio=1)
     for r in rows:
         attrs = r["user_attrs"]
-        note = attrs.get("pruned_reason") or attrs.get("fail_reason") or attrs.get("stopped", "")
+        note = attrs.get("pruned_reason") or attrs.get("stopped", "")
+        if r["state"] == "fail":
+            note = fail_reason(attrs)
+        elif "retry_of" in attrs:
+            note = f"{note} (retry of trial {attrs['retry_of']})".strip()
         table.add_row(
             str(r["number"]), r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
             _short(attrs.get("epochs_run")), _short(r["duration_s"]), str(note),
@@ -367,3 +409,25 @@ def delete(
         raise typer.Exit(1)
     delete_study(name, url)
     console.print(f"deleted study '{name}' ({n} trials)")
+
+
+def worker(
+    name: NameArg,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    worker_index: Annotated[int, typer.Option("--worker-index", min=0, help="This worker's number (seeds its sampler).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+) -> None:
+    """Join a study as one more worker, from this or any other host sharing its storage."""
+    from tuner.study import open_study
+    from tuner.train import resolve_device
+
+    resolve_device(device)
+    url = resolve_url(storage)
+    loaded = open_study(name, url, worker_index=worker_index)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)  # this worker's share of the cores
+    _run(loaded, url, device=device, timeout=timeout, threads=threads, quiet=quiet, fmt=fmt)

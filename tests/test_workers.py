@@ -1,0 +1,247 @@
+"""Workers, crashes and resume against real processes: SIGKILL at random points, SIGTERM and
+SIGINT, K workers on SQLite and PostgreSQL sharing one budget and one grid, and no password ever
+shown. Heartbeats are shortened (TUNER_HEARTBEAT=1: a lost trial is failed after 3 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+TUNER = str(Path(sys.executable).with_name("tuner"))
+SQLITE = "sqlite:///studies/tuner.db"
+# long enough trials (about 0.5-1 s) that a kill lands inside one
+SLOW_SPACE = """\
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true, grid: 3}
+  optimizer: {type: categorical, choices: [adam, nesterov]}
+  momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
+  hidden_units: {type: categorical, choices: [32, 64]}
+  epochs: 40
+  n_layers: 1
+"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(project: Path) -> dict[str, str]:
+    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)
+    return {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _wait_for(predicate, *, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
+            pass  # the study may not exist yet
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _mid_trial(url: str, name: str, *, min_finished: int) -> bool:
+    trials = _trials(url, name)
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return finished >= min_finished and any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+
+
+def _snapshot(url: str, name: str) -> dict[int, tuple]:
+    return {
+        t.number: (t.state, t.params, t.value, dict(t.intermediate_values))
+        for t in _trials(url, name)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    }
+
+
+def _check_complete(url: str, name: str, budget: int, before: dict[int, tuple]) -> list[optuna.trial.FrozenTrial]:
+    trials = _trials(url, name)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == budget, f"{len(finished)} finished, budget {budget}"
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING], "RUNNING trials left"
+    after = _snapshot(url, name)
+    assert {n: after[n] for n in before} == before, "an earlier finished trial changed"
+    return trials
+
+
+def _run(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([TUNER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
+    rng = random.Random(seed)
+    budget = 7
+    proc = _run("study", "run", "k", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--seed", str(seed), "-q", env=env)
+    min_finished = rng.randint(0, 3)
+    _wait_for(lambda: _mid_trial(SQLITE, "k", min_finished=min_finished), what="a trial in progress")
+    time.sleep(rng.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _snapshot(SQLITE, "k")
+    zombies = [t.number for t in _trials(SQLITE, "k") if t.state == TrialState.RUNNING]
+    assert zombies, "the kill should leave the trial it interrupted RUNNING"
+
+    again = subprocess.run([TUNER, "study", "run", "k", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _check_complete(SQLITE, "k", budget, before)
+    killed = trials[zombies[0]]
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params
+    assert "lost its worker" in retry[0].user_attrs["retry_reason"]
+    shown = json.loads(subprocess.run([TUNER, "study", "show", "k", "--format", "json"], env=env, capture_output=True, text=True).stdout)
+    assert shown["retried"] == 1 and shown["failed_reasons"] == {"lost worker": 1}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_close_the_trial_and_resume_cleanly(env, sig, code):
+    proc = _run("study", "run", "t", "--space", "slow", "--trials", "4", "--pruner", "none", env=env)
+    _wait_for(lambda: _mid_trial(SQLITE, "t", min_finished=1), what="a trial in progress")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert f"interrupted by {sig.name}" in err and "tuner study resume t" in err and "Traceback" not in err
+    trials = _trials(SQLITE, "t")
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    closed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in closed] == [f"interrupted by {sig.name}"]
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == closed[0].params
+    before = _snapshot(SQLITE, "t")
+    resumed = subprocess.run([TUNER, "study", "resume", "t", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _check_complete(SQLITE, "t", 4, before)
+    assert any(t.user_attrs.get("retry_of") == closed[0].number and t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_two_local_workers_on_sqlite_meet_the_budget_exactly(env):
+    r = subprocess.run(
+        [TUNER, "study", "run", "w", "--space", "tiny", "--trials", "16", "--workers", "2", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["n_finished"] == 16 and doc["ran"] == 16 and "database is locked" not in r.stderr
+    _check_complete(SQLITE, "w", 16, {})
+
+
+def _grid_points(trials) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_grid_across_three_workers_runs_each_point_exactly_once(env):
+    r = subprocess.run(
+        [TUNER, "study", "run", "g", "--space", "grid_small", "--sampler", "grid", "--pruner", "none", "--workers", "3", "-q"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    points = _grid_points(_trials(SQLITE, "g"))
+    assert len(points) == 12 and len(set(points)) == 12
+
+
+def test_four_workers_on_postgresql_killed_at_random_points_then_resumed(env, pg_url):
+    rng = random.Random(4)
+    budget = 16
+    env = {**env, "TUNER_STORAGE": pg_url}
+    created = subprocess.run(
+        [TUNER, "study", "create", "p", "--space", "slow", "--trials", str(budget), "--pruner", "none"], env=env, capture_output=True, text=True
+    )
+    assert created.returncode == 0, created.stderr
+    workers = [_run("worker", "p", "--worker-index", str(i), "--workers", "4", "-q", env=env) for i in range(4)]
+    for victim in rng.sample(workers, 2):
+        _wait_for(lambda: _mid_trial(pg_url, "p", min_finished=rng.randint(1, 4)), what="a trial in progress")
+        time.sleep(rng.uniform(0.0, 0.5))
+        victim.send_signal(signal.SIGKILL)
+    survivors = [w for w in workers if w.poll() is None]
+    for w in workers:
+        w.wait(timeout=300)
+    assert all(w.returncode == 0 for w in survivors if w.returncode is not None and w.returncode != -9)
+    before = _snapshot(pg_url, "p")
+    resumed = subprocess.run([TUNER, "study", "resume", "p", "--workers", "4", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _check_complete(pg_url, "p", budget, before)
+
+
+def test_four_workers_on_postgresql_share_a_grid_and_a_budget(env, pg_url):
+    env = {**env, "TUNER_STORAGE": pg_url}
+    grid = subprocess.run(
+        [TUNER, "study", "run", "pg_grid", "--space", "grid_small", "--sampler", "grid", "--pruner", "none", "--workers", "4", "-q"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert grid.returncode == 0, grid.stderr
+    points = _grid_points(_trials(pg_url, "pg_grid"))
+    assert len(points) == 12 and len(set(points)) == 12
+    budget = subprocess.run(
+        [TUNER, "study", "run", "pg_tpe", "--space", "tiny", "--trials", "20", "--workers", "4", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert budget.returncode == 0, budget.stderr
+    assert json.loads(budget.stdout)["n_finished"] == 20
+    _check_complete(pg_url, "pg_tpe", 20, {})
+
+
+def test_kill_9_of_the_parent_stops_its_workers_and_the_study_resumes(env):
+    parent = _run("study", "run", "o", "--space", "slow", "--trials", "8", "--pruner", "none", "--workers", "2", "-q", env=env)
+    _wait_for(lambda: _mid_trial(SQLITE, "o", min_finished=1), what="a trial in progress")
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    # the workers get SIGTERM from the kernel, close their trials and exit
+    _wait_for(lambda: not [t for t in _trials(SQLITE, "o") if t.state == TrialState.RUNNING], timeout=60, what="workers to close their trials")
+    before = _snapshot(SQLITE, "o")
+    resumed = subprocess.run([TUNER, "study", "resume", "o", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _check_complete(SQLITE, "o", 8, before)
+
+
+def test_no_output_message_command_line_or_stored_attribute_shows_the_password(env, pg_url):
+    secret = "s3cr3t-Pa55"
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust auth accepts any password
+    assert secret in url
+    outputs = []
+    proc = _run("study", "run", "sec", "--space", "slow", "--trials", "4", "--workers", "2", "--storage", url, env=env)
+    cmdlines: list[str] = []
+
+    def workers_running() -> bool:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if " worker sec " in line:
+                    cmdlines.append(line)
+        return bool(cmdlines)
+
+    _wait_for(workers_running, what="worker processes")
+    outputs += proc.communicate(timeout=300)
+    assert proc.returncode == 0, outputs
+    for argv in (["study", "show", "sec"], ["study", "list"], ["study", "trials", "sec"], ["study", "best", "sec", "--format", "json"],
+                 ["study", "show", "nope"], ["study", "run", "sec", "--sampler", "random"]):
+        r = subprocess.run([TUNER, *argv, "--storage", url], env=env, capture_output=True, text=True)
+        outputs += [r.stdout, r.stderr]
+    bad_port = url.replace(":5432/", ":1/")
+    r = subprocess.run([TUNER, "study", "list", "--storage", bad_port], env=env, capture_output=True, text=True)
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode == 1 and "***" in r.stderr
+    study = optuna.load_study(study_name="sec", storage=pg_url)
+    stored = json.dumps([study.user_attrs, study.system_attrs if hasattr(study, "system_attrs") else {}]
+                        + [[t.user_attrs, t.system_attrs] for t in study.get_trials()], default=str)
+    for text in [*outputs, *cmdlines, stored]:
+        assert secret not in text
