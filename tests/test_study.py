@@ -220,6 +220,25 @@ def test_repeated_identical_failures_stop_the_study_with_the_reason(project):
     assert all("CUDA out of memory" in t.user_attrs["fail_reason"] for t in failed)
 
 
+def test_a_failing_trial_is_recorded_and_the_study_goes_on_to_its_budget(project):
+    Path("flaky_workload.py").write_text(
+        "import numpy as np\n"
+        "calls = 0\n"
+        "def build(config):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls % 3 == 0:\n"
+        "        raise RuntimeError(f'CUDA out of memory (simulated, call {calls})')\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.normal(size=(80, 4))\n"
+        "    return x, (x[:, 0] > 0).astype(int)\n"
+    )
+    result = run_study(create_study(_spec(workload="flaky_workload:build", trials=6), SQLITE), device="cpu")
+    assert result.n_finished == 6 and result.n_failed >= 2
+    failed = open_study("s", SQLITE).study.get_trials(states=(TrialState.FAIL,))
+    assert all(t.user_attrs["fail_reason"].startswith("WorkloadError: workload flaky_workload:build raised RuntimeError: CUDA out of memory") for t in failed)
+
+
 def test_user_callable_workload_supplies_its_own_model(project):
     Path("my_workload.py").write_text(
         "import numpy as np, torch\n"

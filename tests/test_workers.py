@@ -80,6 +80,21 @@ def _check_complete(url: str, name: str, budget: int, before: dict[int, tuple]) 
     return trials
 
 
+def _processes(needle: str) -> list[str]:
+    """Command lines of live processes containing `needle`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if needle in line and "State:\tZ" not in status:
+                found.append(line)
+    return found
+
+
 def _run(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
     return subprocess.Popen([TUNER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -203,7 +218,10 @@ def test_kill_9_of_the_parent_stops_its_workers_and_the_study_resumes(env):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     # the workers get SIGTERM from the kernel, close their trials and exit
-    _wait_for(lambda: not [t for t in _trials(SQLITE, "o") if t.state == TrialState.RUNNING], timeout=60, what="workers to close their trials")
+    _wait_for(lambda: not _processes(" worker o "), timeout=60, what="the workers to exit")
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in _trials(SQLITE, "o")]
+    assert not [s for s in states if s[1] == "RUNNING"], states
+    assert [s for s in states if s[2] == "interrupted by SIGTERM"], states
     before = _snapshot(SQLITE, "o")
     resumed = subprocess.run([TUNER, "study", "resume", "o", "-q"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -219,14 +237,7 @@ def test_no_output_message_command_line_or_stored_attribute_shows_the_password(e
     cmdlines: list[str] = []
 
     def workers_running() -> bool:
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                except OSError:
-                    continue
-                if " worker sec " in line:
-                    cmdlines.append(line)
+        cmdlines.extend(_processes(" worker sec "))
         return bool(cmdlines)
 
     _wait_for(workers_running, what="worker processes")

@@ -446,11 +446,23 @@ def load_space(ref: str | Path, *, spaces_dir: Path = SPACES_DIR) -> Space:
     path = resolve_space_path(ref, spaces_dir=spaces_dir)
     if not path.is_file():
         raise SpaceError(f"search space '{ref}' not found: no file {path} (`tuner space list` shows the spaces)")
+    return space_from_text(read_small_text(path, error=SpaceError), name=path.stem, source=str(path))
+
+
+MAX_FILE_BYTES = 1_000_000  # space and spec files are a few KB; anything this big is a mistake
+
+
+def read_small_text(path: Path, *, error: type[Exception]) -> str:
+    """A settings file as text: refused if huge, not UTF-8 or unreadable (one line, no traceback)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpaceError(f"{path}: cannot read the file ({e.__class__.__name__}: {e})") from None
-    return space_from_text(text, name=path.stem, source=str(path))
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise error(f"{path}: {size:,} bytes is too large for a settings file (at most {MAX_FILE_BYTES:,})")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
 def space_from_text(text: str, *, name: str, source: str) -> Space:

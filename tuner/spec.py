@@ -41,6 +41,10 @@ class StudySpec:
     def __post_init__(self) -> None:
         from tuner.samplers import PRUNERS, SAMPLERS, check_name
 
+        for key in ("name", "space", "workload", "sampler", "pruner", "metric", "target"):
+            value = getattr(self, key)
+            if not isinstance(value, str) and not (key == "target" and value is None):
+                raise SpecError(f"{key} must be text, got {value!r}"[:300])
         if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 100:
             raise SpecError(f"study name {self.name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
         check_name("sampler", self.sampler, SAMPLERS)
@@ -87,10 +91,14 @@ class StudySpec:
 def load_spec(path: Path) -> StudySpec:
     if not path.is_file():
         raise SpecError(f"study spec {path} not found (the shipped ones are in studies/)")
+    from tuner.space import read_small_text
+
+    text = read_small_text(path, error=SpecError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+        problem = (getattr(e, "problem", None) or str(e) or e.__class__.__name__).splitlines()[0]
+        raise SpecError(f"{path}: not valid YAML{at}: {problem}") from None
     return StudySpec.from_dict(data, source=str(path))

@@ -113,8 +113,9 @@ def open_storage(
                 grace_period=grace,
                 heartbeat_stale_trial_callback=on_stale_trial,
             )
-    except ModuleNotFoundError as e:
-        raise StorageError(f"storage {mask(url)}: the database driver is not installed ({e.name}); pip install it") from None
+    except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as ImportError
+        missing = getattr(e, "name", None) or getattr(e.__cause__, "name", None) or parsed.drivername
+        raise StorageError(f"storage {mask(url)}: the database driver is not installed ({missing}); pip install it") from None
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {mask(url)}: {_mask_text(reason)}") from None

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import DivergedError, SpecError, StorageError, TunerError
+from tuner.errors import DivergedError, SpaceError, SpecError, StorageError, TunerError
 from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
@@ -127,7 +127,10 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
         problem = space.grid_problem()
         if problem:
             raise SpecError(f"grid search: {problem}")
-        grid = space.grid()
+        try:
+            grid = space.grid()
+        except SpaceError as e:
+            raise SpecError(f"grid search: {e}") from None
     check_workload(spec, space)
     budget = spec.trials or (len(grid) if grid else DEFAULT_TRIALS)
     spec = StudySpec(**{**spec.as_dict(), "trials": budget})
@@ -263,6 +266,8 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             raise
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{e.__class__.__name__}: {e}"[:500])
+            if "out of memory" in str(e).lower():
+                _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
             raise
         last = result.last
         trial.set_user_attr("duration_s", round(result.duration_s, 4))
@@ -276,6 +281,16 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
         return result.value
 
     return objective
+
+
+def _release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _claim(loaded: Loaded, budget: int) -> tuple[str, optuna.Trial | None]:
@@ -323,11 +338,16 @@ def _heartbeat(storage: Any, trial_id: int, interval: float):  # type: ignore[no
 def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: str) -> None:
     """A signal landed between claiming the trial and recording its result: close it as failed,
     with the reason, and queue it again (unless its result was already recorded)."""
-    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-        return
-    reason = f"interrupted by {signal_name}"
-    trial.set_user_attr("fail_reason", reason)
-    _requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
+    storage = study._storage
+    try:
+        storage.remove_session()  # the signal may have broken the session mid-query
+        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        reason = f"interrupted by {signal_name}"
+        trial.set_user_attr("fail_reason", reason)
+        _requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
+    except Exception:  # the database is unreachable: the heartbeat grace period will free the trial
+        pass
 
 
 def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:

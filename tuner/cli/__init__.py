@@ -16,6 +16,11 @@ from tuner.cli import study as study_cli
 from tuner.cli.common import StorageOpt, console_err
 from tuner.errors import TunerError
 
+try:  # typer vendors click from 0.2x; older ones use click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click  # type: ignore[no-redef]
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -54,7 +59,19 @@ def dashboard(
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="tuner")
+    except _click.NoArgsIsHelpError:
+        sys.exit(0)  # the help was shown: asking for it is not an error
+    except _click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        console_err.print(f"error: {e.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except _click.ClickException as e:  # e.g. a file option that cannot be opened
+        console_err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # a prompt closed by Ctrl-C or end of input
+        console_err.print("aborted: nothing changed", highlight=False)
+        sys.exit(1)
     except TunerError as e:
         if debug:
             raise
@@ -73,3 +90,4 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
