@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -244,12 +245,14 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("device", str(device))
 
+        epochs: list[Any] = []
+
         def report(epoch: Any) -> None:
+            epochs.append(epoch)
             trial.report(epoch.metric, epoch.epoch)
             if trial.should_prune():
                 reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
-                trial.set_user_attr("pruned_reason", reason)
-                trial.set_user_attr("epochs_run", epoch.epoch)
+                _record(trial, {"pruned_reason": reason, "epochs_run": epoch.epoch, "history": _history(epochs)})
                 raise optuna.TrialPruned(reason)
 
         try:
@@ -259,8 +262,8 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             )
         except DivergedError as e:
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
-            trial.set_user_attr("pruned_reason", str(e))
-            trial.set_user_attr("epochs_run", e.epoch)
+            attrs = {"pruned_reason": str(e), "epochs_run": e.epoch, "exploding_gradients": True}
+            _record(trial, {**attrs, "history": _history(epochs)})
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
             raise
@@ -269,18 +272,35 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             if "out of memory" in str(e).lower():
                 _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
             raise
-        last = result.last
-        trial.set_user_attr("duration_s", round(result.duration_s, 4))
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("stopped", result.stopped)
-        trial.set_user_attr("train_loss", last.train_loss)
-        trial.set_user_attr("val_loss", last.val_loss)
-        if last.val_accuracy is not None:
-            trial.set_user_attr("val_accuracy", last.val_accuracy)
+        last, diag = result.last, result.diagnostics
+        attrs = {
+            "duration_s": round(result.duration_s, 4),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped": result.stopped,
+            "train_loss": last.train_loss,
+            "val_loss": last.val_loss,
+            "val_accuracy": last.val_accuracy,
+            "train_accuracy": last.train_accuracy,
+            **(dataclasses.asdict(diag) if diag else {}),
+            "grad_norms": last.grad_norms,
+            "history": _history(result.history),
+        }
+        _record(trial, {k: v for k, v in attrs.items() if v is not None})
         return result.value
 
     return objective
+
+
+def _history(epochs: list[Any]) -> dict[str, list[Any]]:
+    """Per-epoch curves, stored with the trial for learning-curve plots."""
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
+    return {"epoch": [e.epoch for e in epochs], **{k: [getattr(e, k) for e in epochs] for k in keys}}
+
+
+def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def _release_gpu_memory() -> None:

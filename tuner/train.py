@@ -21,9 +21,12 @@ from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["OPTIMIZER_FACTORIES", "EpochResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
+# Diagnostics thresholds, from what makes networks fail to learn:
+VANISHING_RATIO = 1e-3  # first layer's gradient norm below this share of the last layer's
+EXPLODING_NORM = 1e3  # any layer's gradient norm above this (before clipping)
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
@@ -56,6 +59,32 @@ class EpochResult:
     val_accuracy: float | None  # classification only
     metric: float  # the study's metric at this epoch
     lr: float  # learning rate in force during the epoch
+    train_accuracy: float | None = None  # on the training batches as trained (dropout on)
+    grad_norms: dict[str, float] = field(default_factory=dict)  # per layer, on the epoch's last batch
+
+
+@dataclass
+class Diagnostics:
+    """What a person looks at to judge a trial's training, beyond its score."""
+
+    grad_norm_first: float | None  # first layer's gradient norm at the last epoch
+    grad_norm_last: float | None  # last layer's
+    vanishing_gradients: bool  # early layers' gradients collapsed relative to the last layer's
+    exploding_gradients: bool  # some gradient norm blew up (or the loss diverged)
+    overfit_gap: float  # train minus validation accuracy; for regression, val minus train loss
+
+    @classmethod
+    def of(cls, history: list[EpochResult], task: str) -> "Diagnostics":
+        last = history[-1]
+        norms = list(last.grad_norms.values())
+        first, final = (norms[0], norms[-1]) if norms else (None, None)
+        vanishing = bool(norms) and final > 0 and first < VANISHING_RATIO * final
+        exploding = any(v > EXPLODING_NORM or not math.isfinite(v) for e in history for v in e.grad_norms.values())
+        if task == "classification" and last.train_accuracy is not None and last.val_accuracy is not None:
+            gap = last.train_accuracy - last.val_accuracy
+        else:
+            gap = last.val_loss - last.train_loss
+        return cls(first, final, vanishing, exploding, gap)
 
 
 @dataclass
@@ -68,6 +97,8 @@ class TrainResult:
     device: str
     duration_s: float
     model: nn.Module = field(repr=False)
+    diagnostics: Diagnostics | None = None
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # with keep_best
 
     @property
     def last(self) -> EpochResult:
@@ -183,6 +214,10 @@ class _Schedule:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
+def _grad_norm(w: torch.Tensor) -> torch.Tensor:
+    return w.grad.detach().norm() if w.grad is not None else torch.zeros((), device=w.device)
+
+
 def _penalty(weights: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor | float:
     """L1 on weights for every optimizer; L2 too for L-BFGS, which has no weight_decay of its own."""
     total: torch.Tensor | float = 0.0
@@ -225,8 +260,10 @@ def train(
     seed: int = 0,
     model: nn.Module | None = None,
     on_epoch: Callable[[EpochResult], Any] | None = None,
+    keep_best: bool = False,
 ) -> TrainResult:
     """Train one configuration; `on_epoch` sees each epoch's result and may raise to stop (pruning).
+    With `keep_best`, the weights of the best epoch are kept (a copy per improvement) in `best_state`.
 
     Raises DivergedError as soon as an epoch's loss is NaN or infinite."""
     started = time.perf_counter()
@@ -241,7 +278,13 @@ def train(
         model = build_model(cfg, n_features=data.n_features, n_outputs=n_outputs, image_shape=data.image_shape)
     apply_init(model, cfg)
     model.to(device)
-    weights = [p for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+    # layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"
+    named_weights = [
+        (f"{name or 'model'} {type(m).__name__}", m.weight)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
+    ]
+    weights = [p for _, p in named_weights]
     optimizer = OPTIMIZER_FACTORIES[cfg.optimizer](_params(model), cfg)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     schedule = _Schedule(cfg, optimizer, steps_per_epoch)
@@ -251,13 +294,14 @@ def train(
     else:
         train_loss_fn = eval_loss_fn = nn.MSELoss()
 
-    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = model(xb)
         out = out.squeeze(-1) if data.task == "regression" else out
-        return train_loss_fn(out, yb) + _penalty(weights, cfg)
+        return train_loss_fn(out, yb) + _penalty(weights, cfg), out
 
     history: list[EpochResult] = []
     best: EpochResult | None = None
+    best_state: dict[str, torch.Tensor] | None = None
     sign = 1.0 if METRICS[metric] == "maximize" else -1.0
     stopped = "completed"
     for epoch in range(1, cfg.epochs + 1):
@@ -266,16 +310,22 @@ def train(
         lr = schedule.lr
         model.train()
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(len(x_train), device=device, generator=generator)
-        for idx in order.split(cfg.batch_size):
+        correct = torch.zeros((), device=device)
+        grad_norms = torch.zeros(len(weights), device=device)
+        batches = torch.randperm(len(x_train), device=device, generator=generator).split(cfg.batch_size)
+        for i, idx in enumerate(batches):
             if len(idx) < 2 and cfg.norm == "batch":
                 continue  # batch norm cannot normalize a batch of one
             xb, yb = x_train[idx], y_train[idx]
+            seen: dict[str, torch.Tensor] = {}
 
             def closure() -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
-                loss = batch_loss(xb, yb)
+                loss, seen["out"] = batch_loss(xb, yb)
                 loss.backward()
+                # per-layer gradient norms near the epoch's end (the last batch may be skipped), before clipping
+                if weights and i >= len(batches) - 2:
+                    grad_norms.copy_(torch.stack([_grad_norm(w) for w in weights]))
                 if cfg.grad_clip > 0:  # the guard against exploding gradients
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 return loss
@@ -283,7 +333,10 @@ def train(
             loss = optimizer.step(closure)
             schedule.after_batch()
             loss_sum += loss.detach() * len(idx)
-        train_loss = (loss_sum / len(x_train)).item()
+            if data.task == "classification":
+                correct += (seen["out"].detach().argmax(1) == yb).sum()
+        # one read from the device per epoch, not one per batch
+        train_loss, train_correct, *norms = torch.cat([(loss_sum / len(x_train)).view(1), correct.view(1), grad_norms]).tolist()
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
 
@@ -292,7 +345,16 @@ def train(
         if not math.isfinite(val_loss):
             raise DivergedError(epoch, val_loss)
         schedule.end_epoch(epoch, val_loss)
-        result = EpochResult(epoch, train_loss, val_loss, val_accuracy, _metric(metric, val_loss, val_accuracy), lr)
+        result = EpochResult(
+            epoch,
+            train_loss,
+            val_loss,
+            val_accuracy,
+            _metric(metric, val_loss, val_accuracy),
+            lr,
+            train_accuracy=train_correct / len(x_train) if data.task == "classification" else None,
+            grad_norms={name: norm for (name, _), norm in zip(named_weights, norms)},
+        )
         history.append(result)
 
         # report (may raise to prune), then decide to stop early
@@ -300,6 +362,8 @@ def train(
             on_epoch(result)
         if best is None or sign * result.metric > sign * best.metric:
             best = result
+            if keep_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif cfg.patience and epoch - best.epoch >= cfg.patience:
             stopped = "early_stopping"
             break
@@ -314,4 +378,6 @@ def train(
         device=str(device),
         duration_s=time.perf_counter() - started,
         model=model,
+        diagnostics=Diagnostics.of(history, data.task),
+        best_state=best_state,
     )
