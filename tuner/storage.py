@@ -21,9 +21,11 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
 
-__all__ = ["DEFAULT_STORAGE", "StudyLock", "heartbeat_settings", "mask", "open_storage", "resolve_url"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "heartbeat_settings", "mask", "open_storage", "resolve_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+# Files attached to studies (retrained models) live here, linked from the dashboard.
+DEFAULT_ARTIFACTS = Path("studies/artifacts")
 _SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock before failing
 
 
