@@ -237,7 +237,7 @@ def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
 def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
     from tuner.train import train
 
-    spec, space, wref = loaded.spec, loaded.space, loaded.workload
+    spec, space = loaded.spec, loaded.space
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
@@ -256,7 +256,7 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
                 raise optuna.TrialPruned(reason)
 
         try:
-            data, model = load_workload(wref, seed=spec.seed, val_fraction=spec.val_fraction, config=params)
+            data, model = trial_workload(loaded, params, seed)
             result = train(
                 TrainConfig.from_params(params), data, metric=spec.metric, device=device, seed=seed, model=model, on_epoch=report
             )
@@ -290,6 +290,15 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
         return result.value
 
     return objective
+
+
+def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    """The data (split with the study's seed) and, for a user callable, its model, built with torch
+    seeded by the trial's seed so that its initial weights are the same whenever the trial is rerun."""
+    import torch
+
+    torch.manual_seed(seed)
+    return load_workload(loaded.workload, seed=loaded.spec.seed, val_fraction=loaded.spec.val_fraction, config=params)
 
 
 def _history(epochs: list[Any]) -> dict[str, list[Any]]:

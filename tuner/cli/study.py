@@ -16,7 +16,7 @@ from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err
 from tuner.errors import SpecError, StorageError
 from tuner.space import SPACES_DIR
 from tuner.spec import StudySpec, load_spec
-from tuner.storage import mask, resolve_url
+from tuner.storage import DEFAULT_ARTIFACTS, mask, resolve_url
 
 app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
 
@@ -301,8 +301,16 @@ def _print_best(best: Optional[dict[str, Any]], metric: str) -> None:
 
 
 @app.command()
-def best(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
-    """The best trial: value, parameters and its training record."""
+def best(
+    name: NameArg,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the best configuration and save its model.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file [default: studies/models/NAME-trialN.pt].")] = None,
+    device: DeviceOpt = "auto",
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder of files attached to studies.")] = DEFAULT_ARTIFACTS,
+    storage: StorageOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The best trial: value, parameters and its training record; --retrain saves its model."""
     from tuner.study import _trial_dict, open_study
 
     loaded = open_study(name, resolve_url(storage))
@@ -311,12 +319,23 @@ def best(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     except ValueError:
         raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
     d = _trial_dict(trial)
+    if retrain:
+        from tuner.retrain import retrain_best
+
+        r = retrain_best(loaded, out=out, device=device, artifacts_dir=artifacts)
+        d["retrained"] = {"file": str(r.path), "epoch": r.epoch, "reproduced": r.reproduced, "artifact_id": r.artifact_id}
     if fmt == Format.json:
         print_json({"metric": loaded.spec.metric, **d})
         return
     _print_best(d, loaded.spec.metric)
     attrs = d["user_attrs"]
     console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in ("epochs_run", "duration_s", "device", "seed") if k in attrs))
+    if retrain:
+        rt = d["retrained"]
+        console.print(
+            f"retrained: {rt['file']} (weights of epoch {rt['epoch']}, {loaded.spec.metric} {rt['reproduced']:.4f}; "
+            f"attached to the study as artifact {rt['artifact_id']})"
+        )
 
 
 class StateFilter(str, enum.Enum):

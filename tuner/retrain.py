@@ -1,0 +1,171 @@
+"""The best model as a file: retrain the best trial's configuration with its seed, keep the weights
+of its best epoch, save them with everything needed to use them, and attach the file to the study.
+
+    model, meta = load_model("studies/models/demo-trial14.pt")   # back in torch, ready to predict
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner.errors import SpecError, TunerError
+from tuner.params import TrainConfig
+from tuner.storage import DEFAULT_ARTIFACTS
+from tuner.study import Loaded, _quiet_optuna, set_threads, trial_workload
+from tuner.train import _evaluate, _scale, resolve_device, train
+from tuner.workloads.data import Dataset, load_workload, parse_workload
+from tuner.workloads.models import build_model
+
+__all__ = ["Retrained", "load_model", "retrain_best", "score"]
+
+BEST_MODEL_ATTR = "best_model"
+MODELS_DIR = Path("studies/models")
+_FORMAT = "tuner.model/1"
+
+
+@dataclass
+class Retrained:
+    path: Path
+    trial: int  # the best trial's number
+    metric: str
+    reported: float  # the trial's value in the study
+    reproduced: float  # the retrained model's score on the same validation split
+    epoch: int  # the epoch whose weights were kept
+    artifact_id: str | None
+
+
+def _input_scaling(data: Dataset, scaling: str) -> dict[str, Any]:
+    """The affine map the loop applied to inputs, so a saved model can be fed raw features."""
+    probe = np.stack([np.zeros(data.n_features, np.float32), np.ones(data.n_features, np.float32)])
+    scaled, _ = _scale(data.x_train, probe, scaling)
+    shift = scaled[0]
+    return {"kind": scaling, "scale": (scaled[1] - shift).tolist(), "shift": shift.tolist()}
+
+
+def retrain_best(
+    loaded: Loaded,
+    *,
+    out: Path | None = None,
+    device: str = "auto",
+    artifacts_dir: Path = DEFAULT_ARTIFACTS,
+    threads: int | None = None,
+) -> Retrained:
+    _quiet_optuna()
+    study, spec = loaded.study, loaded.spec
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise SpecError(f"study '{spec.name}' has no complete trial yet; run it with `tuner study run {spec.name}`") from None
+    torch_device = resolve_device(device)
+    set_threads(threads)
+    params = {**loaded.space.fixed(), **best.params}
+    seed = int(best.user_attrs.get("seed", spec.seed + best.number))
+    data, user_model = trial_workload(loaded, params, seed)
+    cfg = TrainConfig.from_params(params)
+    result = train(cfg, data, metric=spec.metric, device=torch_device, seed=seed, model=user_model, keep_best=True)
+    model = result.model
+    assert result.best_state is not None
+    model.load_state_dict(result.best_state)
+    reproduced = next(e.metric for e in result.history if e.epoch == result.best_epoch)
+
+    out = out or MODELS_DIR / f"{spec.name}-trial{best.number}.pt"
+    payload = {
+        "format": _FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": cfg.as_dict(),
+        "params": params,
+        "study": spec.name,
+        "trial": best.number,
+        "seed": seed,
+        "metric": spec.metric,
+        "value": reproduced,
+        "reported_value": best.value,
+        "best_epoch": result.best_epoch,
+        "workload": {"ref": spec.workload, "target": spec.target, "seed": spec.seed, "val_fraction": spec.val_fraction},
+        "task": data.task,
+        "n_features": data.n_features,
+        "n_outputs": data.n_classes or 1,
+        "image_shape": data.image_shape,
+        "input_scaling": _input_scaling(data, cfg.scaling),
+        "user_model": user_model is not None,
+    }
+    _save(payload, out)
+    artifact_id = _attach(loaded, out, artifacts_dir)
+    study.set_user_attr(
+        BEST_MODEL_ATTR,
+        {"trial": best.number, "file": str(out), "artifact_id": artifact_id, spec.metric: reproduced, "epoch": result.best_epoch},
+    )
+    return Retrained(out, best.number, spec.metric, float(best.value), reproduced, result.best_epoch, artifact_id)
+
+
+def _save(payload: dict[str, Any], out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        torch.save(payload, tmp)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise TunerError(f"cannot write {out}: {e.strerror or e}; pass --out with a writable path") from None
+
+
+def _attach(loaded: Loaded, path: Path, artifacts_dir: Path) -> str | None:
+    """The file as a study artifact, so optuna-dashboard (tuner dashboard --artifacts) links it."""
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    try:
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return upload_artifact(
+            artifact_store=FileSystemArtifactStore(str(artifacts_dir)),
+            file_path=str(path),
+            study_or_trial=loaded.study,
+            mimetype="application/octet-stream",
+        )
+    except (OSError, optuna.exceptions.OptunaError) as e:
+        raise TunerError(f"cannot attach {path} to study '{loaded.spec.name}' in {artifacts_dir}: {e}") from None
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A saved best model back in torch (eval mode) with its metadata. For a user-callable workload
+    the architecture comes from calling it again with the saved parameters."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunerError(f"no model file {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise TunerError(f"{path} is not a tuner model file ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise TunerError(f"{path} is not a tuner model file (no {_FORMAT} marker)")
+    cfg = TrainConfig(**payload["config"])
+    if payload["user_model"]:
+        wl = payload["workload"]
+        _, model = load_workload(parse_workload(wl["ref"], target=wl["target"]), seed=wl["seed"], val_fraction=wl["val_fraction"], config=payload["params"])
+    else:
+        shape = tuple(payload["image_shape"]) if payload["image_shape"] else None
+        model = build_model(cfg, n_features=payload["n_features"], n_outputs=payload["n_outputs"], image_shape=shape)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+def score(model: nn.Module, meta: dict[str, Any], *, device: str = "cpu") -> float:
+    """The saved model's metric on its study's validation split, from raw features."""
+    wl = meta["workload"]
+    data, _ = load_workload(parse_workload(wl["ref"], target=wl["target"]), seed=wl["seed"], val_fraction=wl["val_fraction"], config=meta["params"])
+    _, x_val = _scale(data.x_train, data.x_val, meta["config"]["scaling"])  # exactly as in training
+    x = torch.as_tensor(x_val.astype(np.float32), device=device)
+    y = torch.as_tensor(data.y_val, device=device)
+    loss_fn: nn.Module = nn.CrossEntropyLoss() if meta["task"] == "classification" else nn.MSELoss()
+    val_loss, val_accuracy = _evaluate(model, x, y, loss_fn, meta["task"])
+    return {"val_accuracy": val_accuracy, "val_loss": val_loss, "val_rmse": val_loss**0.5}[meta["metric"]]
