@@ -123,6 +123,7 @@ def open_storage(
         raise StorageError(f"cannot open storage {mask(url)}: {_mask_text(reason)}") from None
     if path is not None:
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connection_pragmas)
+        storage.engine.dispose()  # connections opened while creating the tables lack the pragmas
     return storage
 
 
@@ -181,3 +182,29 @@ class StudyLock:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _rdb(storage: Any) -> Any:
+    """The RDBStorage under Optuna's read cache (load_study wraps it), or None for other storages."""
+    backend = getattr(storage, "_rdb", None) or getattr(storage, "_backend", storage)  # tuner's or Optuna's wrapper
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def count_states(storage: Any, study_id: int) -> "Counter[Any]":
+    """Trials per state in one aggregate query, instead of loading every trial to count them."""
+    from collections import Counter
+
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    rdb = _rdb(storage)
+    if rdb is None:
+        return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
+    query = (
+        sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
+        .where(models.TrialModel.study_id == study_id)
+        .group_by(models.TrialModel.state)
+    )
+    with rdb.engine.connect() as conn:
+        return Counter({TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in conn.execute(query)})
+
