@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "WorkloadError", "DivergedError"]
+__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "WorkloadError", "DivergedError", "ReportError"]
 
 
 class TunerError(Exception):
@@ -32,3 +32,7 @@ class DivergedError(TunerError):
         super().__init__(f"diverged: loss={loss} at epoch {epoch}")
         self.epoch = epoch
         self.loss = loss
+
+
+class ReportError(TunerError):
+    """A report cannot be written where it was asked to go."""
