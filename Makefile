@@ -16,6 +16,12 @@ $(VENV)/.installed: pyproject.toml
 		$(PY) -m pip install --quiet --disable-pip-version-check "$(CPU_TORCH)"; \
 	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@# The dashboard tests drive the system Chromium through playwright (never `playwright install`).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the dashboard tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			|| echo "warning: could not install chromium; the dashboard's browser tests will skip"; \
+	fi
 	touch $@
 
 # The main job: a TPE study on sklearn's digits, stored in studies/tuner.db.
