@@ -7,14 +7,18 @@ the traceback only with `tuner --debug ...`. Tracebacks never show locals (URLs 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from tuner.cli import bench as bench_cli
+from tuner.cli import report as report_cli
 from tuner.cli import space as space_cli
 from tuner.cli import study as study_cli
 from tuner.cli.common import StorageOpt, console_err
 from tuner.errors import TunerError
+from tuner.storage import DEFAULT_ARTIFACTS
 
 try:  # typer vendors click from 0.2x; older ones use click itself
     from typer._click import exceptions as _click
@@ -42,6 +46,9 @@ def _root(
 
 
 app.command("worker")(study_cli.worker)
+app.command("report")(report_cli.report)
+app.command("best")(study_cli.best)  # `tuner best NAME --retrain`, as short as it is common
+app.command("bench")(bench_cli.bench)
 
 
 @app.command()
@@ -49,11 +56,15 @@ def dashboard(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you ask for another.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8080,
+    artifacts: Annotated[
+        Path,
+        typer.Option(file_okay=False, help="Folder of the artifact store (files attached to trials and studies); created if missing."),
+    ] = DEFAULT_ARTIFACTS,
 ) -> None:
-    """Serve optuna-dashboard on the study storage (live while workers write to it)."""
+    """Serve optuna-dashboard on the study storage (live while workers write to it), with its artifacts."""
     from tuner.dashboard import serve
 
-    serve(storage, host=host, port=port)
+    serve(storage, host=host, port=port, artifacts=artifacts)
 
 
 def main() -> None:

@@ -1,0 +1,152 @@
+"""`tuner bench`: it runs end to end and writes a well-formed document. Benchmarks are not tests:
+nothing here asserts a timing, only that every figure is there, positive and consistent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _postgres_admin_url
+from tuner.bench import BenchSettings, reference_objective
+
+
+def _positive(value: object, where: str) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r}"
+    assert math.isfinite(value) and value > 0, f"{where}: {value!r}"
+
+
+def _share(value: object, where: str) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and -0.05 < value < 1, f"{where}: {value!r}"
+
+
+def _check_breakdown(part: dict, where: str) -> None:
+    for key in ("wall_ms", "train_ms", "service_ms"):
+        _positive(part[key], f"{where}.{key}")
+    for key in ("sampling_ms", "reports_ms"):
+        assert part[key] >= 0, f"{where}.{key}"
+    assert part["train_ms"] < part["wall_ms"], where
+    assert part["service_ms"] == pytest.approx(part["wall_ms"] - part["train_ms"], rel=1e-6)
+    assert part["share"] == pytest.approx(part["service_ms"] / part["wall_ms"], rel=1e-6)
+    _share(part["share"], f"{where}.share")
+
+
+def _bench_databases() -> list[str]:
+    """This process's bench databases on the PostgreSQL server."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(_postgres_admin_url())
+    try:
+        with engine.connect() as conn:
+            names = conn.exec_driver_sql("SELECT datname FROM pg_database").scalars()
+            return [n for n in names if n.startswith(f"tuner_bench_{os.getpid()}_")]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> None:
+    out = project / "out" / "bench.json"
+    result = cli("bench", "--quick", "--out", str(out), "--device", "cpu", "--postgres", _postgres_admin_url())
+    assert result.code == 0, result.err
+    assert "tuner bench" in result.out and "trials/s" in result.out  # the table
+    doc = json.loads(out.read_text())
+
+    machine = doc["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["device"] == "cpu"
+    assert machine["torch"] and machine["optuna"] and machine["date"]
+    assert doc["settings"] == dataclasses.asdict(BenchSettings.quick())
+    assert doc["skipped"] == []
+    _positive(doc["wall_s"], "wall_s")
+
+    t = doc["throughput"]
+    _positive(t["tuner"], "throughput.tuner")
+    _positive(t["reference"], "throughput.reference")
+    assert t["ratio"] == pytest.approx(t["tuner"] / t["reference"])
+    assert t["met"] == (t["ratio"] >= t["target"]) and t["target"] == 2.0
+    assert "threads 1" in t["how"]
+
+    o = doc["overhead"]
+    storages = ["sqlite"]
+    if "skipped" in o["postgresql"]:  # no server here: said so, as the PostgreSQL tests skip
+        assert "PostgreSQL not reachable" in o["postgresql"]["skipped"]
+        assert os.environ.get("TUNER_REQUIRE_POSTGRES") != "1", o["postgresql"]["skipped"]
+    else:
+        storages.append("postgresql")
+        assert _bench_databases() == []  # its temporary databases are dropped
+    for storage in storages:
+        for side in ("tuner", "reference"):
+            _check_breakdown(o[storage][side], f"overhead.{storage}.{side}")
+        assert o[storage]["ratio"] == pytest.approx(o[storage]["reference"]["share"] / o[storage]["tuner"]["share"])
+    assert o["met"] == (o["sqlite"]["tuner"]["share"] <= o["target"])
+
+    g = doc["growth"]
+    assert g["sizes"] == [12, 40]
+    for sampler in ("random", "tpe"):
+        row = g[sampler]
+        for key in ("service_ms", "wall_ms"):
+            assert len(row[key]) == 2
+            for v in row[key]:
+                _positive(v, f"growth.{sampler}.{key}")
+        assert row["ratio"] == pytest.approx(row["service_ms"][1] / row["service_ms"][0])
+    assert all(v >= 0 for v in g["tpe"]["sampling_ms"] + g["random"]["sampling_ms"])
+
+    s = doc["search"]
+    assert set(s["strategies"]) == {"tpe+hyperband", "random", "grid"}
+    for label, st in s["strategies"].items():
+        assert len(st["runs"]) == 1 and st["reached"] == sum(r["reached"] for r in st["runs"])
+        for run in st["runs"]:
+            assert 1 <= run["trials"] <= s["cap"]
+            if run["reached"]:
+                _positive(run["seconds"], f"search.{label}.seconds")
+            else:
+                assert run["seconds"] is None
+        if st["median_s"] is not None:
+            _positive(st["median_s"], f"search.{label}.median_s")
+    tpe, random = s["strategies"]["tpe+hyperband"]["median_s"], s["strategies"]["random"]["median_s"]
+    assert s["ratio"] == (pytest.approx(random / tpe) if tpe and random else None)
+
+    w = doc["workers"]
+    for k in ("1", "2"):
+        _positive(w[k]["trials_per_s"], f"workers.{k}")
+        _positive(w[k]["with_startup_per_s"], f"workers.{k}.with_startup")
+    assert w["ratio"] == pytest.approx(w["2"]["trials_per_s"] / w["1"]["trials_per_s"])
+
+    # the bench leaves nothing behind in the default storage
+    assert not (project / "studies" / "tuner.db").exists()
+
+
+def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli) -> None:
+    out = project / "bench.json"
+    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers", "--format", "json")
+    assert result.code == 0, result.err
+    doc = json.loads(out.read_text())
+    assert json.loads(result.out) == doc
+    assert not {"throughput", "overhead", "growth", "search", "workers"} & set(doc)
+    assert doc["machine"]["cores"] >= 1
+
+    bad = cli("bench", "--quick", "--out", str(project / "other.json"), "--skip", "speed")
+    assert bad.code == 1 and bad.err.count("\n") == 1
+    assert "'speed'" in bad.err and "throughput, overhead" in bad.err
+    assert not (project / "other.json").exists()
+
+
+def test_reference_objective_is_the_example_and_learns_digits() -> None:
+    """The baseline is a fair one: it trains to a real accuracy, with the example's parameters."""
+    import optuna
+    import torch
+
+    from tuner.bench import _reference_arrays
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"n_layers": 2, "n_units_l0": 64, "dropout_l0": 0.2, "n_units_l1": 64, "dropout_l1": 0.2, "optimizer": "Adam", "lr": 3e-3})
+    study.optimize(reference_objective(_reference_arrays(0), torch.device("cpu")), n_trials=1)
+    trial = study.trials[0]
+    assert set(trial.params) == {"n_layers", "n_units_l0", "dropout_l0", "n_units_l1", "dropout_l1", "optimizer", "lr"}
+    assert sorted(trial.intermediate_values) == list(range(10))  # accuracy reported every epoch
+    assert trial.value >= 0.9

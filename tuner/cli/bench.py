@@ -1,0 +1,157 @@
+"""`tuner bench`: measure tuner against Optuna's own PyTorch example, print a table, write the JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from tuner.cli.common import Format, FormatOpt, console, console_err, print_json
+from tuner.errors import TunerError
+from tuner.space import SPACES_DIR
+
+__all__ = ["bench"]
+
+
+def bench(
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="Where to write the figures as JSON.")] = Path("studies/bench.json"),
+    quick: Annotated[bool, typer.Option("--quick", help="Every measurement once and small (under a minute): a smoke check, not figures.")] = False,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
+    skip: Annotated[
+        Optional[str],
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
+    postgres: Annotated[
+        str, typer.Option("--postgres", help="Admin URL of a PostgreSQL server; a temporary database is created and dropped there.")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    spaces_dir: Annotated[Path, typer.Option("--spaces-dir", help="Folder holding bench_ref.yaml.")] = SPACES_DIR,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Benchmark tuner against Optuna's PyTorch example: trial throughput, service overhead (and its
+    growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling."""
+    from tuner.bench import BenchSettings, run_bench
+
+    settings = BenchSettings.quick(repeats) if quick else BenchSettings(**({"repeats": repeats} if repeats else {}))
+    names = tuple(s.strip() for s in (skip or "").split(",") if s.strip())
+    try:  # a bad --out fails now, not after minutes of measuring
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TunerError(f"--out {out}: cannot create its folder ({e.strerror}); pass another --out") from None
+    doc = run_bench(
+        settings,
+        device=device,
+        skip=names,
+        postgres=postgres,
+        spaces_dir=spaces_dir,
+        log=lambda line: console_err.print(line, markup=False, highlight=False),
+    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    if fmt == Format.json:
+        print_json(doc)
+        return
+    console.print(_table(doc))
+    for line in _notes(doc):
+        console.print(line, markup=False)
+    machine = doc["machine"]
+    console.print(
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['device_name']}; torch {machine['torch']}, optuna {machine['optuna']}; "
+        f"load average {machine['load_average'][0] if machine['load_average'] else '-'}; {doc['wall_s']:.0f}s in all; written to {out}",
+        markup=False,
+    )
+    console.print(
+        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1",
+        markup=False,
+    )
+
+
+def _num(value: Any, fmt: str = "{:.3g}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _met(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _table(doc: dict[str, Any]) -> Table:
+    """One row per figure; the ratio is tuner over the reference (for service share: how many times
+    smaller tuner's is), 2,000 over 100 trials for growth, random over tpe, 2 workers over 1."""
+    table = Table("metric", "tuner", "reference", "ratio", "target", "met?", title="tuner bench: medians")
+    if "throughput" in doc:
+        t = doc["throughput"]
+        table.add_row("trials/s", _num(t["tuner"]), _num(t["reference"]), _num(t["ratio"], "{:.2f}x"), f">={t['target']:g}x", _met(t["met"]))
+    if "overhead" in doc:
+        o = doc["overhead"]
+        for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+            part = o.get(key)
+            if not part:
+                continue
+            if "skipped" in part:
+                table.add_row(f"service share, {label}", "skipped", "", "", "", "")
+                continue
+            sqlite = key == "sqlite"
+            table.add_row(
+                f"service share, {label}",
+                f"{part['tuner']['share']:.1%}",
+                f"{part['reference']['share']:.1%}",
+                _num(part["ratio"], "{:.2f}x"),
+                f"<={o['target']:.0%}" if sqlite else "",
+                _met(o["met"]) if sqlite else "",
+            )
+    if "growth" in doc:
+        g = doc["growth"]
+        small, large = g["sizes"]
+        for sampler in ("random", "tpe"):
+            row = g[sampler]
+            table.add_row(
+                f"service ms, {small}->{large} trials, {sampler}",
+                f"{row['service_ms'][0]:.1f}->{row['service_ms'][1]:.1f}",
+                "",
+                _num(row["ratio"], "{:.2f}x"),
+                "flat",
+                "",
+            )
+    if "search" in doc:
+        s = doc["search"]
+        strategies = s["strategies"]
+
+        def cell(label: str) -> str:
+            st = strategies[label]
+            reached = f"{st['reached']}/{len(st['runs'])}"
+            return f"- ({reached})" if st["median_s"] is None else f"{st['median_s']:.1f} ({reached})"
+
+        table.add_row(f"s to {s['threshold']}: tpe+hb vs random", cell("tpe+hyperband"), cell("random"), _num(s["ratio"], "{:.2f}x"), f">={s['target']:g}x", _met(s["met"]))
+        table.add_row(f"s to {s['threshold']}: grid", cell("grid"), "", "", "", "")
+    if "workers" in doc:
+        w = doc["workers"]
+        table.add_row("trials/s, 2 workers vs 1", _num(w["2"]["trials_per_s"]), _num(w["1"]["trials_per_s"]), _num(w["ratio"], "{:.2f}x"), "", "")
+    return table
+
+
+def _notes(doc: dict[str, Any]) -> list[str]:
+    """What the table has no room for: where each trial's service time goes."""
+    lines = []
+    for key in ("sqlite", "postgresql"):
+        part = doc.get("overhead", {}).get(key, {})
+        if "tuner" in part:
+            for side in ("tuner", "reference"):
+                p = part[side]
+                lines.append(
+                    f"{key} {side}: {p['wall_ms']:.0f} ms a trial = {p['train_ms']:.0f} training + {p['sampling_ms']:.1f} sampling "
+                    f"+ {p['reports_ms']:.1f} reports + {p['storage_and_loop_ms']:.1f} storage and loop"
+                )
+    growth = doc.get("growth", {})
+    for sampler in ("random", "tpe"):
+        if sampler in growth:
+            row = growth[sampler]
+            lines.append(
+                f"growth {sampler}: sampling {row['sampling_ms'][0]:.1f}->{row['sampling_ms'][1]:.1f} ms, "
+                f"reports {row['reports_ms'][0]:.1f}->{row['reports_ms'][1]:.1f}, storage and loop "
+                f"{row['storage_and_loop_ms'][0]:.1f}->{row['storage_and_loop_ms'][1]:.1f}"
+            )
+    return lines
