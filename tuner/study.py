@@ -151,8 +151,8 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     )
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
-    for point in grid:
-        study.enqueue_trial(point, skip_if_exists=True)
+    for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
+        study.enqueue_trial(point)
     return open_study(spec.name, storage_url)
 
 
