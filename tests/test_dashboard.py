@@ -39,16 +39,8 @@ SQLITE = "sqlite:///studies/tuner.db"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UI_TIMEOUT_MS = 15_000
-# about 1.5 s a trial, so two workers take about 15 s over 20 trials: long enough to watch
-SLOW_SPACE = """\
-params:
-  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true, grid: 3}
-  optimizer: {type: categorical, choices: [adam, nesterov]}
-  momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
-  hidden_units: {type: categorical, choices: [32, 64]}
-  epochs: 40
-  n_layers: 1
-"""
+# the workers tests' slow space: about 1.5 s a trial, so two workers take about 15 s over 20 trials
+from tests.test_workers import SLOW_SPACE  # noqa: E402
 
 
 # -- the browser ------------------------------------------------------------------------------
