@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
