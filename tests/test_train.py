@@ -13,9 +13,9 @@ from torch import nn
 
 from tuner.errors import DivergedError, TunerError, WorkloadError
 from tuner.params import ACTIVATIONS, OPTIMIZERS, TrainConfig
-from tuner.train import OPTIMIZER_FACTORIES, EpochResult, _Schedule, device_tensors, resolve_device, train
+from tuner.train import FUSED, OPTIMIZER_FACTORIES, EpochResult, _flatten, _Schedule, _Tally, device_tensors, resolve_device, train
 from tuner.workloads.data import Dataset, load_workload, parse_workload
-from tuner.workloads.models import ACTIVATION_LAYERS, CNN, MLP, apply_init, build_model
+from tuner.workloads.models import ACTIVATION_LAYERS, CNN, MLP, Dropout, apply_init, build_model
 
 ANY_ACTIVATION = tuple({type(ACTIVATION_LAYERS[a]()) for a in ACTIVATIONS})
 
@@ -226,6 +226,95 @@ def test_dropout_drops_in_training_only(digits: Dataset) -> None:
     with torch.no_grad():
         ce = nn.functional.cross_entropy(dropped.model(x_val), y_val).item()
     assert dropped.last.val_loss == pytest.approx(ce, rel=1e-5)
+
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_fast_dropout_keeps_one_minus_p_and_preserves_the_mean(p: float) -> None:
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.ones(400, 500, requires_grad=True)
+    out = drop(x)
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))  # survivors scaled by 1/(1-p)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # the gradient flows through the same mask and scale
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_fast_dropout_is_seeded_like_the_rest_of_training() -> None:
+    drop = Dropout(0.5).train()
+    x = torch.ones(64, 64)
+    torch.manual_seed(3)
+    first = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), first)
+
+
+# ---------------------------------------------------------------- the loop's own machinery
+
+
+@pytest.mark.parametrize("optimizer", [o for o in OPTIMIZERS if o != "lbfgs"])
+def test_flat_parameters_step_exactly_like_separate_ones(optimizer: str) -> None:
+    """The loop steps one flat tensor holding every parameter; each update rule is elementwise,
+    so three steps must leave the same weights as three steps over the separate parameters."""
+    cfg = TrainConfig(optimizer=optimizer, lr=0.01, momentum=0.9, weight_decay=0.01)
+    torch.manual_seed(0)
+    separate = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    flat_model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    flat_model.load_state_dict(separate.state_dict())
+    flat = _flatten(list(flat_model.parameters()))
+    assert flat is not None and flat.numel() == sum(p.numel() for p in separate.parameters())
+    assert all(p.data_ptr() >= flat.data_ptr() for p in flat_model.parameters())  # views into it
+    fast = {"fused": True} if optimizer in FUSED else {}
+    opt_separate = OPTIMIZER_FACTORIES[optimizer](list(separate.parameters()), cfg)
+    opt_flat = OPTIMIZER_FACTORIES[optimizer]([flat], cfg, **fast)
+    for step in range(3):
+        x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        opt_separate.zero_grad()
+        nn.functional.cross_entropy(separate(x), y).backward()
+        opt_separate.step()
+        flat.grad.zero_()
+        nn.functional.cross_entropy(flat_model(x), y).backward()
+        # backward accumulated into the one buffer the optimizer reads
+        assert torch.allclose(flat.grad, torch.cat([p.grad.reshape(-1) for p in separate.parameters()]), atol=1e-6)
+        opt_flat.step()
+    for a, b in zip(separate.parameters(), flat_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), optimizer
+
+
+def test_parameters_that_cannot_share_a_buffer_are_left_alone() -> None:
+    assert _flatten([nn.Parameter(torch.ones(3))]) is None  # one: nothing to gain
+    mixed = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    assert _flatten(mixed) is None
+
+
+def test_epoch_loss_and_accuracy_cover_every_row_once(digits: Dataset) -> None:
+    """With a learning rate too small to move the weights, the first epoch's training loss and
+    accuracy are those of the initial model over the whole training split, whatever the batching."""
+    cfg = small(optimizer="sgd", lr=1e-12, epochs=1, batch_size=100, dropout=0.0, init="xavier_uniform")
+    result = train(cfg, digits, seed=5)
+    torch.manual_seed(5)
+    model = build_model(cfg, n_features=64, n_outputs=10, image_shape=None)
+    apply_init(model, cfg)
+    x, y = device_tensors(digits, "standard", torch.device("cpu"))[:2]
+    with torch.no_grad():
+        out = model(x)
+    assert result.history[0].train_loss == pytest.approx(nn.functional.cross_entropy(out, y).item(), rel=1e-4)
+    assert result.history[0].train_accuracy == pytest.approx((out.argmax(1) == y).float().mean().item(), abs=1e-6)
+
+
+def test_tally_sums_in_groups_without_losing_batches() -> None:
+    tally = _Tally("classification", torch.device("cpu"))
+    outs = torch.eye(3).repeat(50, 1)  # predicts 0, 1, 2, 0, 1, 2, ...
+    ys = torch.zeros(150, dtype=torch.long)
+    for i in range(150):  # more than one group of held batches
+        tally.add(torch.tensor(float(i)), outs[i : i + 1], ys[i : i + 1])
+    loss_sum, correct = tally.totals().tolist()
+    assert tally.n == 150
+    assert loss_sum == sum(range(150))
+    assert correct == 50
 
 
 # ---------------------------------------------------------------- optimizers

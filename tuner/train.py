@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,9 +21,10 @@ from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
+_GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
 # Diagnostics thresholds, from what makes networks fail to learn:
 VANISHING_RATIO = 1e-3  # first layer's gradient norm below this share of the last layer's
 EXPLODING_NORM = 1e3  # any layer's gradient norm above this (before clipping)
@@ -33,21 +34,27 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-# name -> factory(params, cfg); weight decay is the optimizer's own L2 (decoupled for adamw)
-OPTIMIZER_FACTORIES: dict[str, Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
+# name -> factory(params, cfg, **fast); weight decay is the optimizer's own L2 (decoupled for adamw).
+# `fast` carries fused=True to the optimizers named in FUSED: one kernel per step on the CPU and CUDA.
+OPTIMIZER_FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay),
     "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
     "nesterov": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay),
     "rmsprop": lambda p, c: torch.optim.RMSprop(
         p, lr=c.lr, alpha=c.rho, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay
     ),
-    "adagrad": lambda p, c: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay),
+    "adagrad": lambda p, c, **fast: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay, **fast),
     "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay),
+    "adam": lambda p, c, **fast: torch.optim.Adam(
+        p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast
+    ),
+    "adamw": lambda p, c, **fast: torch.optim.AdamW(
+        p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast
+    ),
     # quasi-Newton; L-BFGS has no weight_decay argument, so its L2 is added to the loss instead
     "lbfgs": lambda p, c: torch.optim.LBFGS(p, lr=c.lr, history_size=c.lbfgs_history, max_iter=4),
 }
+FUSED = frozenset({"adagrad", "adam", "adamw"})
 assert tuple(OPTIMIZER_FACTORIES) == OPTIMIZERS
 
 
@@ -214,6 +221,25 @@ class _Schedule:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
+def _flatten(params: list[nn.Parameter]) -> nn.Parameter | None:
+    """One parameter holding all of `params`, each of them a view into it, with one gradient
+    buffer that their gradients are views of and that backward accumulates into. An optimizer then
+    updates one tensor per step instead of one per layer, a few large operations instead of many
+    small ones; every optimizer here but L-BFGS updates element by element, so the result is the
+    same. None where the parameters cannot share one buffer (mixed dtypes or devices, sparse, one)."""
+    if len(params) < 2 or len({(p.dtype, p.device) for p in params}) > 1 or any(p.layout != torch.strided for p in params):
+        return None
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
 def _grad_norm(w: torch.Tensor) -> torch.Tensor:
     return w.grad.detach().norm() if w.grad is not None else torch.zeros((), device=w.device)
 
@@ -226,6 +252,48 @@ def _penalty(weights: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor | fl
     if cfg.optimizer == "lbfgs" and cfg.weight_decay > 0:
         total = total + 0.5 * cfg.weight_decay * sum(w.pow(2).sum() for w in weights)
     return total
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's batches in `perm`'s order. Where the training split is small enough, it is
+    gathered once into shuffled copies whose batches are views: two gathers an epoch instead of
+    two a batch."""
+    if x.nelement() * x.element_size() <= _GATHER_ONCE_BYTES:
+        return zip(x[perm].split(batch_size), y[perm].split(batch_size))
+    return ((x[idx], y[idx]) for idx in perm.split(batch_size))
+
+
+class _Tally:
+    """An epoch's summed training loss and correct predictions, kept on the device. Batches are
+    held (detached) and summed a group at a time, so a step pays no bookkeeping operations of its
+    own and memory stays bounded."""
+
+    GROUP = 64  # batches held before they are summed
+
+    def __init__(self, task: str, device: torch.device) -> None:
+        self.task, self.n = task, 0
+        self.sums = torch.zeros(2, device=device)  # loss * rows, correct rows
+        self.held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.held.append((loss, out, y))
+        self.n += len(y)
+        if len(self.held) >= self.GROUP:
+            self._sum()
+
+    def _sum(self) -> None:
+        if not self.held:
+            return
+        losses, outs, ys = zip(*self.held)
+        sizes = torch.tensor([len(y) for y in ys], dtype=self.sums.dtype, device=self.sums.device)
+        self.sums[0] += (torch.stack(losses).to(sizes.dtype) * sizes).sum()
+        if self.task == "classification":
+            self.sums[1] += (torch.cat(outs).argmax(1) == torch.cat(ys)).sum()
+        self.held.clear()
+
+    def totals(self) -> torch.Tensor:
+        self._sum()
+        return self.sums
 
 
 @torch.no_grad()
@@ -285,7 +353,10 @@ def train(
         if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
     ]
     weights = [p for _, p in named_weights]
-    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer](_params(model), cfg)
+    params = _params(model)
+    flat = None if cfg.optimizer == "lbfgs" else _flatten(params)  # L-BFGS keeps its own flat view
+    fast = {"fused": True} if cfg.optimizer in FUSED and device.type in ("cpu", "cuda") else {}
+    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([flat] if flat is not None else params, cfg, **fast)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     schedule = _Schedule(cfg, optimizer, steps_per_epoch)
     if data.task == "classification":
@@ -293,11 +364,36 @@ def train(
         eval_loss_fn: nn.Module = nn.CrossEntropyLoss()  # smoothing shapes training, not the score
     else:
         train_loss_fn = eval_loss_fn = nn.MSELoss()
+    penalized = cfg.l1 > 0 or (cfg.optimizer == "lbfgs" and cfg.weight_decay > 0)
 
-    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = model(xb)
-        out = out.squeeze(-1) if data.task == "regression" else out
-        return train_loss_fn(out, yb) + _penalty(weights, cfg), out
+    def step(xb: torch.Tensor, yb: torch.Tensor, *, read_norms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch: its loss and the model's output, both detached."""
+        seen: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:  # L-BFGS calls it several times a step; the rest once
+            if flat is not None:
+                flat.grad.zero_()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            out = model(xb)
+            out = out.squeeze(-1) if data.task == "regression" else out
+            loss = train_loss_fn(out, yb)
+            loss = loss + _penalty(weights, cfg) if penalized else loss
+            loss.backward()
+            if read_norms:  # per-layer gradient norms, before clipping
+                grad_norms.copy_(torch.stack([_grad_norm(w) for w in weights]))
+            if cfg.grad_clip > 0:  # the guard against exploding gradients
+                nn.utils.clip_grad_norm_([flat] if flat is not None else params, cfg.grad_clip)
+            seen[:] = [out.detach()]
+            return loss
+
+        if cfg.optimizer == "lbfgs":
+            loss = optimizer.step(closure)
+        else:
+            loss = closure()
+            optimizer.step()
+        schedule.after_batch()
+        return loss.detach(), seen[0]
 
     history: list[EpochResult] = []
     best: EpochResult | None = None
@@ -309,34 +405,18 @@ def train(
         schedule.start_epoch(epoch)
         lr = schedule.lr
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
+        tally = _Tally(data.task, device)
         grad_norms = torch.zeros(len(weights), device=device)
-        batches = torch.randperm(len(x_train), device=device, generator=generator).split(cfg.batch_size)
-        for i, idx in enumerate(batches):
-            if len(idx) < 2 and cfg.norm == "batch":
+        perm = torch.randperm(len(x_train), device=device, generator=generator)
+        for i, (xb, yb) in enumerate(_batches(x_train, y_train, perm, cfg.batch_size)):
+            if len(xb) < 2 and cfg.norm == "batch":
                 continue  # batch norm cannot normalize a batch of one
-            xb, yb = x_train[idx], y_train[idx]
-            seen: dict[str, torch.Tensor] = {}
-
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                loss, seen["out"] = batch_loss(xb, yb)
-                loss.backward()
-                # per-layer gradient norms near the epoch's end (the last batch may be skipped), before clipping
-                if weights and i >= len(batches) - 2:
-                    grad_norms.copy_(torch.stack([_grad_norm(w) for w in weights]))
-                if cfg.grad_clip > 0:  # the guard against exploding gradients
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                return loss
-
-            loss = optimizer.step(closure)
-            schedule.after_batch()
-            loss_sum += loss.detach() * len(idx)
-            if data.task == "classification":
-                correct += (seen["out"].detach().argmax(1) == yb).sum()
+            # gradient norms near the epoch's end (the last batch may be skipped)
+            loss, out = step(xb, yb, read_norms=bool(weights) and i >= steps_per_epoch - 2)
+            tally.add(loss, out, yb)
         # one read from the device per epoch, not one per batch
-        train_loss, train_correct, *norms = torch.cat([(loss_sum / len(x_train)).view(1), correct.view(1), grad_norms]).tolist()
+        train_loss, train_correct, *norms = torch.cat([tally.totals(), grad_norms]).tolist()
+        train_loss /= max(tally.n, 1)
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
 
@@ -352,7 +432,7 @@ def train(
             val_accuracy,
             _metric(metric, val_loss, val_accuracy),
             lr,
-            train_accuracy=train_correct / len(x_train) if data.task == "classification" else None,
+            train_accuracy=train_correct / max(tally.n, 1) if data.task == "classification" else None,
             grad_norms={name: norm for (name, _), norm in zip(named_weights, norms)},
         )
         history.append(result)

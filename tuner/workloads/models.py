@@ -9,7 +9,7 @@ from torch import nn
 
 from tuner.params import ACTIVATIONS, INITIALIZERS, NORMS, TrainConfig
 
-__all__ = ["ACTIVATION_LAYERS", "INIT_FUNCTIONS", "CNN", "MLP", "apply_init", "build_model"]
+__all__ = ["ACTIVATION_LAYERS", "INIT_FUNCTIONS", "CNN", "MLP", "Dropout", "apply_init", "build_model"]
 
 ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -21,6 +21,19 @@ ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
 }
 assert tuple(ACTIVATION_LAYERS) == ACTIVATIONS
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, with the mask drawn as uniform noise on the CPU: torch's CPU dropout draws it
+    with bernoulli_, about twice as slow for the same Bernoulli(1 - p) mask scaled by 1 / (1 - p).
+    Elsewhere (CUDA's fused kernel) and outside training it is nn.Dropout itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0 or self.inplace:
+            return super().forward(x)
+        with torch.no_grad():
+            mask = torch.rand(x.shape, dtype=x.dtype, device=x.device).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * mask
 
 
 def _norm_1d(kind: str, width: int) -> nn.Module:
@@ -39,7 +52,7 @@ def _dense_stack(cfg: TrainConfig, width_in: int, n_outputs: int) -> list[nn.Mod
     layers: list[nn.Module] = []
     for _ in range(cfg.n_layers):
         layers += [nn.Linear(width_in, cfg.hidden_units), _norm_1d(cfg.norm, cfg.hidden_units)]
-        layers += [ACTIVATION_LAYERS[cfg.activation](), nn.Dropout(cfg.dropout)]
+        layers += [ACTIVATION_LAYERS[cfg.activation](), Dropout(cfg.dropout)]
         width_in = cfg.hidden_units
     layers.append(nn.Linear(width_in, n_outputs))
     return layers
@@ -68,7 +81,7 @@ class CNN(nn.Module):
             nn.Flatten(),
         )
         n_flat = c2 * (h // 2) * (w // 2) if min(h, w) >= 2 else c2 * h * w
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), *_dense_stack(cfg, n_flat, n_outputs))
+        self.head = nn.Sequential(Dropout(cfg.dropout), *_dense_stack(cfg, n_flat, n_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.view(-1, *self.image_shape)))
