@@ -1,13 +1,16 @@
 """Write-behind storage for the trials this worker runs: the service cost of a trial, made small.
 
 Optuna's RDB storage commits every parameter, every epoch's value and every attribute on its own,
-and its pruners reload the study's trials at every epoch. On a digits trial of about 100 ms that
-is as much time again. This wrapper keeps what a running trial writes in memory and commits it in
-one transaction: when the trial ends (before its state changes), and at most every `flush_s`
-seconds while it runs, so the dashboard and other workers still see it live. Reads of the whole
-study (pruners, samplers) are served from a snapshot at most `refresh_s` old, always overlaid with
-this worker's own unflushed writes; queries for queued (WAITING) trials always go to the database,
-so claiming queued trials stays exact.
+reloads a trial from the database each time it is asked for one, and its pruners reload the
+study's trials at every epoch. On a digits trial of about 100 ms that is as much time again. This
+wrapper gives a trial this worker runs three transactions: one creates it with its first
+heartbeat, one makes its configuration durable before training (`flush`), and one writes
+everything else with its final state. While it runs, its writes stay in memory and are committed
+at most every `flush_s` seconds, so the dashboard and other workers still see it live; reads of it
+are served from memory, and so are reads of the trials it has finished (a finished trial never
+changes). Reads of the whole study (pruners, samplers) come from a snapshot at most `refresh_s`
+old, overlaid with this worker's own unflushed writes; queries for queued (WAITING) trials go to
+the database, so claiming queued trials stays exact.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Container, Sequence
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -25,54 +29,9 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.sql import Final, Pending, create_running, write_trial
+
 __all__ = ["BufferedStorage"]
-
-
-@dataclass
-class _Pending:
-    params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
-    intermediate: dict[int, float] = field(default_factory=dict)
-    user_attrs: dict[str, Any] = field(default_factory=dict)
-    system_attrs: dict[str, Any] = field(default_factory=dict)
-    last_flush: float = field(default_factory=time.monotonic)
-
-    def empty(self) -> bool:
-        return not (self.params or self.intermediate or self.user_attrs or self.system_attrs)
-
-
-def _write(rdb: optuna.storages.RDBStorage, trial_id: int, pending: _Pending) -> None:
-    """Bulk-insert a running trial's params, intermediate values and attributes (rows Optuna's own
-    readers understand: the same tables and encodings as RDBStorage writes one at a time)."""
-    import json
-
-    import sqlalchemy
-    from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        rdb.check_trial_is_updatable(trial_id, trial.state)  # another worker may have failed it as stale
-        if pending.params:
-            rows = [
-                {"trial_id": trial_id, "param_name": name, "param_value": value, "distribution_json": distribution_to_json(dist)}
-                for name, (value, dist) in pending.params.items()
-            ]
-            session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
-        if pending.intermediate:
-            rows = []
-            for step, value in pending.intermediate.items():
-                stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
-            session.execute(sqlalchemy.insert(models.TrialIntermediateValueModel), rows)
-        for model, attrs in (
-            (models.TrialUserAttributeModel, pending.user_attrs),
-            (models.TrialSystemAttributeModel, pending.system_attrs),
-        ):
-            if attrs:  # a key written again replaces its earlier value
-                session.execute(sqlalchemy.delete(model).where(model.trial_id == trial_id, model.key.in_(list(attrs))))
-                rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-                session.execute(sqlalchemy.insert(model), rows)
 
 
 class BufferedStorage(BaseStorage, BaseHeartbeat):
@@ -82,21 +41,33 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._flush_s = flush_s
         self._refresh_s = refresh_s
         self._lock = threading.RLock()  # the heartbeat thread flushes too
-        self._pending: dict[int, _Pending] = {}  # trial id -> unflushed writes of a trial we run
+        self._pending: dict[int, Pending] = {}  # trial id -> unflushed writes of a trial we run
+        self._flushed_at: dict[int, float] = {}  # trial id -> when its writes were last committed
         self._mine_now: dict[int, FrozenTrial] = {}  # trial id -> our running trial, kept current here
         self._snapshot: dict[int, tuple[float, list[FrozenTrial]]] = {}  # study id -> (time, trials)
+        self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
+        self._no_waiting: set[int] = set()  # studies just counted with no queued trial (see no_waiting)
 
     # -- the trials we run --------------------------------------------------------------------
 
-    def _mine(self, trial_id: int) -> _Pending | None:
+    def _mine(self, trial_id: int) -> Pending | None:
         return self._pending.get(trial_id)
+
+    FINISHED_KEPT = 256  # finished trials of ours served from memory
 
     def own(self, trial: FrozenTrial) -> None:
         """Buffer this trial's writes from now on (it was just claimed by this worker); reads of it
         are served from memory, since only this worker writes to it."""
         with self._lock:
-            self._pending[trial._trial_id] = _Pending()
-            self._mine_now[trial._trial_id] = copy.deepcopy(trial)
+            if trial._trial_id not in self._pending:
+                self._pending[trial._trial_id] = Pending()
+                self._flushed_at[trial._trial_id] = time.monotonic()
+                self._mine_now[trial._trial_id] = copy.deepcopy(trial)
+
+    def no_waiting(self, study_id: int) -> None:
+        """The caller has just counted the study's trials, under the study lock, and none was
+        queued: the next look for queued trials (Study.ask makes one) can skip its query."""
+        self._no_waiting.add(study_id)
 
     def flush(self, trial_id: int) -> None:
         """Commit the trial's buffered writes in one transaction: one statement per table."""
@@ -104,11 +75,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             pending = self._pending.get(trial_id)
             if pending is None or pending.empty():
                 return
-            _write(self._rdb, trial_id, pending)
-            self._pending[trial_id] = _Pending()
+            write_trial(self._rdb, trial_id, pending)
+            self._pending[trial_id] = Pending()
+            self._flushed_at[trial_id] = time.monotonic()
 
-    def _maybe_flush(self, trial_id: int, pending: _Pending) -> None:
-        if time.monotonic() - pending.last_flush >= self._flush_s:
+    def _maybe_flush(self, trial_id: int) -> None:
+        if time.monotonic() - self._flushed_at.get(trial_id, 0.0) >= self._flush_s:
             self.flush(trial_id)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
@@ -128,7 +100,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 return self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
             pending.intermediate[step] = intermediate_value
             self._mine_now[trial_id].intermediate_values[step] = intermediate_value
-            self._maybe_flush(trial_id, pending)
+            self._maybe_flush(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
@@ -148,12 +120,22 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
-            if state.is_finished() and trial_id in self._pending:
-                self.flush(trial_id)
-                del self._pending[trial_id]
-                del self._mine_now[trial_id]
             self._snapshot.clear()
-        return self._inner.set_trial_state_values(trial_id, state, values)
+            if not (state.is_finished() and trial_id in self._pending):
+                changed = self._inner.set_trial_state_values(trial_id, state, values)
+                if changed and state == TrialState.RUNNING:  # a queued trial this worker just took
+                    self.own(self._inner.get_trial(trial_id))
+                return changed
+            # our trial ends: its buffered writes, values and state in one transaction
+            final = Final(state, list(values) if values is not None else None, datetime.now())
+            write_trial(self._rdb, trial_id, self._pending[trial_id], final)
+            del self._pending[trial_id], self._flushed_at[trial_id]
+            trial = self._mine_now.pop(trial_id)
+            trial.state, trial.values, trial.datetime_complete = final.state, final.values, final.when
+            self._finished[trial_id] = trial
+            if len(self._finished) > self.FINISHED_KEPT:
+                self._finished.popitem(last=False)
+        return True
 
     def _overlay(self, trial: FrozenTrial) -> FrozenTrial:
         """Our own running trial as we know it (the database lags behind until the next flush)."""
@@ -163,8 +145,9 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
-            if trial_id in self._mine_now:
-                return copy.deepcopy(self._mine_now[trial_id])
+            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            if known is not None:
+                return copy.deepcopy(known)
         return self._inner.get_trial(trial_id)
 
     def get_all_trials(
@@ -175,8 +158,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             # a cheap count says there are any (Study.ask looks on every trial)
             from tuner.storage import count_states
 
-            if tuple(states) == (TrialState.WAITING,) and not count_states(self._rdb, study_id)[TrialState.WAITING]:
-                return []
+            if tuple(states) == (TrialState.WAITING,):
+                with self._lock:
+                    counted_none = study_id in self._no_waiting
+                    self._no_waiting.discard(study_id)
+                if counted_none or not count_states(self._rdb, study_id)[TrialState.WAITING]:
+                    return []
             return self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
         with self._lock:
             taken, trials = self._snapshot.get(study_id, (0.0, []))
@@ -226,7 +213,26 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         self._snapshot.clear()
-        return self._inner.create_new_trial(study_id, template_trial)
+        if template_trial is not None:  # a queued or copied trial, not one this worker runs now
+            return self._inner.create_new_trial(study_id, template_trial)
+        # Study.ask starting a trial for this worker: created with its first heartbeat, then owned
+        trial_id, number, started = create_running(self._rdb, study_id, heartbeat=self._rdb.get_heartbeat_interval() is not None)
+        trial = FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+        self.own(trial)
+        return trial_id
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number)
@@ -242,7 +248,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             pending = self._pending.get(trial_id)
             if pending is not None:
-                self._maybe_flush(trial_id, pending)
+                self._maybe_flush(trial_id)
         self._inner.record_heartbeat(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import sqlite3
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,7 +22,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "heartbeat_settings", "mask", "open_storage", "resolve_url"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "mask", "open_storage", "progress", "resolve_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 # Files attached to studies (retrained models) live here, linked from the dashboard.
@@ -190,21 +191,29 @@ def _rdb(storage: Any) -> Any:
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
-def count_states(storage: Any, study_id: int) -> "Counter[Any]":
+def count_states(storage: Any, study_id: int) -> Counter[Any]:
     """Trials per state in one aggregate query, instead of loading every trial to count them."""
-    from collections import Counter
-
-    from optuna.storages._rdb import models
-    from optuna.trial import TrialState
+    from tuner import sql
 
     rdb = _rdb(storage)
     if rdb is None:
         return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
-    query = (
-        sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
-        .where(models.TrialModel.study_id == study_id)
-        .group_by(models.TrialModel.state)
-    )
-    with rdb.engine.connect() as conn:
-        return Counter({TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in conn.execute(query)})
+    return sql.count_states(rdb, study_id)
 
+
+def progress(storage: Any, study_id: int, direction: Any) -> tuple[int, float | None]:
+    """Finished trials (complete or pruned) and the best complete value, from two aggregate
+    queries: what a progress line needs, without loading the best trial whole."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    from tuner import sql
+
+    maximize = direction == StudyDirection.MAXIMIZE
+    rdb = _rdb(storage)
+    if rdb is not None:
+        return sql.progress(rdb, study_id, maximize=maximize)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best_of = max if maximize else min
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), best_of(values) if values else None

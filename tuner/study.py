@@ -32,7 +32,7 @@ from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
 from tuner.spec import RUN_OPTIONS, StudySpec
 from tuner.buffered import BufferedStorage
-from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage
+from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage, progress
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
 
 __all__ = [
@@ -54,6 +54,7 @@ SPACE_ATTR = "tuner.space"
 DEFAULT_TRIALS = 30
 MAX_CONSECUTIVE_FAILURES = 5  # identical failures in a row stop the study instead of burning its budget
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PROGRESS_S = 1.0  # the progress callback's figures are read from the database at most this often
 POLL_S = 1.0  # how often a worker with nothing to claim looks again (others' trials may fail)
 
 
@@ -234,11 +235,6 @@ def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACE
 # run
 
 
-def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    counts = count_states(study._storage, study._study_id)
-    return sum(counts[s] for s in states)
-
-
 def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
     from tuner.train import train
 
@@ -303,10 +299,12 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
 def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[Any, Any]:
     """The data (split with the study's seed) and, for a user callable, its model, built with torch
     seeded by the trial's seed so that its initial weights are the same whenever the trial is rerun."""
-    import torch
+    workload = loaded.workload
+    if workload.kind == "callable":
+        import torch
 
-    torch.manual_seed(seed)
-    return load_workload(loaded.workload, seed=loaded.spec.seed, val_fraction=loaded.spec.val_fraction, config=params)
+        torch.manual_seed(seed)
+    return load_workload(workload, seed=loaded.spec.seed, val_fraction=loaded.spec.val_fraction, config=params)
 
 
 def _history(epochs: list[Any]) -> dict[str, list[Any]]:
@@ -348,6 +346,8 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
         return "wait", None  # a running trial may still fail and free its place
     if loaded.spec.sampler == "grid" and waiting == 0:
         return ("wait", None) if running else ("grid_exhausted", None)
+    if waiting == 0 and isinstance(study._storage, BufferedStorage):
+        study._storage.no_waiting(study._study_id)  # just counted under the lock: ask need not look again
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = study.ask()
@@ -359,8 +359,12 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
 @contextlib.contextmanager
 def _heartbeat(storage: Any, trial_id: int, interval: float):  # type: ignore[no-untyped-def]
     stop = threading.Event()
+    # tuner's storage wrote the first beat with the trial itself; anything else beats at once
+    first_now = not isinstance(storage, BufferedStorage)
 
     def beat() -> None:
+        if not first_now and stop.wait(interval):
+            return
         while True:
             with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
                 storage.record_heartbeat(trial_id)
@@ -429,6 +433,29 @@ def signals_interrupt():  # type: ignore[no-untyped-def]
         signal.signal(signal.SIGTERM, previous)
 
 
+class _Progress:
+    """The study's finished count and best value for the progress callback. Other workers change
+    them too, so they are read from the database, but at most every PROGRESS_S seconds; in between
+    this worker's own results carry them forward, and a trial does not pay for two queries."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._read_at = -math.inf
+        self.n_finished, self.best = 0, None
+
+    def after(self, trial: FrozenTrial) -> tuple[int, float | None]:
+        if time.monotonic() - self._read_at >= PROGRESS_S:
+            self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.direction)
+            self._read_at = time.monotonic()
+            return self.n_finished, self.best
+        self.n_finished += trial.state in FINISHED
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        if value is not None and (self.best is None or (value > self.best if self._maximize else value < self.best)):
+            self.best = value
+        return self.n_finished, self.best
+
+
 def set_threads(threads: int | None) -> int:
     """Torch threads for this worker (default: all cores; `tuner worker --workers K` passes its
     share). Oversubscribed cores are ruinous for small models: threads wait on each other."""
@@ -458,8 +485,8 @@ def run_study(
     set_threads(threads)
     objective = make_objective(loaded, torch_device)
     # Everything loaded so far (torch, Optuna, the data) lives as long as the worker: take it out
-    # of the collector's sight, or every full collection walks it again (~10 ms a trial).
-    gc.collect()
+    # of the collector's sight, or every full collection walks it again (~10 ms a trial). No
+    # collection first: it would cost as much once, to free the little garbage there is.
     gc.freeze()
     budget = int(spec.trials or DEFAULT_TRIALS)
     lock = StudyLock(loaded.url, spec.name)
@@ -470,6 +497,7 @@ def run_study(
     stopped = "budget"
     interval, _ = heartbeat_settings()
     stale_checked = -math.inf
+    tracker = _Progress(study)
     try:
         with signals_interrupt():
             while True:
@@ -507,7 +535,8 @@ def run_study(
                 else:
                     failures.clear()
                 if on_trial is not None:
-                    on_trial(frozen, _count(study, FINISHED), budget, _best_value(study))
+                    n_finished, best = tracker.after(frozen)
+                    on_trial(frozen, n_finished, budget, best)
     finally:
         lock.close()
     return summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
@@ -539,11 +568,6 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:  # no complete trial yet
         return None
-
-
-def _best_value(study: optuna.Study) -> float | None:
-    best = _best_trial(study)
-    return best.value if best else None
 
 
 # ---------------------------------------------------------------------------------------------

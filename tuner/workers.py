@@ -60,9 +60,14 @@ def run_workers(
 ) -> RunResult:
     """Start `n_workers` worker processes on the study, report progress until they end, and return
     the study's result. Ctrl-C or SIGTERM is passed on to every worker, which closes its trial."""
-    from tuner.study import FINISHED, _best_value, _count
+    from tuner.storage import progress
 
     spec = loaded.spec
+
+    def report() -> None:
+        n_finished, best = progress(loaded.study._storage, loaded.study._study_id, loaded.study.direction)
+        on_progress(n_finished, int(spec.trials or 0), best)  # type: ignore[misc]
+
     # The storage URL travels in the environment, not on the command line, where `ps` shows it.
     env = {**os.environ, "TUNER_STORAGE": loaded.url}
     logs = Path(tempfile.mkdtemp(prefix=f"tuner-{spec.name}-"))
@@ -94,7 +99,7 @@ def run_workers(
         with signals_interrupt():
             while any(p.poll() is None for p in procs):
                 if on_progress is not None:
-                    on_progress(_count(loaded.study, FINISHED), int(spec.trials or 0), _best_value(loaded.study))
+                    report()
                 time.sleep(_WATCH_S)
     except KeyboardInterrupt as e:
         stop_all(signal.SIGTERM if getattr(e, "signal_name", "") == "SIGTERM" else signal.SIGINT)
@@ -102,7 +107,7 @@ def run_workers(
             p.wait()
         raise
     if on_progress is not None:
-        on_progress(_count(loaded.study, FINISHED), int(spec.trials or 0), _best_value(loaded.study))
+        report()
 
     ran, stops, problems = 0, set(), []
     for i, p in enumerate(procs):

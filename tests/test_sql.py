@@ -1,0 +1,197 @@
+"""tuner's per-trial SQL (tuner/sql.py) and the write-behind storage on it (tuner/buffered.py):
+what they write must read back through Optuna's own storage exactly as Optuna would have
+written it, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from tuner import sql
+from tuner.buffered import BufferedStorage
+from tuner.storage import open_storage
+
+# tuner beats from its own thread, not inside Study.optimize, which Optuna warns of
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+def _study(url: str, direction: str = "maximize") -> tuple[optuna.Study, BufferedStorage, optuna.storages.RDBStorage]:
+    rdb = open_storage(url, create=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    bare = optuna.create_study(study_name="s", storage=rdb, direction=direction)
+    buffered = BufferedStorage(bare._storage, rdb, flush_s=3600.0)
+    return optuna.load_study(study_name="s", storage=buffered), buffered, rdb
+
+
+def _fresh(url: str, trial_id: int) -> optuna.trial.FrozenTrial:
+    """The trial as a new process reading the database sees it."""
+    return optuna.storages.RDBStorage(url).get_trial(trial_id)
+
+
+def _comparable(trial: optuna.trial.FrozenTrial) -> dict:
+    return {
+        "number": trial.number,
+        "state": trial.state,
+        "values": trial.values,
+        "params": trial.params,
+        "distributions": trial.distributions,
+        "intermediate_values": trial.intermediate_values,
+        "user_attrs": trial.user_attrs,
+        "system_attrs": trial.system_attrs,
+        "started": trial.datetime_start.replace(microsecond=0) if trial.datetime_start else None,
+        "completed": trial.datetime_complete is not None,
+    }
+
+
+def test_a_new_trial_is_running_with_its_first_heartbeat_in_the_database(url):
+    study, buffered, rdb = _study(url)
+    trial_ids = [buffered.create_new_trial(study._study_id) for _ in range(3)]
+    fresh = [_fresh(url, t) for t in trial_ids]
+    assert [t.number for t in fresh] == [0, 1, 2]
+    assert all(t.state == TrialState.RUNNING and t.datetime_start is not None for t in fresh)
+    import sqlalchemy
+
+    with rdb.engine.connect() as conn:
+        beats = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats ORDER BY trial_id")).scalars().all()
+    assert beats == trial_ids  # a worker killed before its first beat is still found stale
+
+
+def test_a_finished_trial_reads_back_through_optuna_exactly_as_the_worker_saw_it(url):
+    study, buffered, _ = _study(url)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    trial.suggest_int("layers", 1, 3)
+    trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    for step, value in enumerate([0.5, 0.75, math.inf]):
+        trial.report(value, step)
+    trial.set_user_attr("history", {"loss": [1.0, 0.5]})
+    trial.set_user_attr("note", "first")
+    buffered.flush(trial._trial_id)  # the configuration made durable before training
+    trial.set_user_attr("note", "second")  # a key written again replaces its earlier value
+    study._storage.set_trial_system_attr(trial._trial_id, "device", "cpu")
+    study.tell(trial, 0.875)
+
+    seen = buffered.get_trial(trial._trial_id)  # served from memory
+    stored = _fresh(url, trial._trial_id)
+    assert _comparable(seen) == _comparable(stored)
+    assert stored.state == TrialState.COMPLETE and stored.value == 0.875
+    assert stored.intermediate_values == {0: 0.5, 1: 0.75, 2: math.inf}
+    assert stored.user_attrs == {"history": {"loss": [1.0, 0.5]}, "note": "second"}
+    assert stored.distributions == {
+        "lr": FloatDistribution(1e-5, 1e-1, log=True),
+        "layers": IntDistribution(1, 3),
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+    }
+
+
+def test_writes_wait_in_memory_until_the_trial_is_flushed_or_ends(url):
+    study, buffered, _ = _study(url)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.report(0.25, 0)
+    assert _fresh(url, trial._trial_id).params == {}  # not yet in the database
+    assert buffered.get_trial(trial._trial_id).params == {"x": trial.params["x"]}  # but seen here
+    buffered.flush(trial._trial_id)
+    assert _fresh(url, trial._trial_id).intermediate_values == {0: 0.25}
+    study.tell(trial, state=TrialState.PRUNED)
+    stored = _fresh(url, trial._trial_id)
+    assert stored.state == TrialState.PRUNED and stored.datetime_complete is not None
+
+
+def test_a_trial_failed_meanwhile_by_another_worker_is_left_as_it_is(url):
+    study, buffered, _ = _study(url)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    # another worker found it stale and failed it
+    optuna.storages.RDBStorage(url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        buffered.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    stored = _fresh(url, trial._trial_id)
+    assert stored.state == TrialState.FAIL and stored.params == {} and stored.values is None
+
+
+def test_a_missing_trial_is_a_key_error(url):
+    _, _, rdb = _study(url)
+    with pytest.raises(KeyError):
+        sql.write_trial(rdb, 10_000, sql.Pending())
+
+
+def test_queued_trials_are_found_unless_just_counted_as_none(url):
+    study, buffered, rdb = _study(url)
+    waiting = (TrialState.WAITING,)
+    assert buffered.get_all_trials(study._study_id, states=waiting) == []
+    optuna.load_study(study_name="s", storage=rdb).enqueue_trial({"x": 0.5})
+    assert [t.state for t in buffered.get_all_trials(study._study_id, states=waiting)] == [TrialState.WAITING]
+    buffered.no_waiting(study._study_id)  # the caller's count, under its lock, is trusted once
+    assert buffered.get_all_trials(study._study_id, states=waiting) == []
+    assert len(buffered.get_all_trials(study._study_id, states=waiting)) == 1
+
+
+def test_a_queued_trial_taken_by_this_worker_is_buffered_too(url):
+    study, buffered, rdb = _study(url)
+    optuna.load_study(study_name="s", storage=rdb).enqueue_trial({"x": 0.5})
+    trial = study.ask()  # takes the queued trial: WAITING -> RUNNING
+    assert trial.suggest_float("x", 0.0, 1.0) == 0.5
+    trial.report(0.1, 0)
+    assert _fresh(url, trial._trial_id).intermediate_values == {}
+    study.tell(trial, 0.5)
+    stored = _fresh(url, trial._trial_id)
+    assert stored.intermediate_values == {0: 0.1} and stored.value == 0.5
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_counts_and_progress_agree_with_optuna(url, direction):
+    study, _, rdb = _study(url, direction)
+    plain = optuna.load_study(study_name="s", storage=rdb)
+    for value in (0.5, 0.9, -math.inf, 0.1):
+        plain.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    plain.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
+    plain.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, params={}, distributions={}))
+    plain.enqueue_trial({})
+    counts = sql.count_states(rdb, study._study_id)
+    assert counts == {TrialState.COMPLETE: 4, TrialState.PRUNED: 1, TrialState.FAIL: 1, TrialState.WAITING: 1}
+    n_finished, best = sql.progress(rdb, study._study_id, maximize=direction == "maximize")
+    assert n_finished == 5
+    assert best == (0.9 if direction == "maximize" else 0.1)  # infinities are not a best value
+
+
+def test_concurrent_workers_never_share_a_trial_number(url):
+    _study(url)
+    storages = [open_storage(url) for _ in range(3)]
+    study_id = optuna.load_study(study_name="s", storage=storages[0])._study_id
+    numbers: list[int] = []
+    errors: list[BaseException] = []
+
+    def create(rdb: optuna.storages.RDBStorage) -> None:
+        try:
+            for _ in range(15):
+                numbers.append(sql.create_running(rdb, study_id, heartbeat=False)[1])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in storages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(numbers) == list(range(45))
+
+
+def test_a_study_that_is_gone_is_a_key_error(url):
+    _, _, rdb = _study(url)
+    with pytest.raises(KeyError):
+        sql.create_running(rdb, 999, heartbeat=True)
