@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 import optuna
 import pytest
 import sqlalchemy
-from optuna.trial import TrialState
 
 from tests.conftest import REPO
 
@@ -198,6 +197,16 @@ def _load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
 
+def _n_complete_readonly(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # the tables are not there yet
+
+
 def _wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,16 +265,21 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
 
 
 def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path, page: Page, tmp_path: Path) -> None:
-    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)
+    # eight times the workers tests' steps a trial: the study must outlast the dashboard's start
+    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE + "  batch_size: 16\n")
     env = {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"}
-    budget = 20
+    budget = 30
     run = subprocess.Popen(
         [TUNER, "study", "run", "live", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--workers", "2", "-q"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        _wait_for(lambda: Path("studies/tuner.db").exists() and _load(SQLITE, "live").get_trials(states=(TrialState.COMPLETE,)),
-                  timeout=120, what="a first finished trial")
+        # read-only until the study exists: opening it with Optuna would race the run to create the tables
+        def first_finished() -> bool:
+            assert run.poll() is None, f"the study ended early: {run.communicate()[1]}"
+            return _n_complete_readonly(Path("studies/tuner.db")) > 0
+
+        _wait_for(first_finished, timeout=120, what="a first finished trial")
         study_id = _load(SQLITE, "live")._study_id
         with _dashboard(log=tmp_path / "dashboard.log") as dash:
             page.goto(f"{dash.url}dashboard/studies/{study_id}/trials")
