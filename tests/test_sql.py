@@ -166,6 +166,16 @@ def test_counts_and_progress_agree_with_optuna(url, direction):
     n_finished, best = sql.progress(rdb, study._study_id, maximize=direction == "maximize")
     assert n_finished == 5
     assert best == (0.9 if direction == "maximize" else 0.1)  # infinities are not a best value
+    # the best trial itself is Optuna's, infinities included (minimize: the -inf trial)
+    assert study.best_trial.number == plain.best_trial.number == (1 if direction == "maximize" else 2)
+
+
+def test_the_earliest_of_equally_good_trials_is_the_best(url):
+    study, _, rdb = _study(url, "minimize")
+    for value in (0.3, 0.2, 0.2, math.inf):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    assert study.best_trial.number == 1
+    assert sql.best_trial_id(rdb, study._study_id, maximize=True) == study.trials[3]._trial_id  # +inf
 
 
 def test_concurrent_workers_never_share_a_trial_number(url):

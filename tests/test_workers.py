@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 TUNER = str(Path(sys.executable).with_name("tuner"))
 SQLITE = "sqlite:///studies/tuner.db"
-# long enough trials (about 0.5-1 s) that a kill lands inside one
+# long enough trials (about 1-1.5 s on 2 cores) that a signal lands inside one, not between two
 SLOW_SPACE = """\
 params:
   lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true, grid: 3}
@@ -29,6 +29,7 @@ params:
   hidden_units: {type: categorical, choices: [32, 64]}
   epochs: 40
   n_layers: 1
+  batch_size: 32
 """
 
 pytestmark = pytest.mark.slow

@@ -29,7 +29,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.sql import Final, Pending, create_running, write_trial
+from tuner.sql import Final, Pending, best_trial_id, create_running, write_trial
 
 __all__ = ["BufferedStorage"]
 
@@ -238,7 +238,14 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number)
 
     def get_best_trial(self, study_id: int) -> FrozenTrial:
-        return self._inner.get_best_trial(study_id)
+        # one query for its id (the cache would read every trial), then most often our own copy
+        directions = self.get_study_directions(study_id)
+        if len(directions) > 1:
+            raise RuntimeError("Best trial can be obtained only for single-objective optimization.")
+        trial_id = best_trial_id(self._rdb, study_id, maximize=directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+        if trial_id is None:
+            raise ValueError("No trials are completed yet.")
+        return self.get_trial(trial_id)
 
     def remove_session(self) -> None:
         self._inner.remove_session()

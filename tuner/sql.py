@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["Final", "Pending", "count_states", "create_running", "progress", "write_trial"]
+__all__ = ["Final", "Pending", "best_trial_id", "count_states", "create_running", "progress", "write_trial"]
 
 _RUNNING = TrialState.RUNNING.name
 
@@ -117,6 +117,21 @@ def progress(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) 
             (study_id,),
         ).fetchone()[0]
     return int(n_finished), best
+
+
+def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) -> int | None:
+    """The complete trial with the best first value (infinities ranked as Optuna ranks them; the
+    earliest among equals), or None if no trial is complete."""
+    order = "DESC" if maximize else "ASC"
+    rank = "CASE v.value_type WHEN 'INF_NEG' THEN 0 WHEN 'FINITE' THEN 1 ELSE 2 END"  # INF_POS highest
+    with _transaction(rdb) as cur:
+        row = cur.execute(
+            "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+            "WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 "
+            f"ORDER BY {rank} {order}, v.value {order}, t.number ASC LIMIT 1",
+            (study_id,),
+        ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool) -> tuple[int, int, datetime]:
