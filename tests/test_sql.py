@@ -205,3 +205,40 @@ def test_a_study_that_is_gone_is_a_key_error(url):
     _, _, rdb = _study(url)
     with pytest.raises(KeyError):
         sql.create_running(rdb, 999, heartbeat=True)
+
+
+def test_samplers_see_this_workers_trials_at_once_and_others_within_the_refresh(url):
+    study, buffered, rdb = _study(url)
+    buffered._refresh_s = 3600.0  # no re-read from the database in this test unless asked
+    assert study.get_trials() == []  # the snapshot is taken
+    trial = study.ask()
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    study.tell(trial, 0.5)
+    optuna.load_study(study_name="s", storage=rdb).add_trial(optuna.trial.create_trial(value=0.7, params={}, distributions={}))
+    seen = study.get_trials(states=(TrialState.COMPLETE,))
+    assert [(t.number, t.value) for t in seen] == [(0, 0.5)]  # ours at once; the other worker's not yet
+    buffered._refresh_s = 0.0
+    assert [(t.number, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))] == [(0, 0.5), (1, 0.7)]
+
+
+def test_a_study_id_is_looked_up_once(url):
+    study, buffered, rdb = _study(url)
+    assert buffered.get_study_id_from_name("s") == study._study_id
+    rdb.get_study_id_from_name = None  # any further lookup would fail
+    buffered._inner.get_study_id_from_name = None
+    assert buffered.get_study_id_from_name("s") == study._study_id
+    with pytest.raises(KeyError):
+        BufferedStorage(optuna.storages.RDBStorage(url), rdb).get_study_id_from_name("no such study")
+
+
+def test_optunas_migration_scripts_are_read_once_a_process(tmp_path, monkeypatch):
+    import alembic.script
+
+    open_storage(f"sqlite:///{tmp_path / 'first.db'}", create=True)
+    reads = []
+    from_config = alembic.script.ScriptDirectory.from_config
+    monkeypatch.setattr(alembic.script.ScriptDirectory, "from_config", lambda *a, **k: reads.append(1) or from_config(*a, **k))
+    second = open_storage(f"sqlite:///{tmp_path / 'second.db'}", create=True)
+    assert reads == []
+    optuna.create_study(study_name="x", storage=second)  # and the new database is complete
+    assert optuna.get_all_study_names(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'second.db'}")) == ["x"]

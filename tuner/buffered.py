@@ -46,6 +46,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._mine_now: dict[int, FrozenTrial] = {}  # trial id -> our running trial, kept current here
         self._snapshot: dict[int, tuple[float, list[FrozenTrial]]] = {}  # study id -> (time, trials)
         self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
+        self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies just counted with no queued trial (see no_waiting)
 
     # -- the trials we run --------------------------------------------------------------------
@@ -120,8 +121,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
-            self._snapshot.clear()
             if not (state.is_finished() and trial_id in self._pending):
+                self._snapshot.clear()
                 changed = self._inner.set_trial_state_values(trial_id, state, values)
                 if changed and state == TrialState.RUNNING:  # a queued trial this worker just took
                     self.own(self._inner.get_trial(trial_id))
@@ -138,8 +139,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         return True
 
     def _overlay(self, trial: FrozenTrial) -> FrozenTrial:
-        """Our own running trial as we know it (the database lags behind until the next flush)."""
-        return self._mine_now.get(trial._trial_id, trial)
+        """Our own trials as we know them: the snapshot lags behind what this worker wrote."""
+        return self._mine_now.get(trial._trial_id) or self._finished.get(trial._trial_id) or trial
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -168,16 +169,24 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             taken, trials = self._snapshot.get(study_id, (0.0, []))
             if time.monotonic() - taken > self._refresh_s:
-                trials = self._inner.get_all_trials(study_id, deepcopy=False)
+                trials = list(self._inner.get_all_trials(study_id, deepcopy=False))  # ours: it grows
                 self._snapshot[study_id] = (time.monotonic(), trials)
-            out = [self._overlay(t) for t in trials if states is None or t.state in states]
+            out = [t for t in map(self._overlay, trials) if states is None or t.state in states]
         return copy.deepcopy(out) if deepcopy else out
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
-        return self.get_trial(trial_id).system_attrs
+        with self._lock:  # the pruners read them at every report: not the whole trial's copy
+            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            if known is not None:
+                return copy.deepcopy(known.system_attrs)
+        return self._inner.get_trial_system_attrs(trial_id)
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
-        return self.get_trial(trial_id).user_attrs
+        with self._lock:
+            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            if known is not None:
+                return copy.deepcopy(known.user_attrs)
+        return self._inner.get_trial_user_attrs(trial_id)
 
     # -- everything else goes straight through ----------------------------------------------
 
@@ -186,6 +195,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def delete_study(self, study_id: int) -> None:
         self._inner.delete_study(study_id)
+        self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._inner.set_study_user_attr(study_id, key, value)
@@ -194,7 +204,11 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._inner.set_study_system_attr(study_id, key, value)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        return self._inner.get_study_id_from_name(study_name)
+        # Hyperband asks at every report and every sampling (its bracket studies): ~1 ms a query
+        study_id = self._study_ids.get(study_name)
+        if study_id is None:
+            study_id = self._study_ids[study_name] = self._inner.get_study_id_from_name(study_name)
+        return study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
         return self._inner.get_study_name_from_id(study_id)
@@ -212,8 +226,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         return self._inner.get_all_studies()
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        self._snapshot.clear()
         if template_trial is not None:  # a queued or copied trial, not one this worker runs now
+            self._snapshot.clear()
             return self._inner.create_new_trial(study_id, template_trial)
         # Study.ask starting a trial for this worker: created with its first heartbeat, then owned
         trial_id, number, started = create_running(self._rdb, study_id, heartbeat=self._rdb.get_heartbeat_interval() is not None)
@@ -232,6 +246,9 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             trial_id=trial_id,
         )
         self.own(trial)
+        with self._lock:  # the snapshot stays current with this worker's trials, so samplers see them
+            if study_id in self._snapshot:
+                self._snapshot[study_id][1].append(trial)
         return trial_id
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
