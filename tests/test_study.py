@@ -53,6 +53,22 @@ def test_each_sampler_runs_a_seeded_study_stored_in_sqlite(project, sampler):
     assert type(open_study("s", SQLITE).study.sampler) is type(loaded.study.sampler)
 
 
+@pytest.mark.parametrize(
+    "sampler, trials, startup_trials, expected",
+    [("tpe", 30, None, 3), ("tpe", 120, None, 6), ("tpe", 1000, None, 10), ("tpe", 30, 12, 12), ("gp", 200, None, 10), ("gp", 8, 2, 2)],
+)
+def test_model_based_samplers_start_at_random_for_a_share_of_the_budget(project, sampler, trials, startup_trials, expected):
+    loaded = create_study(_spec(sampler=sampler, trials=trials, startup_trials=startup_trials), SQLITE)
+    assert loaded.study.sampler._n_startup_trials == expected
+    assert open_study("s", SQLITE).study.sampler._n_startup_trials == expected  # rebuilt from the stored spec
+
+
+@pytest.mark.parametrize("bad, message", [(0, "startup_trials must be at least 1, got 0"), ("3", "startup_trials must be an integer, got '3'")])
+def test_startup_trials_must_be_a_positive_integer(bad, message):
+    with pytest.raises(SpecError, match=message):
+        _spec(startup_trials=bad)
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_a_study_is_reproducible_from_its_seed(project, sampler):
     for name in ("a", "b"):

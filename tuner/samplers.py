@@ -11,17 +11,18 @@ from optuna.samplers import BaseSampler
 
 from tuner.errors import SpecError
 
-__all__ = ["PRUNERS", "SAMPLERS", "make_pruner", "make_sampler"]
+__all__ = ["PRUNERS", "SAMPLERS", "default_startup_trials", "make_pruner", "make_sampler"]
 
 # Grid points are enqueued as trials when a grid study is created (each popped exactly once,
 # atomically, by whichever worker gets it), so the grid "sampler" only backs up the queue.
-SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "grid": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
-    "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+# Each factory takes the seed and the number of random start-up trials (for those that model).
+SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
+    "tpe": lambda seed, n_startup: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup),
+    "random": lambda seed, _: optuna.samplers.RandomSampler(seed=seed),
+    "grid": lambda seed, _: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed, n_startup: optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup),
+    "qmc": lambda seed, _: optuna.samplers.QMCSampler(seed=seed, scramble=True),
+    "cmaes": lambda seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
 }
 
 # The resource is the epoch: every trial reports its metric once per epoch.
@@ -39,11 +40,19 @@ def check_name(kind: str, name: str, registry: dict) -> None:
         raise SpecError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
 
 
-def make_sampler(name: str, seed: int) -> BaseSampler:
+def default_startup_trials(budget: int) -> int:
+    """Random trials before tpe or gp start modeling, unless the spec sets `startup_trials`: a
+    twentieth of the budget, between 3 and 10. Optuna's fixed 10 spends a third of a 30-trial
+    study at random; on digits, TPE with 3 reaches 0.97 validation accuracy in about 40% of the
+    time it takes with 10 (`tuner bench`'s search race, 10 seeds; README)."""
+    return min(10, max(3, budget // 20))
+
+
+def make_sampler(name: str, seed: int, *, n_startup: int = 10) -> BaseSampler:
     check_name("sampler", name, SAMPLERS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return SAMPLERS[name](seed)
+        return SAMPLERS[name](seed, n_startup)
 
 
 def make_pruner(name: str) -> BasePruner:

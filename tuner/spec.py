@@ -17,10 +17,11 @@ import yaml
 from tuner.errors import SpecError
 from tuner.params import METRICS
 
-__all__ = ["StudySpec", "load_spec", "RUN_OPTIONS"]
+__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec"]
 
 # What may change between runs of one study; everything else is fixed at creation.
 RUN_OPTIONS = ("trials",)
+DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -37,6 +38,13 @@ class StudySpec:
     trials: int | None = None  # budget: finished (complete or pruned) trials, all runs together; None: 30, or the grid size
     val_fraction: float = 0.2  # share of the data held out for validation
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
+    startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
+
+    @property
+    def n_startup(self) -> int:
+        from tuner.samplers import default_startup_trials
+
+        return self.startup_trials if self.startup_trials is not None else default_startup_trials(self.trials or DEFAULT_TRIALS)
 
     def __post_init__(self) -> None:
         from tuner.samplers import PRUNERS, SAMPLERS, check_name
@@ -51,9 +59,9 @@ class StudySpec:
         check_name("pruner", self.pruner, PRUNERS)
         if self.metric not in METRICS:
             raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
-        for key in ("seed", "trials", "retries"):
+        for key in ("seed", "trials", "retries", "startup_trials"):
             value = getattr(self, key)
-            if (isinstance(value, bool) or not isinstance(value, int)) and not (key == "trials" and value is None):
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials") and value is None):
                 raise SpecError(f"{key} must be an integer, got {value!r}")
         if self.trials is not None and self.trials < 1:
             raise SpecError(f"trials must be at least 1, got {self.trials}")
@@ -61,6 +69,8 @@ class StudySpec:
             raise SpecError(f"seed must be 0 or more, got {self.seed}")
         if self.retries < 0:
             raise SpecError(f"retries must be 0 or more, got {self.retries}")
+        if self.startup_trials is not None and self.startup_trials < 1:
+            raise SpecError(f"startup_trials must be at least 1, got {self.startup_trials}")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
 

@@ -30,7 +30,7 @@ from tuner.errors import DivergedError, SpaceError, SpecError, StorageError, Tun
 from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
-from tuner.spec import RUN_OPTIONS, StudySpec
+from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, StudySpec
 from tuner.buffered import BufferedStorage
 from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage, progress
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
@@ -51,7 +51,6 @@ __all__ = [
 
 SPEC_ATTR = "tuner.spec"
 SPACE_ATTR = "tuner.space"
-DEFAULT_TRIALS = 30
 MAX_CONSECUTIVE_FAILURES = 5  # identical failures in a row stop the study instead of burning its budget
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PROGRESS_S = 1.0  # the progress callback's figures are read from the database at most this often
@@ -139,26 +138,26 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     spec = StudySpec(**{**spec.as_dict(), "trials": budget})
 
     _quiet_optuna()
-    storage = open_storage(storage_url, create=True)
+    storage = open_storage(storage_url, create=True, on_stale_trial=_requeue_lost)
     if spec.name in optuna.get_all_study_names(storage):
         raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
     study = optuna.create_study(
         storage=storage,
         study_name=spec.name,
         direction=spec.direction,
-        sampler=make_sampler(spec.sampler, spec.seed),
+        sampler=make_sampler(spec.sampler, spec.seed, n_startup=spec.n_startup),
         pruner=make_pruner(spec.pruner),
     )
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
         study.enqueue_trial(point)
-    return open_study(spec.name, storage_url)
+    return open_study(spec.name, storage_url, storage=storage)  # opened once: Optuna's schema check takes ~50 ms
 
 
-def open_study(name: str, storage_url: str, *, worker_index: int = 0) -> Loaded:
+def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: optuna.storages.RDBStorage | None = None) -> Loaded:
     _quiet_optuna()
-    storage = open_storage(storage_url, on_stale_trial=_requeue_lost)
+    storage = storage or open_storage(storage_url, on_stale_trial=_requeue_lost)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names[:10]) or "none"
@@ -178,7 +177,7 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0) -> Loaded:
     study = optuna.load_study(
         study_name=name,
         storage=buffered,
-        sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index),
+        sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
         pruner=make_pruner(spec.pruner),
     )
     return Loaded(study, spec, space, storage_url)
