@@ -142,14 +142,16 @@ def test_queued_trials_are_found_unless_just_counted_as_none(url):
 
 def test_a_queued_trial_taken_by_this_worker_is_buffered_too(url):
     study, buffered, rdb = _study(url)
-    optuna.load_study(study_name="s", storage=rdb).enqueue_trial({"x": 0.5})
+    optuna.load_study(study_name="s", storage=rdb).enqueue_trial({"x": 0.5}, user_attrs={"note": "queued", "retry_of": 3})
     trial = study.ask()  # takes the queued trial: WAITING -> RUNNING
     assert trial.suggest_float("x", 0.0, 1.0) == 0.5
+    trial.set_user_attr("note", "ran")  # replaces what the queue wrote
     trial.report(0.1, 0)
     assert _fresh(url, trial._trial_id).intermediate_values == {}
     study.tell(trial, 0.5)
     stored = _fresh(url, trial._trial_id)
     assert stored.intermediate_values == {0: 0.1} and stored.value == 0.5
+    assert stored.user_attrs == {"note": "ran", "retry_of": 3}
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
@@ -242,3 +244,21 @@ def test_optunas_migration_scripts_are_read_once_a_process(tmp_path, monkeypatch
     assert reads == []
     optuna.create_study(study_name="x", storage=second)  # and the new database is complete
     assert optuna.get_all_study_names(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'second.db'}")) == ["x"]
+
+
+def test_a_trial_read_from_memory_is_the_readers_to_change(url):
+    study, buffered, _ = _study(url)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.report(0.5, 0)
+    trial.set_user_attr("history", {"loss": [1.0, 0.5]})
+    study.tell(trial, 0.5)
+    read = buffered.get_trial(trial._trial_id)
+    read.user_attrs["history"]["loss"].append(0.0)
+    read.intermediate_values[1] = 0.9
+    read.params["y"] = 1.0
+    buffered.get_trial_user_attrs(trial._trial_id)["history"]["loss"].clear()
+    again = buffered.get_trial(trial._trial_id)
+    assert again.user_attrs["history"] == {"loss": [1.0, 0.5]}
+    assert again.intermediate_values == {0: 0.5} and list(again.params) == ["x"]
+    assert _comparable(again) == _comparable(_fresh(url, trial._trial_id))

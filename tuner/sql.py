@@ -38,6 +38,12 @@ class Pending:
     intermediate: dict[int, float] = field(default_factory=dict)
     user_attrs: dict[str, Any] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
+    stored: set[tuple[str, str]] = field(default_factory=set)  # (table, key) of attributes already written
+
+    def next(self) -> "Pending":
+        """What is pending once these writes are in the database: nothing, with their keys known."""
+        written = {("trial_user_attributes", k) for k in self.user_attrs} | {("trial_system_attributes", k) for k in self.system_attrs}
+        return Pending(stored=self.stored | written)
 
     def empty(self) -> bool:
         return not (self.params or self.intermediate or self.user_attrs or self.system_attrs)
@@ -141,17 +147,22 @@ def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat:
     it) and the database's single writer lock on SQLite, so concurrent workers never share one."""
     started = datetime.now()
     with _transaction(rdb) as cur:
-        lock = "" if cur.sqlite else " FOR UPDATE"
-        if cur.execute(f"SELECT study_id FROM studies WHERE study_id = ?{lock}", (study_id,)).fetchone() is None:
-            raise KeyError(f"no study with id {study_id}")
+        if not cur.sqlite:  # SQLite's writer lock already serializes the insert below
+            if cur.execute("SELECT study_id FROM studies WHERE study_id = ? FOR UPDATE", (study_id,)).fetchone() is None:
+                raise KeyError(f"no study with id {study_id}")
         insert = (
             "INSERT INTO trials (number, study_id, state, datetime_start) "
-            f"SELECT COUNT(*), ?, '{_RUNNING}', ? FROM trials WHERE study_id = ?"
+            f"SELECT COUNT(*), ?, '{_RUNNING}', ? FROM trials WHERE study_id = ? "
+            "HAVING EXISTS (SELECT 1 FROM studies WHERE study_id = ?)"  # no row, no trial, for a study that is gone
         )
+        params = (study_id, cur.when(started), study_id, study_id)
         if cur.sqlite or cur.postgresql:
-            trial_id, number = cur.execute(insert + " RETURNING trial_id, number", (study_id, cur.when(started), study_id)).fetchone()
+            row = cur.execute(insert + " RETURNING trial_id, number", params).fetchone()
+            if row is None:
+                raise KeyError(f"no study with id {study_id}")
+            trial_id, number = row
         else:
-            trial_id = cur.execute(insert, (study_id, cur.when(started), study_id)).lastrowid
+            trial_id = cur.execute(insert, params).lastrowid
             number = cur.execute("SELECT number FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
         if heartbeat:
             cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
@@ -189,10 +200,10 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
             "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?, ?, ?, ?)", rows
         )
         for table, attrs in (("trial_user_attributes", pending.user_attrs), ("trial_system_attributes", pending.system_attrs)):
-            if attrs:  # a key written again replaces its earlier value
-                keys = list(attrs)
-                cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(keys))})", (trial_id, *keys))
-                cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])
+            again = [k for k in attrs if (table, k) in pending.stored]
+            if again:  # a key written again replaces its earlier value
+                cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(again))})", (trial_id, *again))
+            cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])
         if final is not None and final.values:
             rows = []
             for objective, value in enumerate(final.values):
