@@ -262,3 +262,12 @@ def test_a_trial_read_from_memory_is_the_readers_to_change(url):
     assert again.user_attrs["history"] == {"loss": [1.0, 0.5]}
     assert again.intermediate_values == {0: 0.5} and list(again.params) == ["x"]
     assert _comparable(again) == _comparable(_fresh(url, trial._trial_id))
+
+
+def test_postgresql_commits_without_waiting_for_the_log_flush_and_keeps_the_urls_options(pg_url):
+    for url, search_path in ((pg_url, '"$user", public'), (pg_url + "?options=-c%20search_path%3Dpublic", "public")):
+        storage = open_storage(url, create=True)
+        with storage.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            assert conn.exec_driver_sql("SHOW search_path").scalar() == search_path
+        storage.engine.dispose()
