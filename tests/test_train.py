@@ -741,3 +741,18 @@ def test_regression_reports_rmse_from_mse() -> None:
     with torch.no_grad():
         mse = nn.functional.mse_loss(result.model(x_val).squeeze(-1), y_val).item()
     assert result.last.val_loss == pytest.approx(mse, rel=1e-5)
+
+
+def test_warm_up_pays_the_first_optimizers_imports_before_any_trial() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from tuner.train import warm_up\n"
+        "assert 'torch._dynamo' not in sys.modules\n"  # what a new worker's first optimizer would import (~1 s)
+        "warm_up('cpu')\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -508,6 +508,9 @@ def run_study(
     torch_device = resolve_device(device)
     set_threads(threads)
     objective = make_objective(loaded, torch_device)
+    from tuner.train import warm_up
+
+    warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
     # Everything loaded so far (torch, Optuna, the data) lives as long as the worker: take it out
     # of the collector's sight, or every full collection walks it again (~10 ms a trial). No
     # collection first: it would cost as much once, to free the little garbage there is.

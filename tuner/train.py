@@ -21,7 +21,7 @@ from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train", "warm_up"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
@@ -325,6 +325,18 @@ def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
     if name == "val_rmse":
         return math.sqrt(val_loss)
     return val_loss
+
+
+def warm_up(device: torch.device | str) -> None:
+    """Pay torch's one-time costs in a new worker before its first trial, not inside it: the first
+    optimizer imports torch._dynamo (~1 s on a CPU core), the first backward starts autograd's
+    engine, and on a GPU the first kernels set up the context and cuBLAS."""
+    device = torch.device(device)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).to(device)
+    fast = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fast)
+    nn.CrossEntropyLoss()(model(torch.zeros(3, 4, device=device)), torch.zeros(3, dtype=torch.long, device=device)).backward()
+    optimizer.step()
 
 
 def train(
