@@ -265,23 +265,29 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
 
 
 def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path, page: Page, tmp_path: Path) -> None:
-    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)  # ~1 s a trial: the study outlasts the dashboard's start
+    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)  # ~1 s a trial
     env = {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"}
     budget = 30
-    run = subprocess.Popen(
-        [TUNER, "study", "run", "live", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--workers", "2", "-q"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    created = subprocess.run(
+        [TUNER, "study", "create", "live", "--space", "slow", "--trials", str(budget), "--pruner", "none"],
+        env=env, capture_output=True, text=True, timeout=120,
     )
-    try:
-        # read-only until the study exists: opening it with Optuna would race the run to create the tables
-        def first_finished() -> bool:
-            assert run.poll() is None, f"the study ended early: {run.communicate()[1]}"
-            return _n_complete_readonly(Path("studies/tuner.db")) > 0
+    assert created.returncode == 0, created.stderr
+    study_id = _load(SQLITE, "live")._study_id
+    # the dashboard is up and showing the empty study before any worker starts: no race with its start
+    with _dashboard(log=tmp_path / "dashboard.log") as dash:
+        page.goto(f"{dash.url}dashboard/studies/{study_id}/trials")
+        assert _shown_trial_count(page, timeout=2) == 0
+        run = subprocess.Popen(
+            [TUNER, "study", "run", "live", "--workers", "2", "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            def first_finished() -> bool:
+                assert run.poll() is None, f"the study ended early: {run.communicate()[1]}"
+                return _n_complete_readonly(Path("studies/tuner.db")) > 0
 
-        _wait_for(first_finished, timeout=120, what="a first finished trial")
-        study_id = _load(SQLITE, "live")._study_id
-        with _dashboard(log=tmp_path / "dashboard.log") as dash:
-            page.goto(f"{dash.url}dashboard/studies/{study_id}/trials")
+            _wait_for(first_finished, timeout=120, what="a first finished trial")
+            page.reload()
             first = _shown_trial_count(page)
             assert run.poll() is None and 0 < first < budget, "the study should still be running at the first look"
             _wait_for(lambda: len(_load(SQLITE, "live").get_trials()) > first, timeout=60, what="another trial")
@@ -294,10 +300,10 @@ def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path,
             page.reload()
             assert _shown_trial_count(page, above=budget - 1) == budget
             expect(page.locator("body")).not_to_contain_text("Running")
-    finally:
-        if run.poll() is None:
-            run.send_signal(signal.SIGTERM)  # stops its workers, closing their trials
-            run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.send_signal(signal.SIGTERM)  # stops its workers, closing their trials
+                run.communicate(timeout=60)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------
