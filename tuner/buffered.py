@@ -8,9 +8,10 @@ heartbeat, one makes its configuration durable before training (`flush`), and on
 everything else with its final state. While it runs, its writes stay in memory and are committed
 at most every `flush_s` seconds, so the dashboard and other workers still see it live; reads of it
 are served from memory, and so are reads of the trials it has finished (a finished trial never
-changes). Reads of the whole study (pruners, samplers) come from a snapshot at most `refresh_s`
-old, overlaid with this worker's own unflushed writes; queries for queued (WAITING) trials go to
-the database, so claiming queued trials stays exact.
+changes). Reads of the whole study (pruners, samplers) come from a snapshot of the other
+workers' trials at most `refresh_s` old, kept current with this worker's own trials (created,
+running, finished); queries for queued (WAITING) trials go to the database, so claiming queued
+trials stays exact.
 """
 
 from __future__ import annotations
