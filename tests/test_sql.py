@@ -271,3 +271,28 @@ def test_postgresql_commits_without_waiting_for_the_log_flush_and_keeps_the_urls
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
             assert conn.exec_driver_sql("SHOW search_path").scalar() == search_path
         storage.engine.dispose()
+
+
+def test_the_heartbeat_thread_and_the_trial_loop_share_sqlites_kept_connection(tmp_path):
+    """Writes from two threads (the heartbeat's flushes, the loop's own) all land, none fails."""
+    study, buffered, rdb = _study(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    trials = [study.ask() for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def writer(trial: optuna.Trial) -> None:
+        try:
+            for step in range(200):
+                trial.report(step / 200, step)
+                buffered.flush(trial._trial_id)
+                sql.count_states(rdb, study._study_id)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in trials]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for trial in trials:
+        assert len(_fresh(f"sqlite:///{tmp_path / 'db.sqlite'}", trial._trial_id).intermediate_values) == 200

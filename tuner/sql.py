@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,12 +63,12 @@ class Final:
 class _Cursor:
     """A DBAPI cursor inside one transaction, with SQL written with `?` placeholders."""
 
-    def __init__(self, conn: sqlalchemy.Connection) -> None:
-        self._cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self.sqlite = conn.dialect.name == "sqlite"
-        self.postgresql = conn.dialect.name == "postgresql"
-        self._qmark = conn.dialect.paramstyle == "qmark"
-        self.key = conn.dialect.identifier_preparer.quote("key")  # a reserved word in MySQL
+    def __init__(self, cursor: Any, dialect: sqlalchemy.Dialect) -> None:
+        self._cur = cursor
+        self.sqlite = dialect.name == "sqlite"
+        self.postgresql = dialect.name == "postgresql"
+        self._qmark = dialect.paramstyle == "qmark"
+        self.key = dialect.identifier_preparer.quote("key")  # a reserved word in MySQL
 
     def _sql(self, sql: str) -> str:
         return sql if self._qmark else sql.replace("?", "%s")
@@ -87,16 +89,46 @@ class _Cursor:
         self._cur.close()
 
 
+class _Held:
+    """A SQLite database's connection taken from its engine's pool (with the pool's settings and
+    pragmas) and kept for the process's life: checking one out and back for every statement costs
+    more than a count does. Threads (the heartbeat's flush) take turns on it."""
+
+    def __init__(self, engine: sqlalchemy.Engine) -> None:
+        self.lock = threading.Lock()
+        self.connection = engine.raw_connection()
+
+
+_HELD: "weakref.WeakKeyDictionary[sqlalchemy.Engine, _Held]" = weakref.WeakKeyDictionary()
+_HELD_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _transaction(rdb: optuna.storages.RDBStorage) -> Iterator[_Cursor]:
     """One transaction: committed when the block ends, rolled back if it raises. Driver errors
     surface as Optuna's StorageInternalError, as they do from Optuna's own writes."""
     engine = rdb.engine
     try:
+        if engine.dialect.name == "sqlite":
+            with _HELD_LOCK:
+                held = _HELD.get(engine) or _HELD.setdefault(engine, _Held(engine))
+            with held.lock:
+                driver = held.connection.driver_connection
+                cur = driver.cursor()
+                try:
+                    yield _Cursor(cur, engine.dialect)
+                    driver.commit()
+                except BaseException:
+                    driver.rollback()
+                    raise
+                finally:
+                    cur.close()
+            return
+        # a server's connections come from the pool, which pings them: the server may drop one
         with engine.begin() as conn:
-            cur = _Cursor(conn)
+            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                yield cur
+                yield _Cursor(cur, engine.dialect)
             finally:
                 cur.close()
     except (engine.dialect.dbapi.Error, sqlalchemy.exc.SQLAlchemyError) as e:  # type: ignore[union-attr]
