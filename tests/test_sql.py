@@ -215,7 +215,12 @@ def test_samplers_see_this_workers_trials_at_once_and_others_within_the_refresh(
     assert study.get_trials() == []  # the snapshot is taken
     trial = study.ask()
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    running = (TrialState.RUNNING,)
+    assert study.get_trials(states=running)[0].intermediate_values == {}
+    trial.report(0.25, 0)  # what pruners read at every epoch stays current with the running trial
+    assert study.get_trials(deepcopy=False, states=running)[0].intermediate_values == {0: 0.25}
     study.tell(trial, 0.5)
+    assert study.get_trials(states=running) == []
     optuna.load_study(study_name="s", storage=rdb).add_trial(optuna.trial.create_trial(value=0.7, params={}, distributions={}))
     seen = study.get_trials(states=(TrialState.COMPLETE,))
     assert [(t.number, t.value) for t in seen] == [(0, 0.5)]  # ours at once; the other worker's not yet

@@ -66,6 +66,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._flushed_at: dict[int, float] = {}  # trial id -> when its writes were last committed
         self._mine_now: dict[int, FrozenTrial] = {}  # trial id -> our running trial, kept current here
         self._snapshot: dict[int, tuple[float, list[FrozenTrial]]] = {}  # study id -> (time, trials)
+        # (study id, states) -> the snapshot overlaid and filtered: pruners ask at every epoch
+        self._views: dict[tuple[int, Any], list[FrozenTrial]] = {}
         self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies just counted with no queued trial (see no_waiting)
@@ -144,6 +146,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
+            self._views.clear()
             if not (state.is_finished() and trial_id in self._pending):
                 self._snapshot.clear()
                 changed = self._inner.set_trial_state_values(trial_id, state, values)
@@ -194,7 +197,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             if time.monotonic() - taken > self._refresh_s:
                 trials = list(self._inner.get_all_trials(study_id, deepcopy=False))  # ours: it grows
                 self._snapshot[study_id] = (time.monotonic(), trials)
-            out = [t for t in map(self._overlay, trials) if states is None or t.state in states]
+                self._views.clear()
+            key = (study_id, None if states is None else tuple(states))
+            view = self._views.get(key)
+            if view is None:
+                view = self._views[key] = [t for t in map(self._overlay, trials) if states is None or t.state in states]
+            out = list(view)  # the caller's to change
         return copy.deepcopy(out) if deepcopy else out
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
@@ -251,6 +259,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         if template_trial is not None:  # a queued or copied trial, not one this worker runs now
             self._snapshot.clear()
+            self._views.clear()
             return self._inner.create_new_trial(study_id, template_trial)
         # Study.ask starting a trial for this worker: created with its first heartbeat, then owned
         trial_id, number, started = create_running(self._rdb, study_id, heartbeat=self._rdb.get_heartbeat_interval() is not None)
@@ -272,6 +281,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._lock:  # the snapshot stays current with this worker's trials, so samplers see them
             if study_id in self._snapshot:
                 self._snapshot[study_id][1].append(trial)
+            self._views.clear()
         return trial_id
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
