@@ -301,3 +301,20 @@ def test_the_heartbeat_thread_and_the_trial_loop_share_sqlites_kept_connection(t
     assert not errors
     for trial in trials:
         assert len(_fresh(f"sqlite:///{tmp_path / 'db.sqlite'}", trial._trial_id).intermediate_values) == 200
+
+
+def test_a_claim_counts_and_creates_the_next_trial_in_one_step_and_ask_takes_it(url):
+    study, buffered, rdb = _study(url)
+    counts = buffered.claim(study._study_id, lambda c: False)  # the budget says wait: nothing made
+    assert counts == {} and sql.count_states(rdb, study._study_id) == {}
+    buffered.claim(study._study_id, lambda c: True)
+    assert sql.count_states(rdb, study._study_id) == {TrialState.RUNNING: 1}  # made, with its heartbeat
+    trial = study.ask()  # takes it, rather than making another
+    assert trial.number == 0 and sql.count_states(rdb, study._study_id) == {TrialState.RUNNING: 1}
+    study.tell(trial, 0.5)
+    optuna.load_study(study_name="s", storage=rdb).enqueue_trial({"x": 0.25})
+    counts = buffered.claim(study._study_id, lambda c: True)  # a queued trial comes first: nothing made
+    assert counts == {TrialState.COMPLETE: 1, TrialState.WAITING: 1}
+    queued = study.ask()
+    assert queued.number == 1 and queued.suggest_float("x", 0.0, 1.0) == 0.25
+    assert sql.count_states(rdb, study._study_id) == {TrialState.COMPLETE: 1, TrialState.RUNNING: 1}

@@ -3,9 +3,9 @@
 Optuna's RDB storage commits every parameter, every epoch's value and every attribute on its own,
 reloads a trial from the database each time it is asked for one, and its pruners reload the
 study's trials at every epoch. On a digits trial of about 100 ms that is as much time again. This
-wrapper gives a trial this worker runs three transactions: one creates it with its first
-heartbeat, one makes its configuration durable before training (`flush`), and one writes
-everything else with its final state. While it runs, its writes stay in memory and are committed
+wrapper gives a trial this worker runs three transactions: its claim counts the study's trials
+and creates it with its first heartbeat (`claim`), one makes its configuration durable before
+training (`flush`), and one writes everything else with its final state. While it runs, its writes stay in memory and are committed
 at most every `flush_s` seconds, so the dashboard and other workers still see it live; reads of it
 are served from memory, and so are reads of the trials it has finished (a finished trial never
 changes). Reads of the whole study (pruners, samplers) come from a snapshot of the other
@@ -19,8 +19,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Container, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Container, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.sql import Final, Pending, best_trial_id, create_running, write_trial
+from tuner.sql import Created, Final, Pending, best_trial_id, count_and_create, create_running, write_trial
 
 __all__ = ["BufferedStorage"]
 
@@ -71,6 +71,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies just counted with no queued trial (see no_waiting)
+        self._reserved: dict[int, Created] = {}  # study id -> the trial a claim created for the next ask
 
     # -- the trials we run --------------------------------------------------------------------
 
@@ -89,6 +90,23 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 self._pending[trial._trial_id] = Pending(stored=stored)
                 self._flushed_at[trial._trial_id] = time.monotonic()
                 self._mine_now[trial._trial_id] = copy.deepcopy(trial)
+
+    def _heartbeats(self) -> bool:
+        return self._rdb.get_heartbeat_interval() is not None
+
+    def claim(self, study_id: int, start_if: Callable[[Counter[TrialState]], bool]) -> Counter[TrialState]:
+        """Count the study's trials by state and, if `start_if` says so of the counts, create this
+        worker's next trial in the same transaction: the next Study.ask takes it, rather than
+        creating one (and no queued trial is looked for, since none was counted)."""
+        created: Created | None
+        counts, created = count_and_create(
+            self._rdb, study_id, create_if=lambda c: not c[TrialState.WAITING] and start_if(c), heartbeat=self._heartbeats()
+        )
+        with self._lock:
+            if created is not None:
+                self._reserved[study_id] = created
+                self._no_waiting.add(study_id)
+        return counts
 
     def no_waiting(self, study_id: int) -> None:
         """The caller has just counted the study's trials, under the study lock, and none was
@@ -261,8 +279,11 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             self._snapshot.clear()
             self._views.clear()
             return self._inner.create_new_trial(study_id, template_trial)
-        # Study.ask starting a trial for this worker: created with its first heartbeat, then owned
-        trial_id, number, started = create_running(self._rdb, study_id, heartbeat=self._rdb.get_heartbeat_interval() is not None)
+        # Study.ask starting a trial for this worker: the one its claim created (see claim), else
+        # one created now, with its first heartbeat; owned from here on
+        with self._lock:
+            created = self._reserved.pop(study_id, None)
+        trial_id, number, started = created or create_running(self._rdb, study_id, heartbeat=self._heartbeats())
         trial = FrozenTrial(
             number=number,
             state=TrialState.RUNNING,

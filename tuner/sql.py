@@ -16,7 +16,7 @@ import json
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["Final", "Pending", "best_trial_id", "count_states", "create_running", "progress", "write_trial"]
+__all__ = ["Created", "Final", "Pending", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "write_trial"]
 
 _RUNNING = TrialState.RUNNING.name
 
@@ -172,32 +172,50 @@ def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: b
     return None if row is None else int(row[0])
 
 
-def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool) -> tuple[int, int, datetime]:
+Created = tuple[int, int, datetime]  # a new RUNNING trial's id, number and start
+
+
+def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool) -> Created:
     """A new RUNNING trial, numbered after the study's other trials, and (with heartbeats on) its
-    first heartbeat, in one transaction; (trial id, number, start). The number is counted in the
-    insert itself, under the study row's lock where the database has row locks (as Optuna locks
-    it) and the database's single writer lock on SQLite, so concurrent workers never share one."""
-    started = datetime.now()
+    first heartbeat, in one transaction. The number is counted in the insert itself, under the
+    study row's lock where the database has row locks (as Optuna locks it) and the database's
+    single writer lock on SQLite, so concurrent workers never share one."""
     with _transaction(rdb) as cur:
-        if not cur.sqlite:  # SQLite's writer lock already serializes the insert below
-            if cur.execute("SELECT study_id FROM studies WHERE study_id = ? FOR UPDATE", (study_id,)).fetchone() is None:
-                raise KeyError(f"no study with id {study_id}")
-        insert = (
-            "INSERT INTO trials (number, study_id, state, datetime_start) "
-            f"SELECT COUNT(*), ?, '{_RUNNING}', ? FROM trials WHERE study_id = ? "
-            "HAVING EXISTS (SELECT 1 FROM studies WHERE study_id = ?)"  # no row, no trial, for a study that is gone
-        )
-        params = (study_id, cur.when(started), study_id, study_id)
-        if cur.sqlite or cur.postgresql:
-            row = cur.execute(insert + " RETURNING trial_id, number", params).fetchone()
-            if row is None:
-                raise KeyError(f"no study with id {study_id}")
-            trial_id, number = row
-        else:
-            trial_id = cur.execute(insert, params).lastrowid
-            number = cur.execute("SELECT number FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
-        if heartbeat:
-            cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
+        return _insert_running(cur, study_id, heartbeat=heartbeat)
+
+
+def count_and_create(
+    rdb: optuna.storages.RDBStorage, study_id: int, *, create_if: Callable[[Counter[TrialState]], bool], heartbeat: bool
+) -> tuple[Counter[TrialState], Created | None]:
+    """The study's trials per state and, where `create_if` says so of those counts, a new RUNNING
+    trial (as create_running makes it), in one transaction: a worker's claim of its next trial."""
+    with _transaction(rdb) as cur:
+        rows = cur.execute("SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state", (study_id,)).fetchall()
+        counts = Counter({TrialState[state]: n for state, n in rows})
+        return counts, (_insert_running(cur, study_id, heartbeat=heartbeat) if create_if(counts) else None)
+
+
+def _insert_running(cur: _Cursor, study_id: int, *, heartbeat: bool) -> Created:
+    started = datetime.now()
+    if not cur.sqlite:  # SQLite's writer lock already serializes the insert below
+        if cur.execute("SELECT study_id FROM studies WHERE study_id = ? FOR UPDATE", (study_id,)).fetchone() is None:
+            raise KeyError(f"no study with id {study_id}")
+    insert = (
+        "INSERT INTO trials (number, study_id, state, datetime_start) "
+        f"SELECT COUNT(*), ?, '{_RUNNING}', ? FROM trials WHERE study_id = ? "
+        "HAVING EXISTS (SELECT 1 FROM studies WHERE study_id = ?)"  # no row, no trial, for a study that is gone
+    )
+    params = (study_id, cur.when(started), study_id, study_id)
+    if cur.sqlite or cur.postgresql:
+        row = cur.execute(insert + " RETURNING trial_id, number", params).fetchone()
+        if row is None:
+            raise KeyError(f"no study with id {study_id}")
+        trial_id, number = row
+    else:
+        trial_id = cur.execute(insert, params).lastrowid
+        number = cur.execute("SELECT number FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
+    if heartbeat:
+        cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
     return int(trial_id), int(number), started
 
 

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -337,17 +338,25 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats outside Study.optimize are tuner's own
             optuna.storages.fail_stale_trials(study)
-    states = count_states(study._storage, study._study_id)
-    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
-    running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
-    if finished >= budget:
-        return "budget", None
-    if finished + running >= budget:
-        return "wait", None  # a running trial may still fail and free its place
-    if loaded.spec.sampler == "grid" and waiting == 0:
-        return ("wait", None) if running else ("grid_exhausted", None)
-    if waiting == 0 and isinstance(study._storage, BufferedStorage):
-        study._storage.no_waiting(study._study_id)  # just counted under the lock: ask need not look again
+
+    def decide(states: Counter[TrialState]) -> str:
+        finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
+        if finished >= budget:
+            return "budget"
+        if finished + running >= budget:
+            return "wait"  # a running trial may still fail and free its place
+        if loaded.spec.sampler == "grid" and waiting == 0:
+            return "wait" if running else "grid_exhausted"
+        return "trial"
+
+    if isinstance(study._storage, BufferedStorage):  # counted and, if a trial is due, created at once
+        states = study._storage.claim(study._study_id, lambda counts: decide(counts) == "trial")
+    else:
+        states = count_states(study._storage, study._study_id)
+    decision = decide(states)
+    if decision != "trial":
+        return decision, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = study.ask()
