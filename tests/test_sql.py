@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -39,6 +40,24 @@ def _study(url: str, direction: str = "maximize") -> tuple[optuna.Study, Buffere
 def _fresh(url: str, trial_id: int) -> optuna.trial.FrozenTrial:
     """The trial as a new process reading the database sees it."""
     return optuna.storages.RDBStorage(url).get_trial(trial_id)
+
+
+def _in_threads(target: Callable[[Any], None], args: list[Any]) -> None:
+    """`target(a)` for each of `args`, each in its own thread, all at once; none may raise."""
+    errors: list[BaseException] = []
+
+    def run(a: Any) -> None:
+        try:
+            target(a)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def _comparable(trial: optuna.trial.FrozenTrial) -> dict:
@@ -185,21 +204,12 @@ def test_concurrent_workers_never_share_a_trial_number(url):
     storages = [open_storage(url) for _ in range(3)]
     study_id = optuna.load_study(study_name="s", storage=storages[0])._study_id
     numbers: list[int] = []
-    errors: list[BaseException] = []
 
     def create(rdb: optuna.storages.RDBStorage) -> None:
-        try:
-            for _ in range(15):
-                numbers.append(sql.create_running(rdb, study_id, heartbeat=False)[1])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(15):
+            numbers.append(sql.create_running(rdb, study_id, heartbeat=False)[1])
 
-    threads = [threading.Thread(target=create, args=(s,)) for s in storages]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _in_threads(create, storages)
     assert sorted(numbers) == list(range(45))
 
 
@@ -282,23 +292,14 @@ def test_the_heartbeat_thread_and_the_trial_loop_share_sqlites_kept_connection(t
     """Writes from two threads (the heartbeat's flushes, the loop's own) all land, none fails."""
     study, buffered, rdb = _study(f"sqlite:///{tmp_path / 'db.sqlite'}")
     trials = [study.ask() for _ in range(2)]
-    errors: list[BaseException] = []
 
     def writer(trial: optuna.Trial) -> None:
-        try:
-            for step in range(200):
-                trial.report(step / 200, step)
-                buffered.flush(trial._trial_id)
-                sql.count_states(rdb, study._study_id)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for step in range(200):
+            trial.report(step / 200, step)
+            buffered.flush(trial._trial_id)
+            sql.count_states(rdb, study._study_id)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in trials]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _in_threads(writer, trials)
     for trial in trials:
         assert len(_fresh(f"sqlite:///{tmp_path / 'db.sqlite'}", trial._trial_id).intermediate_values) == 200
 
