@@ -319,3 +319,20 @@ def test_a_claim_counts_and_creates_the_next_trial_in_one_step_and_ask_takes_it(
     queued = study.ask()
     assert queued.number == 1 and queued.suggest_float("x", 0.0, 1.0) == 0.25
     assert sql.count_states(rdb, study._study_id) == {TrialState.COMPLETE: 1, TrialState.RUNNING: 1}
+
+
+def test_stale_trials_are_the_ones_optuna_finds_stale(url):
+    study, buffered, rdb = _study(url)
+    trials = [study.ask() for _ in range(3)]
+    import sqlalchemy
+
+    with rdb.engine.begin() as conn:  # the first trial's worker went silent a minute ago
+        old = "datetime('now', '-60 seconds')" if rdb.engine.dialect.name == "sqlite" else "now() - interval '60 seconds'"
+        conn.execute(sqlalchemy.text(f"UPDATE trial_heartbeats SET heartbeat = {old} WHERE trial_id = :t"), {"t": trials[0]._trial_id})
+    optuna.storages.RDBStorage(url).record_heartbeat(trials[1]._trial_id)  # a beat written by Optuna itself
+    study.tell(trials[2], 0.5)  # finished: never stale
+    grace = rdb.grace_period
+    assert grace is not None and grace < 60
+    expected = [trials[0]._trial_id]
+    assert buffered._get_stale_trial_ids(study._study_id) == expected
+    assert rdb._get_stale_trial_ids(study._study_id) == expected  # Optuna's own answer agrees

@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.sql import Created, Final, Pending, best_trial_id, count_and_create, create_running, write_trial
+from tuner.sql import Created, Final, Pending, best_trial_id, count_and_create, create_running, stale_trial_ids, write_trial
 
 __all__ = ["BufferedStorage"]
 
@@ -330,7 +330,10 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._inner.record_heartbeat(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return self._inner._get_stale_trial_ids(study_id)
+        # plain SQL: Optuna's ORM query costs ~1.5 ms the first time a worker asks
+        interval, grace = self._rdb.heartbeat_interval, self._rdb.grace_period
+        assert interval is not None, "stale trials are looked for only with heartbeats on"
+        return stale_trial_ids(self._rdb, study_id, grace_s=grace if grace is not None else 2 * interval)
 
     def get_heartbeat_interval(self) -> int | None:
         return self._inner.get_heartbeat_interval()

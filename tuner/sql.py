@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["Created", "Final", "Pending", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "write_trial"]
+__all__ = ["Created", "Final", "Pending", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "stale_trial_ids", "write_trial"]
 
 _RUNNING = TrialState.RUNNING.name
 
@@ -173,6 +173,25 @@ def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: b
 
 
 Created = tuple[int, int, datetime]  # a new RUNNING trial's id, number and start
+
+
+def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, *, grace_s: float) -> list[int]:
+    """The study's RUNNING trials whose last heartbeat is more than `grace_s` old by the
+    database's clock (as Optuna's RDB storage decides it, in two plain queries)."""
+    with _transaction(rdb) as cur:
+        now = _timestamp(cur.execute("SELECT CURRENT_TIMESTAMP").fetchone()[0])
+        rows = cur.execute(
+            "SELECT t.trial_id, h.heartbeat FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            f"WHERE t.study_id = ? AND t.state = '{_RUNNING}' ORDER BY t.trial_id",
+            (study_id,),
+        ).fetchall()
+    return [int(trial_id) for trial_id, beat in rows if (now - _timestamp(beat)).total_seconds() > grace_s]
+
+
+def _timestamp(value: Any) -> datetime:
+    # SQLite answers text (with or without microseconds); servers answer datetimes, perhaps zoned
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.replace(tzinfo=None)
 
 
 def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool) -> Created:

@@ -327,11 +327,17 @@ def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
     return val_loss
 
 
+_WARMED: set[str] = set()  # devices this process has warmed up
+
+
 def warm_up(device: torch.device | str) -> None:
     """Pay torch's one-time costs in a new worker before its first trial, not inside it: the first
     optimizer imports torch._dynamo (~1 s on a CPU core), the first backward starts autograd's
     engine, and on a GPU the first kernels set up the context and cuBLAS."""
     device = torch.device(device)
+    if str(device) in _WARMED:
+        return
+    _WARMED.add(str(device))
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).to(device)
     fast = {"fused": True} if device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fast)
