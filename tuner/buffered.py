@@ -30,7 +30,18 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.sql import Created, Final, Pending, best_trial_id, count_and_create, create_running, stale_trial_ids, write_trial
+from tuner.sql import (
+    Created,
+    Final,
+    Pending,
+    attribute_keys,
+    best_trial_id,
+    count_and_create,
+    count_states,
+    create_running,
+    stale_trial_ids,
+    write_trial,
+)
 
 __all__ = ["BufferedStorage"]
 
@@ -70,7 +81,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._views: dict[tuple[int, Any], list[FrozenTrial]] = {}
         self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
-        self._no_waiting: set[int] = set()  # studies just counted with no queued trial (see no_waiting)
+        self._no_waiting: set[int] = set()  # studies a claim just counted with no queued trial (see claim)
         self._reserved: dict[int, Created] = {}  # study id -> the trial a claim created for the next ask
 
     # -- the trials we run --------------------------------------------------------------------
@@ -86,8 +97,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             if trial._trial_id not in self._pending:
                 # a queued trial comes with attributes (its retry's origin, its fixed parameters)
-                stored = {("trial_user_attributes", k) for k in trial.user_attrs} | {("trial_system_attributes", k) for k in trial.system_attrs}
-                self._pending[trial._trial_id] = Pending(stored=stored)
+                self._pending[trial._trial_id] = Pending(stored=attribute_keys(trial.user_attrs, trial.system_attrs))
                 self._flushed_at[trial._trial_id] = time.monotonic()
                 self._mine_now[trial._trial_id] = copy.deepcopy(trial)
 
@@ -107,11 +117,6 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 self._reserved[study_id] = created
                 self._no_waiting.add(study_id)
         return counts
-
-    def no_waiting(self, study_id: int) -> None:
-        """The caller has just counted the study's trials, under the study lock, and none was
-        queued: the next look for queued trials (Study.ask makes one) can skip its query."""
-        self._no_waiting.add(study_id)
 
     def flush(self, trial_id: int) -> None:
         """Commit the trial's buffered writes in one transaction: one statement per table."""
@@ -182,15 +187,19 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 self._finished.popitem(last=False)
         return True
 
+    def _known(self, trial_id: int) -> FrozenTrial | None:
+        """One of our trials, running or finished, as this worker knows it (always current)."""
+        return self._mine_now.get(trial_id) or self._finished.get(trial_id)
+
     def _overlay(self, trial: FrozenTrial) -> FrozenTrial:
         """Our own trials as we know them: the snapshot lags behind what this worker wrote."""
-        return self._mine_now.get(trial._trial_id) or self._finished.get(trial._trial_id) or trial
+        return self._known(trial._trial_id) or trial
 
     # -- reads --------------------------------------------------------------------------------
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
-            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            known = self._known(trial_id)
             if known is not None:
                 return _copy(known)
         return self._inner.get_trial(trial_id)
@@ -201,8 +210,6 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         if states is not None and TrialState.WAITING in states:
             # claims stay exact: queued trials are always read from the database, and only when
             # a cheap count says there are any (Study.ask looks on every trial)
-            from tuner.storage import count_states
-
             if tuple(states) == (TrialState.WAITING,):
                 with self._lock:
                     counted_none = study_id in self._no_waiting
@@ -225,14 +232,14 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         with self._lock:  # the pruners read them at every report: not the whole trial's copy
-            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            known = self._known(trial_id)
             if known is not None:
                 return _fresh(known.system_attrs)
         return self._inner.get_trial_system_attrs(trial_id)
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
         with self._lock:
-            known = self._mine_now.get(trial_id) or self._finished.get(trial_id)
+            known = self._known(trial_id)
             if known is not None:
                 return _fresh(known.user_attrs)
         return self._inner.get_trial_user_attrs(trial_id)

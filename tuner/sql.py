@@ -16,7 +16,7 @@ import json
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["Created", "Final", "Pending", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "stale_trial_ids", "write_trial"]
+__all__ = ["Created", "Final", "Pending", "attribute_keys", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "stale_trial_ids", "write_trial"]
 
 _RUNNING = TrialState.RUNNING.name
 
@@ -44,11 +44,15 @@ class Pending:
 
     def next(self) -> "Pending":
         """What is pending once these writes are in the database: nothing, with their keys known."""
-        written = {("trial_user_attributes", k) for k in self.user_attrs} | {("trial_system_attributes", k) for k in self.system_attrs}
-        return Pending(stored=self.stored | written)
+        return Pending(stored=self.stored | attribute_keys(self.user_attrs, self.system_attrs))
 
     def empty(self) -> bool:
         return not (self.params or self.intermediate or self.user_attrs or self.system_attrs)
+
+
+def attribute_keys(user_attrs: Iterable[str], system_attrs: Iterable[str]) -> set[tuple[str, str]]:
+    """The (table, key) rows that these attributes occupy."""
+    return {("trial_user_attributes", k) for k in user_attrs} | {("trial_system_attributes", k) for k in system_attrs}
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,11 @@ def _transaction(rdb: optuna.storages.RDBStorage) -> Iterator[_Cursor]:
 def count_states(rdb: optuna.storages.RDBStorage, study_id: int) -> Counter[TrialState]:
     """Trials per state in one aggregate query."""
     with _transaction(rdb) as cur:
-        rows = cur.execute("SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state", (study_id,)).fetchall()
+        return _count_states(cur, study_id)
+
+
+def _count_states(cur: _Cursor, study_id: int) -> Counter[TrialState]:
+    rows = cur.execute("SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state", (study_id,)).fetchall()
     return Counter({TrialState[state]: n for state, n in rows})
 
 
@@ -209,8 +217,7 @@ def count_and_create(
     """The study's trials per state and, where `create_if` says so of those counts, a new RUNNING
     trial (as create_running makes it), in one transaction: a worker's claim of its next trial."""
     with _transaction(rdb) as cur:
-        rows = cur.execute("SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state", (study_id,)).fetchall()
-        counts = Counter({TrialState[state]: n for state, n in rows})
+        counts = _count_states(cur, study_id)
         return counts, (_insert_running(cur, study_id, heartbeat=heartbeat) if create_if(counts) else None)
 
 
