@@ -264,20 +264,26 @@ def test_optunas_migration_scripts_are_read_once_a_process(tmp_path, monkeypatch
 
 
 def test_a_trial_read_from_memory_is_the_readers_to_change(url):
+    # Optuna's own in-memory storage's contract: the reader's containers are its own, and the
+    # values in them are never changed in place, since a write replaces a value
     study, buffered, _ = _study(url)
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
     trial.report(0.5, 0)
     trial.set_user_attr("history", {"loss": [1.0, 0.5]})
+    before = buffered.get_trial(trial._trial_id)
+    trial.set_user_attr("history", {"loss": [1.0, 0.5, 0.25]})  # written while running
+    assert before.user_attrs["history"] == {"loss": [1.0, 0.5]}
     study.tell(trial, 0.5)
     read = buffered.get_trial(trial._trial_id)
-    read.user_attrs["history"]["loss"].append(0.0)
+    read.user_attrs["history"] = {"loss": []}
     read.intermediate_values[1] = 0.9
     read.params["y"] = 1.0
-    buffered.get_trial_user_attrs(trial._trial_id)["history"]["loss"].clear()
+    read.distributions.clear()
+    buffered.get_trial_user_attrs(trial._trial_id).clear()
     again = buffered.get_trial(trial._trial_id)
-    assert again.user_attrs["history"] == {"loss": [1.0, 0.5]}
-    assert again.intermediate_values == {0: 0.5} and list(again.params) == ["x"]
+    assert again.user_attrs["history"] == {"loss": [1.0, 0.5, 0.25]}
+    assert again.intermediate_values == {0: 0.5} and list(again.params) == ["x"] and list(again.distributions) == ["x"]
     assert _comparable(again) == _comparable(_fresh(url, trial._trial_id))
 
 

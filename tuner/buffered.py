@@ -17,6 +17,7 @@ trials stays exact.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -46,23 +47,17 @@ from tuner.sql import (
 __all__ = ["BufferedStorage"]
 
 
-def _fresh(value: Any) -> Any:
-    """A copy of a JSON-like value (what trial attributes hold): new dicts and lists, same leaves."""
-    if isinstance(value, dict):
-        return {k: _fresh(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fresh(v) for v in value]
-    return copy.deepcopy(value) if not isinstance(value, (str, int, float, bool, type(None))) else value
-
-
 def _copy(trial: FrozenTrial) -> FrozenTrial:
-    """A copy of one of our trials that its reader may change freely, at a third of deepcopy's
-    cost (Optuna asks for a trial several times a trial; deepcopy walks every attribute)."""
+    """A copy of one of our trials with containers of its own (params, attributes, intermediate
+    values) and their values shared, as Optuna's in-memory storage hands trials out: a reader may
+    add or replace entries without touching ours, and this storage never changes a stored value
+    in place (a write replaces it). A deep copy walks every attribute: ~0.1 ms for a finished
+    trial with its learning curves, and Optuna reads a trial twice as it ends."""
     out = copy.copy(trial)
     fields = vars(out)
     for name, value in vars(trial).items():
         if isinstance(value, (dict, list)):
-            fields[name] = _fresh(value) if name in ("_user_attrs", "_system_attrs") else copy.copy(value)
+            fields[name] = copy.copy(value)
     return out
 
 
@@ -99,7 +94,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 # a queued trial comes with attributes (its retry's origin, its fixed parameters)
                 self._pending[trial._trial_id] = Pending(stored=attribute_keys(trial.user_attrs, trial.system_attrs))
                 self._flushed_at[trial._trial_id] = time.monotonic()
-                self._mine_now[trial._trial_id] = copy.deepcopy(trial)
+                self._mine_now[trial._trial_id] = _copy(trial)  # Optuna's Trial changes its own
 
     def _heartbeats(self) -> bool:
         return self._rdb.get_heartbeat_interval() is not None
@@ -129,7 +124,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             self._flushed_at[trial_id] = time.monotonic()
 
     def _maybe_flush(self, trial_id: int) -> None:
-        if time.monotonic() - self._flushed_at.get(trial_id, 0.0) >= self._flush_s:
+        if time.monotonic() - self._flushed_at.get(trial_id, -math.inf) >= self._flush_s:
             self.flush(trial_id)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
@@ -218,7 +213,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                     return []
             return self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
         with self._lock:
-            taken, trials = self._snapshot.get(study_id, (0.0, []))
+            taken, trials = self._snapshot.get(study_id, (-math.inf, []))  # none yet: take one, however long the clock has run
             if time.monotonic() - taken > self._refresh_s:
                 trials = list(self._inner.get_all_trials(study_id, deepcopy=False))  # ours: it grows
                 self._snapshot[study_id] = (time.monotonic(), trials)
@@ -234,14 +229,14 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._lock:  # the pruners read them at every report: not the whole trial's copy
             known = self._known(trial_id)
             if known is not None:
-                return _fresh(known.system_attrs)
+                return dict(known.system_attrs)
         return self._inner.get_trial_system_attrs(trial_id)
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
         with self._lock:
             known = self._known(trial_id)
             if known is not None:
-                return _fresh(known.user_attrs)
+                return dict(known.user_attrs)
         return self._inner.get_trial_user_attrs(trial_id)
 
     # -- everything else goes straight through ----------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.study._tell import _tell_with_warning  # Study.tell's body, without its final deep copy
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import DivergedError, SpaceError, SpecError, StorageError, TunerError
@@ -429,6 +430,15 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: st
         pass
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
+    """Study.tell, less the deep copy of the finished trial it returns where tuner's storage
+    already hands out a copy of its own (a deep copy of a trial's attributes costs ~0.2 ms)."""
+    if not isinstance(study._storage, BufferedStorage):
+        return study.tell(trial, value, state=state)
+    _tell_with_warning(study, trial, value, state)
+    return study._storage.get_trial(trial._trial_id)
+
+
 def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: _Heartbeat) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
     study = loaded.study
@@ -436,13 +446,13 @@ def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Tr
         try:
             value = objective(trial)
         except optuna.TrialPruned:
-            return study.tell(trial, state=TrialState.PRUNED)
+            return _tell(study, trial, state=TrialState.PRUNED)
         except Exception:  # the objective stored the reason
-            return study.tell(trial, state=TrialState.FAIL)
+            return _tell(study, trial, state=TrialState.FAIL)
     if not math.isfinite(value):
         trial.set_user_attr("fail_reason", f"objective returned {value}")
-        return study.tell(trial, state=TrialState.FAIL)
-    return study.tell(trial, value)
+        return _tell(study, trial, state=TrialState.FAIL)
+    return _tell(study, trial, value)
 
 
 @contextlib.contextmanager
