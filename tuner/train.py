@@ -18,6 +18,7 @@ from torch import nn
 
 from tuner.errors import DivergedError, TunerError
 from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from tuner.steps import direct_step
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
@@ -385,6 +386,8 @@ def train(
     optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([flat] if flat is not None else params, cfg, **fast)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     schedule = _Schedule(cfg, optimizer, steps_per_epoch)
+    # the same step, less torch.optim's Python; taken after the schedule wraps optimizer.step
+    optimizer_step = direct_step(optimizer) or optimizer.step
     if data.task == "classification":
         train_loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         eval_loss_fn: nn.Module = nn.CrossEntropyLoss()  # smoothing shapes training, not the score
@@ -429,7 +432,7 @@ def train(
             loss = optimizer.step(same_masks)
         else:
             loss = closure()
-            optimizer.step()
+            optimizer_step()
         schedule.after_batch()
         return loss.detach(), seen[0]
 
