@@ -405,6 +405,9 @@ def reference_objective(
 # 1. throughput
 
 
+_BLOCK = 5  # trials a path runs before the other takes its turn
+
+
 def measure_throughput(settings: BenchSettings, device: Any, *, spaces_dir: Path = SPACES_DIR, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Trials per second of tuner's objective (make_objective, as run_study calls it) and of the
     reference, both in `study.optimize` on in-memory storage with a seeded RandomSampler and no
@@ -448,10 +451,13 @@ def measure_throughput(settings: BenchSettings, device: Any, *, spaces_dir: Path
         run_reference(configs[:2])  # warm-up: first-call costs (kernels, allocator) counted in neither
         run_tuner(configs[:2])
         for r in range(settings.repeats):
-            # alternate which path goes first, so neither always runs on a cooler or quieter machine
-            order = (("reference", run_reference), ("tuner", run_tuner))
-            order = order if r % 2 == 0 else order[::-1]
-            times = {name: fn(configs) for name, fn in order}
+            # the paths take turns a few trials at a time, the first alternating, so that a shared
+            # machine's slow and quick spells (seconds long on a VM) fall on both alike
+            times = {"reference": 0.0, "tuner": 0.0}
+            for b, start in enumerate(range(0, n, _BLOCK)):
+                order = (("reference", run_reference), ("tuner", run_tuner))
+                for name, fn in order if (r + b) % 2 == 0 else order[::-1]:
+                    times[name] += fn(configs[start : start + _BLOCK])
             runs.append({"tuner": n / times["tuner"], "reference": n / times["reference"]})
             log(f"throughput {r + 1}/{settings.repeats}: tuner {runs[-1]['tuner']:.2f} trials/s, reference {runs[-1]['reference']:.2f}")
     tuner_tps = statistics.median(r["tuner"] for r in runs)
@@ -468,7 +474,8 @@ def measure_throughput(settings: BenchSettings, device: Any, *, spaces_dir: Path
         "repeats": runs,
         "how": (
             "study.optimize on InMemoryStorage, RandomSampler(seed), NopPruner; the same configurations "
-            "(drawn once from search_spaces/bench_ref.yaml) queued in both studies; 2 warm-up trials each first; "
+            f"(drawn once from search_spaces/bench_ref.yaml) queued in both studies, run {_BLOCK} at a time by turns; "
+            "2 warm-up trials each first; "
             f"torch threads {settings.threads} for both"
         ),
     }
