@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -191,6 +192,39 @@ def test_counts_and_progress_agree_with_optuna(url, direction):
     assert best == (0.9 if direction == "maximize" else 0.1)  # infinities are not a best value
     # the best trial itself is Optuna's, infinities included (minimize: the -inf trial)
     assert study.best_trial.number == plain.best_trial.number == (1 if direction == "maximize" else 2)
+
+
+def test_counts_stay_exact_as_trials_settle_out_of_order_and_a_study_is_made_again(url):
+    # a claim recounts only the trials after the finished ones it has counted: check it against
+    # a full count after every change, trials finishing out of order, queued ones taken later
+    study, _, rdb = _study(url)
+    plain = optuna.load_study(study_name="s", storage=rdb)
+
+    def full_count(study_id: int) -> Counter:
+        return Counter(t.state for t in optuna.storages.RDBStorage(url).get_all_trials(study_id, deepcopy=False))
+
+    running = []
+    for i in range(12):
+        if i % 4 == 0:
+            plain.enqueue_trial({})
+        running.append(plain.ask())
+        if i % 3 == 2:  # the oldest running trial ends: what settles is the finished run before it
+            plain.tell(running.pop(0), 0.5)
+        elif i % 3 == 1:
+            plain.tell(running.pop(), state=TrialState.PRUNED)
+        assert sql.count_states(rdb, study._study_id) == full_count(study._study_id), i
+    for trial in running:
+        plain.tell(trial, state=TrialState.FAIL)
+    assert sql.count_states(rdb, study._study_id) == full_count(study._study_id)
+
+    old_id = study._study_id
+    optuna.delete_study(study_name="s", storage=rdb)
+    again = optuna.create_study(study_name="s", storage=rdb)  # may get the same id, and trial ids
+    for _ in range(15):  # more than the old study had: the old ids come round again
+        again.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
+    assert sql.count_states(rdb, again._study_id) == {TrialState.PRUNED: 15} == full_count(again._study_id)
+    if again._study_id != old_id:
+        assert sql.count_states(rdb, old_id) == {}
 
 
 def test_the_earliest_of_equally_good_trials_is_the_best(url):

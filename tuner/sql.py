@@ -67,8 +67,10 @@ class Final:
 class _Cursor:
     """A DBAPI cursor inside one transaction, with SQL written with `?` placeholders."""
 
-    def __init__(self, cursor: Any, dialect: sqlalchemy.Dialect) -> None:
+    def __init__(self, cursor: Any, engine: sqlalchemy.Engine) -> None:
+        dialect = engine.dialect
         self._cur = cursor
+        self.engine = engine
         self.sqlite = dialect.name == "sqlite"
         self.postgresql = dialect.name == "postgresql"
         self._qmark = dialect.paramstyle == "qmark"
@@ -120,7 +122,7 @@ def _transaction(rdb: optuna.storages.RDBStorage) -> Iterator[_Cursor]:
                 driver = held.connection.driver_connection
                 cur = driver.cursor()
                 try:
-                    yield _Cursor(cur, engine.dialect)
+                    yield _Cursor(cur, engine)
                     driver.commit()
                 except BaseException:
                     driver.rollback()
@@ -132,7 +134,7 @@ def _transaction(rdb: optuna.storages.RDBStorage) -> Iterator[_Cursor]:
         with engine.begin() as conn:
             cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                yield _Cursor(cur, engine.dialect)
+                yield _Cursor(cur, engine)
             finally:
                 cur.close()
     except (engine.dialect.dbapi.Error, sqlalchemy.exc.SQLAlchemyError) as e:  # type: ignore[union-attr]
@@ -145,9 +147,45 @@ def count_states(rdb: optuna.storages.RDBStorage, study_id: int) -> Counter[Tria
         return _count_states(cur, study_id)
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """A study's trials up to `last_id`, all finished when counted, and their count per state.
+    A finished trial never changes state and a new trial gets a larger id, so they need no
+    recount: a claim reads only the trials after them, and a 2,000-trial study costs a claim
+    about what a new one does (counting every trial took ~1 ms more there on SQLite)."""
+
+    last_id: int = 0
+    last_start: Any = None  # the last one's start, as stored: the check that it is still that trial
+    counts: Counter[TrialState] = field(default_factory=Counter)
+
+
+_FINISHED_STATES = frozenset(s.name for s in TrialState if s.is_finished())
+_SETTLED: "weakref.WeakKeyDictionary[sqlalchemy.Engine, dict[int, _Settled]]" = weakref.WeakKeyDictionary()
+_SETTLED_LOCK = threading.Lock()
+
+
 def _count_states(cur: _Cursor, study_id: int) -> Counter[TrialState]:
-    rows = cur.execute("SELECT state, COUNT(*) FROM trials WHERE study_id = ? GROUP BY state", (study_id,)).fetchall()
-    return Counter({TrialState[state]: n for state, n in rows})
+    with _SETTLED_LOCK:
+        settled = _SETTLED.setdefault(cur.engine, {}).get(study_id, _Settled())
+    if settled.last_id:  # a study deleted and made again may reuse the ids: then it starts over
+        row = cur.execute("SELECT datetime_start FROM trials WHERE trial_id = ? AND study_id = ?", (settled.last_id, study_id)).fetchone()
+        settled = settled if row is not None and row[0] == settled.last_start else _Settled()
+    rows = cur.execute(
+        "SELECT trial_id, state, datetime_start FROM trials WHERE study_id = ? AND trial_id > ? ORDER BY trial_id",
+        (study_id, settled.last_id),
+    ).fetchall()
+    counts = settled.counts + Counter(TrialState[row[1]] for row in rows)
+    newly: Counter[TrialState] = Counter()
+    last = None
+    for row in rows:  # the finished run at the front of what is left settles too
+        if row[1] not in _FINISHED_STATES:
+            break
+        newly[TrialState[row[1]]] += 1
+        last = row
+    if last is not None:
+        with _SETTLED_LOCK:
+            _SETTLED[cur.engine][study_id] = _Settled(last[0], last[2], settled.counts + newly)
+    return counts
 
 
 def progress(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) -> tuple[int, float | None]:
