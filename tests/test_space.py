@@ -208,6 +208,30 @@ BAD_CONDITIONS = [
         ["'epochs'", "int range"],
     ),
     (
+        "nesterov_momentum_from_zero",
+        """\
+        optimizer: [sgd, nesterov]
+        momentum: {type: float, low: 0.0, high: 0.9, when: {optimizer: [nesterov]}}""",
+        "momentum",
+        ["low=0", "nesterov needs momentum > 0", "low: 0.5"],
+    ),
+    (
+        "nesterov_momentum_fixed_zero",
+        """\
+        optimizer: nesterov
+        momentum: 0""",
+        "momentum",
+        ["fixed: 0", "nesterov needs momentum > 0"],
+    ),
+    (
+        "nesterov_momentum_choice_zero",
+        """\
+        optimizer: [nesterov, adam]
+        momentum: [0.0, 0.9]""",
+        "momentum",
+        ["choice 0", "nesterov needs momentum > 0"],
+    ),
+    (
         "self_condition",
         "optimizer: {type: categorical, choices: [adam, sgd], when: {optimizer: [adam]}}",
         "optimizer",
@@ -865,3 +889,13 @@ def test_save_space_turns_os_errors_into_one_line(tmp_path):
     blocker.write_text("")
     with pytest.raises(SpaceError, match="cannot write"):
         save_space(build_space("x", {"lr": "0.1"}), blocker / "sub" / "x.yaml")
+
+
+def test_momentum_from_zero_is_fine_where_nesterov_cannot_use_it() -> None:
+    for body in (
+        "optimizer: [sgd, momentum]\nmomentum: {type: float, low: 0.0, high: 0.9}",  # no nesterov
+        "optimizer: [nesterov, rmsprop]\nmomentum: {type: float, low: 0.0, high: 0.9, when: {optimizer: [rmsprop]}}",
+        "optimizer: [nesterov]\nmomentum: {type: float, low: 0.1, high: 0.9}",
+    ):
+        space = load(params_yaml(body))
+        assert space.params["momentum"].type == "float"

@@ -431,7 +431,24 @@ def parse_space(data: Any, *, name: str, source: str) -> Space:
     if not isinstance(description, str):
         raise where.fail(None, f"description must be text, got {description!r}")
     params = {str(k): _parse_param(where, k, v) for k, v in raw.items()}
-    return Space(name=name, params=_order(where, params), description=description)
+    ordered = _order(where, params)
+    _check_nesterov(where, ordered)
+    return Space(name=name, params=ordered, description=description)
+
+
+def _check_nesterov(where: _Where, params: dict[str, Param]) -> None:
+    """Nesterov's look-ahead needs momentum: torch refuses momentum 0 with nesterov at every trial."""
+    optimizer, momentum = params.get("optimizer"), params.get("momentum")
+    if optimizer is None or momentum is None:
+        return  # without a momentum entry, nesterov trains with the default momentum (0.9)
+    can_be_nesterov = "nesterov" in (optimizer.choices if optimizer.type == "categorical" else (optimizer.value,))
+    active = "nesterov" in momentum.when.get("optimizer", ("nesterov",))
+    values = {"fixed": (momentum.value,), "categorical": momentum.choices}.get(momentum.type, (momentum.low,))
+    if can_be_nesterov and active and 0 in values:
+        shown = {"fixed": "fixed: 0", "categorical": "choice 0"}.get(momentum.type) or f"low={momentum.low:g}"
+        raise where.fail(
+            "momentum", f"{shown} with optimizer nesterov: nesterov needs momentum > 0; raise it (e.g. low: 0.5) or leave nesterov out of its `when`"
+        )
 
 
 def resolve_space_path(ref: str | Path, *, spaces_dir: Path = SPACES_DIR) -> Path:
