@@ -22,6 +22,7 @@ from tuner.errors import SpecError
 
 __all__ = ["PRUNERS", "SAMPLERS", "FastRandomSampler", "default_startup_trials", "make_pruner", "make_sampler"]
 
+
 class FastRandomSampler(optuna.samplers.RandomSampler):
     """Optuna's RandomSampler draw for draw (the same seed gives the same values), without the
     search-space transform it builds for every parameter it samples: about 40 µs a parameter

@@ -328,6 +328,11 @@ def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
     return val_loss
 
 
+def _fast(optimizer: str, device: torch.device) -> dict[str, Any]:
+    """The options that make `optimizer` one fused kernel a step, where torch has one for the device."""
+    return {"fused": True} if optimizer in FUSED and device.type in ("cpu", "cuda") else {}
+
+
 _WARMED: set[str] = set()  # devices this process has warmed up
 
 
@@ -340,8 +345,7 @@ def warm_up(device: torch.device | str) -> None:
         return
     _WARMED.add(str(device))
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).to(device)
-    fast = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fast)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **_fast("adam", device))
     nn.CrossEntropyLoss()(model(torch.zeros(3, 4, device=device)), torch.zeros(3, dtype=torch.long, device=device)).backward()
     optimizer.step()
 
@@ -382,8 +386,7 @@ def train(
     weights = [p for _, p in named_weights]
     params = _params(model)
     flat = None if cfg.optimizer == "lbfgs" else _flatten(params)  # L-BFGS keeps its own flat view
-    fast = {"fused": True} if cfg.optimizer in FUSED and device.type in ("cpu", "cuda") else {}
-    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([flat] if flat is not None else params, cfg, **fast)
+    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([flat] if flat is not None else params, cfg, **_fast(cfg.optimizer, device))
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     schedule = _Schedule(cfg, optimizer, steps_per_epoch)
     # the same step, less torch.optim's Python; taken after the schedule wraps optimizer.step
