@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from tuner import sql
 from tuner.buffered import BufferedStorage
+from tuner.heartbeat import worker_identity
 from tuner.storage import open_storage
 
 # tuner beats from its own thread, not inside Study.optimize, which Optuna warns of
@@ -109,7 +110,7 @@ def test_a_finished_trial_reads_back_through_optuna_exactly_as_the_worker_saw_it
     assert _comparable(seen) == _comparable(stored)
     assert stored.state == TrialState.COMPLETE and stored.value == 0.875
     assert stored.intermediate_values == {0: 0.5, 1: 0.75, 2: math.inf}
-    assert stored.user_attrs == {"history": {"loss": [1.0, 0.5]}, "note": "second"}
+    assert stored.user_attrs == {"history": {"loss": [1.0, 0.5]}, "note": "second", "worker": worker_identity()}
     assert stored.distributions == {
         "lr": FloatDistribution(1e-5, 1e-1, log=True),
         "layers": IntDistribution(1, 3),
@@ -173,7 +174,7 @@ def test_a_queued_trial_taken_by_this_worker_is_buffered_too(url):
     study.tell(trial, 0.5)
     stored = _fresh(url, trial._trial_id)
     assert stored.intermediate_values == {0: 0.1} and stored.value == 0.5
-    assert stored.user_attrs == {"note": "ran", "retry_of": 3}
+    assert stored.user_attrs == {"note": "ran", "retry_of": 3, "worker": worker_identity()}
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])

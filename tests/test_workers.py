@@ -4,6 +4,7 @@ shown. Heartbeats are shortened (TUNER_HEARTBEAT=1: a lost trial is failed after
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -264,3 +265,178 @@ def test_no_output_message_command_line_or_stored_attribute_shows_the_password(e
                         + [[t.user_attrs, t.system_attrs] for t in study.get_trials()], default=str)
     for text in [*outputs, *cmdlines, stored]:
         assert secret not in text
+
+
+# -- no window in which a kill leaves a trial RUNNING for ever (issue: killed in its first seconds) --
+
+MEDIUM_SPACE = """\
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  optimizer: {type: categorical, choices: [adam, nesterov]}
+  momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
+  hidden_units: {type: int, low: 16, high: 64, log: true}
+  epochs: 8
+  n_layers: 1
+"""
+
+
+def _just_claimed(url: str, name: str, *, seen: set[int], retry: bool = False) -> bool:
+    """A trial claimed moments ago (before its worker's heartbeat thread has beaten once)."""
+    now = datetime.datetime.now()
+    for t in _trials(url, name):
+        if t.state == TrialState.RUNNING and t.number not in seen and (not retry or "retry_of" in t.user_attrs):
+            if t.datetime_start and (now - t.datetime_start).total_seconds() < 0.5:
+                seen.add(t.number)
+                return True
+    return False
+
+
+def _beating(url: str, name: str) -> set[int]:
+    import sqlalchemy
+
+    from tuner.storage import open_storage
+
+    rdb = open_storage(url)
+    with rdb.engine.connect() as conn:
+        ids = set(conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).scalars())
+    rdb.engine.dispose()
+    return {t.number for t in _trials(url, name) if t._trial_id in ids}
+
+
+def _as_if_on_another_host(url: str, name: str) -> None:
+    """The killed worker's trials, as if it had run elsewhere: only the heartbeat's grace can free them."""
+    study = optuna.load_study(study_name=name, storage=url)
+    storage = study._storage
+    for t in study.get_trials(states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "worker", {**t.user_attrs["worker"], "host": "elsewhere"})
+
+
+@pytest.mark.parametrize("where", ["this host", "another host"])
+def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(env, where):
+    """The issue's reproduction: kill -9 moments after a grid point (a queued trial) is claimed,
+    resume, kill again as its retry is claimed, resume: 12 points finished once, nothing RUNNING,
+    within the grace period (3 s here) plus the remaining work. (The slow space's 12-point grid:
+    a trial outlasts the moment between seeing its claim and the kill.)"""
+    created = subprocess.run(
+        [TUNER, "study", "create", "gz", "--space", "slow", "--sampler", "grid", "--pruner", "none"], env=env, capture_output=True, text=True
+    )
+    assert created.returncode == 0, created.stderr
+    seen: set[int] = set()
+    for phase, retry in (("first claim", False), ("the retry's claim", True)):
+        proc = _run("study", "resume" if phase != "first claim" else "run", "gz", "-q", env=env)
+        _wait_for(lambda: _just_claimed(SQLITE, "gz", seen=seen, retry=retry), what=phase)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        running = {t.number for t in _trials(SQLITE, "gz") if t.state == TrialState.RUNNING}
+        assert running and running <= _beating(SQLITE, "gz"), "a killed worker's trial has no heartbeat row"
+        if where == "another host":
+            _as_if_on_another_host(SQLITE, "gz")
+    started = time.monotonic()
+    resumed = subprocess.run([TUNER, "study", "resume", "gz"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(SQLITE, "gz")
+    points = _grid_points(trials)
+    assert len(points) == 12 and len(set(points)) == 12
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and all(t.user_attrs["fail_reason"].startswith("lost its worker") for t in failed)
+    assert any("retry_of" in t.user_attrs for t in failed), "the second kill should hit a retry"
+    if where == "another host":  # freed by the grace period: the worker said what it waited for
+        assert "no heartbeat for" in failed[-1].user_attrs["fail_reason"]
+        assert "waiting for 1 running trial of other workers" in resumed.stderr and " on elsewhere:" in resumed.stderr
+    else:  # the dead process is seen at once
+        assert "is gone" in failed[-1].user_attrs["fail_reason"]
+    assert time.monotonic() - started < 120
+
+
+def _workers_of(name: str) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if f" worker {name} " in line and "State:\tZ" not in status:
+                pids.append(int(pid))
+    return pids
+
+
+def _kill_loop(env: dict[str, str], url: str, name: str, *, n_kills: int, seed: int) -> list[str]:
+    """Rounds of `tuner study run NAME --workers 2`, each ended by a SIGKILL at a random moment or
+    right after a claim: of one worker, of every process at once, or of the parent's process
+    group (its workers then close their trials on SIGTERM). Returns what each kill hit."""
+    rng = random.Random(seed)
+    hits: list[str] = []
+    seen: set[int] = set()
+    while len(hits) < n_kills:
+        parent = _run("study", "run", name, "--workers", "2", "-q", env=env, start_new_session=True)
+        try:
+            _wait_for(lambda: len(_workers_of(name)) == 2 or parent.poll() is not None, timeout=60, what="two workers")
+            moment = rng.choice(["right after a claim", "mid-trial", "during start-up"])
+            if moment == "right after a claim":
+                _wait_for(lambda: _just_claimed(url, name, seen=seen) or parent.poll() is not None, timeout=60, what="a claim")
+            elif moment == "mid-trial":
+                _wait_for(lambda: _mid_trial(url, name, min_finished=0) or parent.poll() is not None, timeout=60, what="a trial")
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:
+                time.sleep(rng.uniform(0.0, 3.0))
+            if parent.poll() is not None:
+                break  # the budget was met before this round's kill
+            how = rng.choice(["one worker", "everything", "the parent's group"])
+            workers = _workers_of(name)
+            if how == "one worker" and workers:
+                os.kill(rng.choice(workers), signal.SIGKILL)  # the other goes on alone for a while
+                hits.append(f"{how} {moment}")
+                time.sleep(rng.uniform(0.5, 2.0))
+                how, moment, workers = "everything", "after one worker's kill", _workers_of(name)
+            if how == "everything":
+                for pid in [parent.pid, *workers]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+            else:
+                os.killpg(parent.pid, signal.SIGKILL)
+            hits.append(f"{how} {moment}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait(timeout=60)
+            _wait_for(lambda: not _workers_of(name), timeout=60, what="the workers to exit")
+    return hits
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_60_trial_study_with_2_workers_killed_at_random_ends_with_exactly_60(env, backend, request):
+    url = SQLITE if backend == "sqlite" else request.getfixturevalue("pg_url")
+    env = {**env, "TUNER_STORAGE": url}
+    Path("search_spaces/medium.yaml").write_text(MEDIUM_SPACE)
+    created = subprocess.run(
+        [TUNER, "study", "create", "rk", "--space", "medium", "--trials", "60", "--pruner", "median", "--seed", "5"],
+        env=env, capture_output=True, text=True,
+    )
+    assert created.returncode == 0, created.stderr
+    hits = _kill_loop(env, url, "rk", n_kills=8, seed=5 if backend == "sqlite" else 6)
+    assert len(hits) >= 4, hits
+    before = _snapshot(url, "rk")
+    resumed = subprocess.run([TUNER, "study", "resume", "rk", "--workers", "2", "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _check_complete(url, "rk", 60, before)
+    assert not [t for t in trials if t.state == TrialState.WAITING]
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(lost) >= 3 and all(t.user_attrs.get("fail_reason", "").startswith(("lost its worker", "interrupted by SIGTERM")) for t in lost), hits
+
+
+def test_a_grid_on_postgresql_with_2_workers_killed_at_random_runs_each_point_once(env, pg_url):
+    env = {**env, "TUNER_STORAGE": pg_url}
+    # a point lost more often than a study's retries is dropped: here every kill is retried
+    Path("studies/gk.yaml").write_text("name: gk\nspace: grid_small\nsampler: grid\npruner: none\nretries: 10\n")
+    created = subprocess.run([TUNER, "study", "create", "--spec", "studies/gk.yaml"], env=env, capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    _kill_loop(env, pg_url, "gk", n_kills=3, seed=7)
+    resumed = subprocess.run([TUNER, "study", "resume", "gk", "--workers", "2", "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(pg_url, "gk")
+    points = _grid_points(trials)
+    assert len(points) == 12 and len(set(points)) == 12
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -31,7 +31,9 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.heartbeat import worker_identity
 from tuner.sql import (
+    WORKER_ATTR,
     Created,
     Final,
     Pending,
@@ -41,6 +43,7 @@ from tuner.sql import (
     count_states,
     create_running,
     stale_trial_ids,
+    start_queued,
     write_trial,
 )
 
@@ -78,6 +81,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies a claim just counted with no queued trial (see claim)
         self._reserved: dict[int, Created] = {}  # study id -> the trial a claim created for the next ask
+        # stored with every trial this worker claims, in the claim's own transaction
+        self._claimed_by = {WORKER_ATTR: worker_identity()}
 
     # -- the trials we run --------------------------------------------------------------------
 
@@ -105,7 +110,11 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         creating one (and no queued trial is looked for, since none was counted)."""
         created: Created | None
         counts, created = count_and_create(
-            self._rdb, study_id, create_if=lambda c: not c[TrialState.WAITING] and start_if(c), heartbeat=self._heartbeats()
+            self._rdb,
+            study_id,
+            create_if=lambda c: not c[TrialState.WAITING] and start_if(c),
+            heartbeat=self._heartbeats(),
+            user_attrs=self._claimed_by,
         )
         with self._lock:
             if created is not None:
@@ -165,12 +174,17 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
             self._views.clear()
+            if state == TrialState.RUNNING and trial_id not in self._pending:
+                # a queued trial this worker takes: running, with its first beat and its worker,
+                # in one transaction (a kill right after still leaves a trial that turns stale)
+                self._snapshot.clear()
+                if not start_queued(self._rdb, trial_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by):
+                    return False
+                self.own(self._inner.get_trial(trial_id))
+                return True
             if not (state.is_finished() and trial_id in self._pending):
                 self._snapshot.clear()
-                changed = self._inner.set_trial_state_values(trial_id, state, values)
-                if changed and state == TrialState.RUNNING:  # a queued trial this worker just took
-                    self.own(self._inner.get_trial(trial_id))
-                return changed
+                return self._inner.set_trial_state_values(trial_id, state, values)
             # our trial ends: its buffered writes, values and state in one transaction
             final = Final(state, list(values) if values is not None else None, datetime.now())
             write_trial(self._rdb, trial_id, self._pending[trial_id], final)
@@ -285,7 +299,9 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         # one created now, with its first heartbeat; owned from here on
         with self._lock:
             created = self._reserved.pop(study_id, None)
-        trial_id, number, started = created or create_running(self._rdb, study_id, heartbeat=self._heartbeats())
+        trial_id, number, started = created or create_running(
+            self._rdb, study_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by
+        )
         trial = FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
@@ -295,7 +311,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             datetime_complete=None,
             params={},
             distributions={},
-            user_attrs={},
+            user_attrs=dict(self._claimed_by),
             system_attrs={},
             intermediate_values={},
             trial_id=trial_id,

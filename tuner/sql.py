@@ -27,7 +27,24 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["Created", "Final", "Pending", "attribute_keys", "best_trial_id", "count_and_create", "count_states", "create_running", "progress", "stale_trial_ids", "write_trial"]
+__all__ = [
+    "Created",
+    "Final",
+    "Pending",
+    "Running",
+    "WORKER_ATTR",
+    "attribute_keys",
+    "best_trial_id",
+    "count_and_create",
+    "count_states",
+    "create_running",
+    "fail_running",
+    "progress",
+    "running_trials",
+    "stale_trial_ids",
+    "start_queued",
+    "write_trial",
+]
 
 _RUNNING = TrialState.RUNNING.name
 
@@ -221,17 +238,101 @@ def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: b
 Created = tuple[int, int, datetime]  # a new RUNNING trial's id, number and start
 
 
-def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, *, grace_s: float) -> list[int]:
-    """The study's RUNNING trials whose last heartbeat is more than `grace_s` old by the
-    database's clock (as Optuna's RDB storage decides it, in two plain queries)."""
+WORKER_ATTR = "worker"  # the user attribute naming the process that claimed a trial
+
+
+@dataclass(frozen=True)
+class Running:
+    """A RUNNING trial as the database holds it: how long it has been silent and who runs it."""
+
+    trial_id: int
+    number: int
+    started: datetime | None
+    beat_age_s: float | None  # since its last heartbeat, by the database's clock; None: no beat yet
+    silent_s: float | None  # since its last heartbeat or, without one, since its start (this host's clock)
+    worker: dict[str, Any] | None  # the claiming worker's identity (user attribute WORKER_ATTR)
+
+
+def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Running]:
+    """The study's RUNNING trials, oldest first, with their last heartbeat and their worker.
+
+    A trial with no heartbeat row counts as silent since its start: a worker killed between its
+    claim and its first beat (an older tuner's claim of a queued trial; a plain Optuna client)
+    still turns stale. Starts are written by the workers' clocks (Optuna's datetime.now()), so
+    that age is read by this host's clock; heartbeats by the database's."""
     with _transaction(rdb) as cur:
-        now = _timestamp(cur.execute("SELECT CURRENT_TIMESTAMP").fetchone()[0])
+        now_db = _timestamp(cur.execute("SELECT CURRENT_TIMESTAMP").fetchone()[0])
         rows = cur.execute(
-            "SELECT t.trial_id, h.heartbeat FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "SELECT t.trial_id, t.number, t.datetime_start, h.heartbeat, a.value_json FROM trials t "
+            "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            f"LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.{cur.key} = ? "
             f"WHERE t.study_id = ? AND t.state = '{_RUNNING}' ORDER BY t.trial_id",
-            (study_id,),
+            (WORKER_ATTR, study_id),
         ).fetchall()
-    return [int(trial_id) for trial_id, beat in rows if (now - _timestamp(beat)).total_seconds() > grace_s]
+    now = datetime.now()
+    out = []
+    for trial_id, number, start, beat, worker in rows:
+        started = _timestamp(start) if start is not None else None
+        beat_age = (now_db - _timestamp(beat)).total_seconds() if beat is not None else None
+        silent = beat_age if beat_age is not None else ((now - started).total_seconds() if started else None)
+        identity = json.loads(worker) if worker is not None else None
+        out.append(Running(int(trial_id), int(number), started, beat_age, silent, identity if isinstance(identity, dict) else None))
+    return out
+
+
+def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, *, grace_s: float) -> list[int]:
+    """The study's RUNNING trials silent for more than `grace_s`: as Optuna's RDB storage decides
+    it for trials with a heartbeat, and by their start for trials that never beat (which Optuna's
+    own query, a join on the heartbeats, can never find)."""
+    return [r.trial_id for r in running_trials(rdb, study_id) if r.silent_s is not None and r.silent_s > grace_s]
+
+
+def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str) -> bool:
+    """Fail a RUNNING trial with `reason` as its fail_reason, in one transaction; False (nothing
+    written) if it is no longer RUNNING: its worker finished it, or another worker failed it first."""
+    with _transaction(rdb) as cur:
+        guard = cur.execute(
+            f"UPDATE trials SET state = 'FAIL', datetime_complete = ? WHERE trial_id = ? AND state = '{_RUNNING}'",
+            (cur.when(datetime.now()), trial_id),
+        )
+        if guard.rowcount != 1:
+            return False
+        _replace_attrs(cur, "trial_user_attributes", trial_id, {"fail_reason": reason})
+    return True
+
+
+def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: bool, user_attrs: dict[str, Any]) -> bool:
+    """A queued (WAITING) trial becomes RUNNING with its start, its first heartbeat and
+    `user_attrs` (the worker that claims it), in one transaction: a worker killed a moment later
+    leaves a trial whose heartbeat ages, never one that stale detection cannot see. As Optuna's
+    set_trial_state_values: False if another worker took it first, UpdateFinishedTrialError if it
+    has finished."""
+    with _transaction(rdb) as cur:
+        guard = cur.execute(
+            f"UPDATE trials SET state = '{_RUNNING}', datetime_start = ? WHERE trial_id = ? AND state = 'WAITING'",
+            (cur.when(datetime.now()), trial_id),
+        )
+        if guard.rowcount != 1:
+            row = cur.execute("SELECT state FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+            if row is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises if it has finished
+            return False
+        if heartbeat:
+            cur.execute("DELETE FROM trial_heartbeats WHERE trial_id = ?", (trial_id,))
+            cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
+        _replace_attrs(cur, "trial_user_attributes", trial_id, user_attrs)
+    return True
+
+
+def _replace_attrs(cur: _Cursor, table: str, trial_id: int, attrs: dict[str, Any]) -> None:
+    if attrs:
+        cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(attrs))})", (trial_id, *attrs))
+        _insert_attrs(cur, table, trial_id, attrs)
+
+
+def _insert_attrs(cur: _Cursor, table: str, trial_id: int, attrs: dict[str, Any]) -> None:
+    cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])
 
 
 def _timestamp(value: Any) -> datetime:
@@ -240,26 +341,32 @@ def _timestamp(value: Any) -> datetime:
     return when.replace(tzinfo=None)
 
 
-def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool) -> Created:
+def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat: bool, user_attrs: dict[str, Any] | None = None) -> Created:
     """A new RUNNING trial, numbered after the study's other trials, and (with heartbeats on) its
-    first heartbeat, in one transaction. The number is counted in the insert itself, under the
+    first heartbeat and `user_attrs` (the worker that runs it), in one transaction. The number is counted in the insert itself, under the
     study row's lock where the database has row locks (as Optuna locks it) and the database's
     single writer lock on SQLite, so concurrent workers never share one."""
     with _transaction(rdb) as cur:
-        return _insert_running(cur, study_id, heartbeat=heartbeat)
+        return _insert_running(cur, study_id, heartbeat=heartbeat, user_attrs=user_attrs or {})
 
 
 def count_and_create(
-    rdb: optuna.storages.RDBStorage, study_id: int, *, create_if: Callable[[Counter[TrialState]], bool], heartbeat: bool
+    rdb: optuna.storages.RDBStorage,
+    study_id: int,
+    *,
+    create_if: Callable[[Counter[TrialState]], bool],
+    heartbeat: bool,
+    user_attrs: dict[str, Any] | None = None,
 ) -> tuple[Counter[TrialState], Created | None]:
     """The study's trials per state and, where `create_if` says so of those counts, a new RUNNING
     trial (as create_running makes it), in one transaction: a worker's claim of its next trial."""
     with _transaction(rdb) as cur:
         counts = _count_states(cur, study_id)
-        return counts, (_insert_running(cur, study_id, heartbeat=heartbeat) if create_if(counts) else None)
+        created = _insert_running(cur, study_id, heartbeat=heartbeat, user_attrs=user_attrs or {}) if create_if(counts) else None
+        return counts, created
 
 
-def _insert_running(cur: _Cursor, study_id: int, *, heartbeat: bool) -> Created:
+def _insert_running(cur: _Cursor, study_id: int, *, heartbeat: bool, user_attrs: dict[str, Any]) -> Created:
     started = datetime.now()
     if not cur.sqlite:  # SQLite's writer lock already serializes the insert below
         if cur.execute("SELECT study_id FROM studies WHERE study_id = ? FOR UPDATE", (study_id,)).fetchone() is None:
@@ -280,6 +387,7 @@ def _insert_running(cur: _Cursor, study_id: int, *, heartbeat: bool) -> Created:
         number = cur.execute("SELECT number FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
     if heartbeat:
         cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
+    _insert_attrs(cur, "trial_user_attributes", trial_id, user_attrs)  # a new trial has none to replace
     return int(trial_id), int(number), started
 
 

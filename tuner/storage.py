@@ -14,7 +14,7 @@ import sqlite3
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Iterator
 
 import optuna
 import sqlalchemy
@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "mask", "open_storage", "progress", "resolve_url"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "mask", "open_storage", "progress", "rdb_of", "resolve_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 # Files attached to studies (retrained models) live here, linked from the dashboard.
@@ -103,16 +103,11 @@ def _read_migrations_once() -> None:
     manager._create_alembic_script = read_once
 
 
-def open_storage(
-    url: str,
-    *,
-    create: bool = False,
-    on_stale_trial: Callable[[Any, Any], None] | None = None,
-) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorage:
     """Open an RDB storage; without `create`, a missing SQLite file is an error rather than a new file.
 
-    Heartbeats are on: a trial whose worker died is failed after the grace period and handed to
-    `on_stale_trial` (tuner's re-queue)."""
+    Heartbeats are on: tuner's workers beat for their trials, and a trial whose worker died is
+    failed and queued again (tuner.study's claim looks for them)."""
     parsed = _parse(url)
     engine_kwargs: dict = {}
     path = sqlite_path(url)
@@ -140,7 +135,6 @@ def open_storage(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=on_stale_trial,
             )
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as ImportError
         missing = getattr(e, "name", None) or getattr(e.__cause__, "name", None) or parsed.drivername
@@ -216,7 +210,7 @@ class StudyLock:
             self._engine.dispose()
 
 
-def _rdb(storage: Any) -> Any:
+def rdb_of(storage: Any) -> Any:
     """The RDBStorage under Optuna's read cache (load_study wraps it), or None for other storages."""
     backend = getattr(storage, "_rdb", None) or getattr(storage, "_backend", storage)  # tuner's or Optuna's wrapper
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
@@ -226,7 +220,7 @@ def count_states(storage: Any, study_id: int) -> Counter[Any]:
     """Trials per state in one aggregate query, instead of loading every trial to count them."""
     from tuner import sql
 
-    rdb = _rdb(storage)
+    rdb = rdb_of(storage)
     if rdb is None:
         return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
     return sql.count_states(rdb, study_id)
@@ -241,7 +235,7 @@ def progress(storage: Any, study_id: int, direction: Any) -> tuple[int, float | 
     from tuner import sql
 
     maximize = direction == StudyDirection.MAXIMIZE
-    rdb = _rdb(storage)
+    rdb = rdb_of(storage)
     if rdb is not None:
         return sql.progress(rdb, study_id, maximize=maximize)
     trials = storage.get_all_trials(study_id, deepcopy=False)

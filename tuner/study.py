@@ -33,8 +33,10 @@ from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
 from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, StudySpec
+from tuner import sql
 from tuner.buffered import BufferedStorage
-from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage, progress
+from tuner.heartbeat import Heartbeat, describe, process_gone, worker_identity
+from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage, progress, rdb_of
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
 
 __all__ = [
@@ -44,9 +46,12 @@ __all__ = [
     "create_study",
     "delete_study",
     "export_trials",
+    "fail_lost",
     "list_studies",
     "open_study",
+    "release_trials",
     "run_study",
+    "running_trials",
     "study_summary",
     "trial_rows",
 ]
@@ -140,7 +145,7 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     spec = StudySpec(**{**spec.as_dict(), "trials": budget})
 
     _quiet_optuna()
-    storage = open_storage(storage_url, create=True, on_stale_trial=_requeue_lost)
+    storage = open_storage(storage_url, create=True)
     if spec.name in optuna.get_all_study_names(storage):
         raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
     study = optuna.create_study(
@@ -159,7 +164,7 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
 
 def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: optuna.storages.RDBStorage | None = None) -> Loaded:
     _quiet_optuna()
-    storage = storage or open_storage(storage_url, on_stale_trial=_requeue_lost)
+    storage = storage or open_storage(storage_url)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names[:10]) or "none"
@@ -185,13 +190,13 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     return Loaded(study, spec, space, storage_url)
 
 
-def _requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+def _requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Queue a copy of a lost or interrupted trial with the same parameters, up to the study's
-    `retries`; the copy records which trial it repeats and why."""
+    `retries`; the copy records which trial it repeats and why. False if its retries are spent."""
     retries = study.user_attrs.get(SPEC_ATTR, {}).get("retries", StudySpec.retries)
     count = int(trial.user_attrs.get("retry_count", 0)) + 1
     if count > retries:
-        return
+        return False
     params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))  # a queued point not yet sampled
     study.enqueue_trial(
         params,
@@ -202,11 +207,7 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
             "retry_reason": reason,
         },
     )
-
-
-def _requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
-    _, grace = heartbeat_settings()
-    _requeue(study, trial, f"trial {trial.number} lost its worker (no heartbeat for {grace}s)")
+    return True
 
 
 def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACES_DIR) -> StudySpec:
@@ -336,9 +337,7 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
     the study ends with exactly `budget` finished trials and each grid point runs once."""
     study = loaded.study
     if look_for_stale:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeats outside Study.optimize are tuner's own
-            optuna.storages.fail_stale_trials(study)
+        fail_lost(study)
 
     def decide(states: Counter[TrialState]) -> str:
         finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
@@ -363,56 +362,103 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
         trial = study.ask()
     if isinstance(study._storage, BufferedStorage):
         study._storage.own(trial._cached_frozen_trial)
+    else:  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
+        trial.set_user_attr(sql.WORKER_ATTR, worker_identity())
     return "trial", trial
 
 
-class _Heartbeat:
-    """The worker's heartbeat: one thread for the worker's life, beating every `interval` seconds
-    for the trial it runs now (a thread started per trial cost ~0.4 ms a trial). A beat never
-    lands after its trial has ended: `running` waits for a beat in progress before it returns."""
+def lost_reason(running: sql.Running, grace_s: float) -> str | None:
+    """Why a running trial's worker counts as lost, or None while it may still be alive."""
+    if process_gone(running.worker):
+        return f"lost its worker: process {describe(running.worker)} is gone"
+    if running.silent_s is not None and running.silent_s > grace_s:
+        return f"lost its worker: no heartbeat for {running.silent_s:.0f}s (grace {grace_s:g}s)"
+    return None
 
-    def __init__(self, storage: Any, interval: float) -> None:
-        self._storage = storage
-        self._interval = interval
-        self._cv = threading.Condition()
-        self._trial_id: int | None = None
-        self._due = math.inf
-        self._closed = False
-        self._thread: threading.Thread | None = None
 
-    def _run(self) -> None:
-        with self._cv:  # held while beating: a trial cannot end in the middle of its beat
-            while not self._closed:
-                wait = self._due - time.monotonic() if self._trial_id is not None else None
-                if wait is None or wait > 0:
-                    self._cv.wait(wait)
-                    continue
-                with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
-                    self._storage.record_heartbeat(self._trial_id)
-                self._due = time.monotonic() + self._interval
+def fail_lost(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose workers are gone (silent past the grace period, or a process
+    of this host that no longer exists), each with its reason, and queue each again up to the
+    study's retries. Returns the numbers of the trials failed."""
+    rdb = rdb_of(study._storage)
+    if rdb is None:
+        return []
+    _, grace = heartbeat_settings()
+    failed = []
+    for running in sql.running_trials(rdb, study._study_id):
+        reason = lost_reason(running, grace)
+        if reason is not None and sql.fail_running(rdb, running.trial_id, reason=reason):
+            _requeue(study, study._storage.get_trial(running.trial_id), f"trial {running.number} {reason}")
+            failed.append(running.number)
+    return failed
 
-    @contextlib.contextmanager
-    def running(self, trial_id: int):  # type: ignore[no-untyped-def]
-        # tuner's storage wrote the first beat with the trial itself; anything else beats at once
-        first = self._interval if isinstance(self._storage, BufferedStorage) else 0.0
-        with self._cv:
-            self._trial_id, self._due = trial_id, time.monotonic() + first
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-                self._thread.start()
-            self._cv.notify()
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._trial_id, self._due = None, math.inf
 
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join()
+def running_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's running trials: who runs each, how long since its last heartbeat, and in how
+    many seconds it will be declared lost if it stays silent (0: at the next look)."""
+    rdb = rdb_of(study._storage)
+    if rdb is None:
+        return []
+    _, grace = heartbeat_settings()
+    rows = []
+    for r in sql.running_trials(rdb, study._study_id):
+        gone = process_gone(r.worker)
+        lost_in = 0.0 if gone else (max(0.0, grace - r.silent_s) if r.silent_s is not None else None)
+        rows.append(
+            {
+                "number": r.number,
+                "worker": describe(r.worker) if r.worker else None,
+                "worker_gone": gone,
+                "started": r.started.isoformat() if r.started else None,
+                "heartbeat_age_s": None if r.beat_age_s is None else round(r.beat_age_s, 1),
+                "lost_in_s": None if lost_in is None else round(lost_in, 1),
+            }
+        )
+    return rows
+
+
+def release_trials(loaded: Loaded, *, numbers: list[int] | None = None, stale: bool = False, force: bool = False) -> list[dict[str, Any]]:
+    """For a person who knows a worker is gone: fail its running trials now, with the reason,
+    and queue each again (as a lost worker's are after the grace period). `numbers` names the
+    trials; `stale` takes every running trial whose worker is gone from this host or has missed
+    a beat (silent for more than two heartbeat intervals). Everything is checked before anything
+    is written: a trial that is not running, or whose worker is alive on this host (unless
+    `force`), is refused."""
+    study, name = loaded.study, loaded.spec.name
+    rdb = rdb_of(study._storage)
+    if rdb is None:
+        raise StorageError(f"study '{name}': releasing trials needs an SQL storage")
+    interval, _ = heartbeat_settings()
+    lock = StudyLock(loaded.url, name)
+    released = []
+    try:
+        with lock.held():  # no claim counts the study between a trial's failure and its copy
+            running = {r.number: r for r in sql.running_trials(rdb, study._study_id)}
+            if stale:
+                chosen = [r for r in running.values() if process_gone(r.worker) or (r.silent_s or 0.0) > 2 * interval]
+            else:
+                chosen = []
+                for number in numbers or []:
+                    r = running.get(number)
+                    if r is None:
+                        listed = ", ".join(map(str, running)) or "none"
+                        raise SpecError(f"trial {number} of study '{name}' is not running (running trials: {listed}); nothing released")
+                    if process_gone(r.worker) is False and not force:
+                        raise SpecError(
+                            f"trial {number} is run by {describe(r.worker)}, which is alive on this host; "
+                            f"stop that process (kill {r.worker['pid']}) or pass --force; nothing released"
+                        )
+                    chosen.append(r)
+            for r in chosen:
+                gone = process_gone(r.worker)
+                state = "gone" if gone else (f"silent {r.silent_s:.0f}s" if r.silent_s is not None else "no heartbeat")
+                reason = f"released by hand (tuner study release): worker {describe(r.worker)} {state}"
+                if sql.fail_running(rdb, r.trial_id, reason=reason):
+                    queued = _requeue(study, study._storage.get_trial(r.trial_id), f"trial {r.number} {reason}")
+                    released.append({"number": r.number, "worker": describe(r.worker), "reason": reason, "queued_again": queued})
+    finally:
+        lock.close()
+    return released
 
 
 def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: str) -> None:
@@ -439,7 +485,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
     return study._storage.get_trial(trial._trial_id)
 
 
-def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: _Heartbeat) -> FrozenTrial:
+def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
     study = loaded.study
     with heartbeat.running(trial._trial_id):
@@ -515,11 +561,15 @@ def run_study(
     device: str = "auto",
     timeout: float | None = None,
     on_trial: Callable[[FrozenTrial, int, int, float | None], None] | None = None,
+    on_wait: Callable[[list[dict[str, Any]]], None] | None = None,
     threads: int | None = None,
 ) -> RunResult:
     """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
     workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
-    count toward the budget; a run of identical failures stops the worker with the reason."""
+    count toward the budget; a run of identical failures stops the worker with the reason.
+
+    While the rest of the budget is other workers' running trials, the worker waits (one of them
+    may fail or be lost) and calls `on_wait` with those trials at each look (see running_trials)."""
     from tuner.train import resolve_device
 
     _quiet_optuna()
@@ -543,8 +593,9 @@ def run_study(
     stopped = "budget"
     interval, _ = heartbeat_settings()
     stale_checked = -math.inf
+    waiting = False
     tracker = _Progress(study)
-    heartbeat = _Heartbeat(study._storage, interval)
+    heartbeat = Heartbeat(study._storage, interval, first_beat_written=isinstance(study._storage, BufferedStorage))
     try:
         with signals_interrupt():
             while True:
@@ -553,13 +604,17 @@ def run_study(
                     break
                 trial = None
                 try:
-                    # dead workers' trials only turn stale after a grace period: one look per interval
-                    look = time.monotonic() - stale_checked >= interval
+                    # dead workers' trials only turn stale after a grace period: one look per
+                    # interval, or at every poll while nothing else is left to do
+                    look = waiting or time.monotonic() - stale_checked >= interval
                     with lock.held():
                         decision, trial = _claim(loaded, budget, look_for_stale=look)
                     if look:
                         stale_checked = time.monotonic()
-                    if decision == "wait":
+                    waiting = decision == "wait"
+                    if waiting:
+                        if on_wait is not None:
+                            on_wait(running_trials(study))
                         time.sleep(POLL_S)
                         continue
                     if trial is None:
@@ -666,6 +721,7 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "pruned_reasons": pruned_reasons,
         "failed_reasons": failed_reasons,
         "retried": sum("retry_of" in t.user_attrs for t in trials),
+        "running": running_trials(study),
         "best": _trial_dict(best) if best else None,
     }
 

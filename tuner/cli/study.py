@@ -1,4 +1,4 @@
-"""`tuner study ...`: create, run, resume, list, show, best, trials, export, delete."""
+"""`tuner study ...`: create, run, resume, list, show, best, trials, export, delete, release."""
 
 from __future__ import annotations
 
@@ -215,7 +215,8 @@ def _run(
             if workers > 1:
                 result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, on_progress=on_progress)
             else:
-                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, threads=threads)
+                on_wait = _WaitNotice(progress.console if show_bar else console_err)
+                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads)
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
         console_err.print(
@@ -241,6 +242,43 @@ def _run(
     if not quiet:
         storage_flag = "" if url == resolve_url(None) and not _env_storage() else f" --storage '{mask(url)}'"
         console.print(f"dashboard: tuner dashboard{storage_flag}   (then open http://127.0.0.1:8080)")
+
+
+class _WaitNotice:
+    """Says, on stderr, which running trials of other workers this one waits for and when each
+    will be declared lost: when that set changes, and every WAIT_NOTICE_S while it does not."""
+
+    WAIT_NOTICE_S = 30.0
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._last: tuple[tuple[int, ...], float] = ((), -float("inf"))
+
+    def __call__(self, running: list[dict[str, Any]]) -> None:
+        import time
+
+        numbers = tuple(r["number"] for r in running)
+        if numbers == self._last[0] and time.monotonic() - self._last[1] < self.WAIT_NOTICE_S:
+            return
+        self._last = (numbers, time.monotonic())
+        n = len(running)
+        what = "; ".join(describe_running(r) for r in running) or "none left (a queued trial is on its way)"
+        self._out.print(
+            f"waiting for {n} running trial{'s' * (n != 1)} of other workers, the budget's last places: {what}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def describe_running(r: dict[str, Any]) -> str:
+    """trial 3 on host:pid, last beat 4s ago, lost in 26s if silent."""
+    beat = "no heartbeat yet" if r["heartbeat_age_s"] is None else f"last beat {r['heartbeat_age_s']:.0f}s ago"
+    if r["worker_gone"]:
+        lost = "its process is gone: freed at the next look"
+    elif r["lost_in_s"] is None:
+        lost = "no start time: cannot tell when it is lost"
+    else:
+        lost = f"lost in {r['lost_in_s']:.0f}s if silent" if r["lost_in_s"] > 0 else "lost at the next look"
+    return f"trial {r['number']} on {r['worker'] or 'an unknown worker'}, {beat}, {lost}"
 
 
 def _env_storage() -> bool:
@@ -288,6 +326,8 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         console.print("  failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()), markup=False)
     if s["retried"]:
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
+    for r in s["running"]:
+        console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
     _print_best(s["best"], spec["metric"])
 
 
@@ -428,6 +468,32 @@ def delete(
         raise typer.Exit(1)
     delete_study(name, url)
     console.print(f"deleted study '{name}' ({n} trials)")
+
+
+@app.command()
+def release(
+    name: NameArg,
+    trial: Annotated[Optional[list[int]], typer.Option("--trial", min=0, help="A running trial's number (repeat for more).")] = None,
+    stale: Annotated[bool, typer.Option("--stale", help="Every running trial whose worker is gone from this host or missed a beat.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Release a trial even if its worker is alive on this host.")] = False,
+    storage: StorageOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Fail and queue again, now, running trials whose worker you know is gone (instead of
+    waiting for the heartbeat's grace period)."""
+    from tuner.study import open_study, release_trials
+
+    if bool(trial) == stale:
+        raise SpecError("say which trials to release: --trial N (repeatable) or --stale, not both")
+    released = release_trials(open_study(name, resolve_url(storage)), numbers=trial, stale=stale, force=force)
+    if fmt == Format.json:
+        print_json(released)
+        return
+    if not released:
+        console.print(f"no running trial of study '{name}' has a silent or gone worker; nothing released")
+    for r in released:
+        again = "queued again" if r["queued_again"] else "not queued again (its retries are spent)"
+        console.print(f"released trial {r['number']}: failed ({r['reason']}), {again}", markup=False, highlight=False)
 
 
 def worker(
