@@ -87,8 +87,8 @@ def _check_complete(url: str, name: str, budget: int, before: dict[int, tuple]) 
     return trials
 
 
-def _processes(needle: str) -> list[str]:
-    """Command lines of live processes containing `needle`."""
+def _live(needle: str) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose command line contains `needle`."""
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -98,8 +98,12 @@ def _processes(needle: str) -> list[str]:
             except OSError:
                 continue
             if needle in line and "State:\tZ" not in status:
-                found.append(line)
+                found.append((int(pid), line))
     return found
+
+
+def _processes(needle: str) -> list[str]:
+    return [line for _, line in _live(needle)]
 
 
 def _run(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
@@ -350,17 +354,7 @@ def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(e
 
 
 def _workers_of(name: str) -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            if f" worker {name} " in line and "State:\tZ" not in status:
-                pids.append(int(pid))
-    return pids
+    return [pid for pid, _ in _live(f" worker {name} ")]
 
 
 def _kill_loop(env: dict[str, str], url: str, name: str, *, n_kills: int, seed: int) -> list[str]:
