@@ -132,8 +132,9 @@ def test_a_queued_trial_taken_by_another_worker_first_is_not_taken_again(url):
     loaded.study.enqueue_trial({"lr": 0.01})
     rdb = open_storage(url)
     waiting = loaded.study.get_trials(states=(TrialState.WAITING,))[0]
-    assert sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={"worker": {"host": "a", "pid": 1}})
-    assert not sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={"worker": {"host": "b", "pid": 2}})
+    taken = sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={"worker": {"host": "a", "pid": 1}})
+    assert taken == loaded.study._study_id
+    assert sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={"worker": {"host": "b", "pid": 2}}) is None
     assert optuna.storages.RDBStorage(url).get_trial(waiting._trial_id).user_attrs["worker"] == {"host": "a", "pid": 1}
     assert sql.fail_running(rdb, waiting._trial_id, reason="x")
     assert not sql.fail_running(rdb, waiting._trial_id, reason="y")  # failed once only

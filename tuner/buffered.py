@@ -26,14 +26,12 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, check_distribution_compatibility
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.heartbeat import worker_identity
 from tuner.sql import (
-    WORKER_ATTR,
     Created,
     Final,
     Pending,
@@ -42,6 +40,7 @@ from tuner.sql import (
     count_and_create,
     count_states,
     create_running,
+    param_distribution,
     stale_trial_ids,
     start_queued,
     write_trial,
@@ -65,7 +64,15 @@ def _copy(trial: FrozenTrial) -> FrozenTrial:
 
 
 class BufferedStorage(BaseStorage, BaseHeartbeat):
-    def __init__(self, inner: BaseStorage, rdb: optuna.storages.RDBStorage, *, flush_s: float = 2.0, refresh_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        inner: BaseStorage,
+        rdb: optuna.storages.RDBStorage,
+        *,
+        flush_s: float = 2.0,
+        refresh_s: float = 1.0,
+        claimed_by: dict[str, Any] | None = None,
+    ) -> None:
         self._inner = inner  # Optuna's cached RDB storage
         self._rdb = rdb  # the RDB storage under it, for the one-transaction flush
         self._flush_s = flush_s
@@ -81,8 +88,45 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies a claim just counted with no queued trial (see claim)
         self._reserved: dict[int, Created] = {}  # study id -> the trial a claim created for the next ask
-        # stored with every trial this worker claims, in the claim's own transaction
-        self._claimed_by = {WORKER_ATTR: worker_identity()}
+        # user attributes stored with every trial this storage starts, in the claim's own
+        # transaction (tuner's workers: who runs it, see tuner.heartbeat)
+        self._claimed_by = dict(claimed_by or {})
+        self._study_of: dict[int, int] = {}  # our trial id -> its study id
+        self._dists: dict[tuple[int, str], BaseDistribution] = {}  # (study id, param) -> the distribution the study uses
+        # Copy on write: what get_all_trials returned is never changed afterwards. Our running
+        # trials a reader may hold, and where each sits in the cached views (replaced on a write).
+        self._handed: set[int] = set()
+        self._view_pos: dict[tuple[int, Any], dict[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def _drop_views(self) -> None:
+        self._views.clear()
+        self._view_pos.clear()
+
+    def _drop_reads(self) -> None:
+        """Something this storage does not track changed in the database: read it again."""
+        self._snapshot.clear()
+        self._drop_views()
+
+    def _writable(self, trial_id: int) -> FrozenTrial:
+        """Our running trial, to change: a fresh copy if a reader may hold the current one."""
+        mine = self._mine_now[trial_id]
+        if trial_id in self._handed:
+            self._handed.discard(trial_id)
+            mine = self._mine_now[trial_id] = _copy(mine)
+            for key, positions in self._view_pos.items():
+                at = positions.get(trial_id)
+                if at is not None:
+                    self._views[key][at] = mine
+        return mine
 
     # -- the trials we run --------------------------------------------------------------------
 
@@ -91,11 +135,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     FINISHED_KEPT = 256  # finished trials of ours served from memory
 
-    def own(self, trial: FrozenTrial) -> None:
+    def own(self, trial: FrozenTrial, study_id: int) -> None:
         """Buffer this trial's writes from now on (it was just claimed by this worker); reads of it
         are served from memory, since only this worker writes to it."""
         with self._lock:
             if trial._trial_id not in self._pending:
+                self._study_of[trial._trial_id] = study_id
                 # a queued trial comes with attributes (its retry's origin, its fixed parameters)
                 self._pending[trial._trial_id] = Pending(stored=attribute_keys(trial.user_attrs, trial.system_attrs))
                 self._flushed_at[trial._trial_id] = time.monotonic()
@@ -132,6 +177,16 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             self._pending[trial_id] = pending.next()
             self._flushed_at[trial_id] = time.monotonic()
 
+    def _check_distribution(self, study_id: int, name: str, distribution: BaseDistribution) -> None:
+        """As Optuna's storage checks it: a parameter keeps a compatible distribution across the
+        study's trials (ValueError otherwise). The study's first is looked up once a process."""
+        key = (study_id, name)
+        known = self._dists.get(key)
+        if known is None:
+            known = self._dists[key] = param_distribution(self._rdb, study_id, name) or distribution
+        if known is not distribution:
+            check_distribution_compatibility(known, distribution)
+
     def _maybe_flush(self, trial_id: int) -> None:
         if time.monotonic() - self._flushed_at.get(trial_id, -math.inf) >= self._flush_s:
             self.flush(trial_id)
@@ -139,48 +194,54 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
         with self._lock:
             pending = self._mine(trial_id)
-            if pending is None:
-                return self._inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            if pending is None:  # not a trial we run: straight to the database, then read again
+                self._drop_reads()
+                return self._rdb.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            self._check_distribution(self._study_of[trial_id], param_name, distribution)
             pending.params[param_name] = (param_value_internal, distribution)
-            mine = self._mine_now[trial_id]
+            mine = self._writable(trial_id)
             mine.params[param_name] = distribution.to_external_repr(param_value_internal)
             mine.distributions[param_name] = distribution
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._lock:
             pending = self._mine(trial_id)
-            if pending is None:
-                return self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
+            if pending is None:  # not a trial we run: straight to the database, then read again
+                self._drop_reads()
+                return self._rdb.set_trial_intermediate_value(trial_id, step, intermediate_value)
             pending.intermediate[step] = intermediate_value
-            self._mine_now[trial_id].intermediate_values[step] = intermediate_value
+            self._writable(trial_id).intermediate_values[step] = intermediate_value
             self._maybe_flush(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
             pending = self._mine(trial_id)
-            if pending is None:
-                return self._inner.set_trial_user_attr(trial_id, key, value)
+            if pending is None:  # not a trial we run: straight to the database, then read again
+                self._drop_reads()
+                return self._rdb.set_trial_user_attr(trial_id, key, value)
             pending.user_attrs[key] = value
-            self._mine_now[trial_id].user_attrs[key] = value
+            self._writable(trial_id).user_attrs[key] = value
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
             pending = self._mine(trial_id)
-            if pending is None:
-                return self._inner.set_trial_system_attr(trial_id, key, value)
+            if pending is None:  # not a trial we run: straight to the database, then read again
+                self._drop_reads()
+                return self._rdb.set_trial_system_attr(trial_id, key, value)
             pending.system_attrs[key] = value
-            self._mine_now[trial_id].system_attrs[key] = value
+            self._writable(trial_id).system_attrs[key] = value
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
-            self._views.clear()
+            self._drop_views()
             if state == TrialState.RUNNING and trial_id not in self._pending:
                 # a queued trial this worker takes: running, with its first beat and its worker,
                 # in one transaction (a kill right after still leaves a trial that turns stale)
                 self._snapshot.clear()
-                if not start_queued(self._rdb, trial_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by):
+                study_id = start_queued(self._rdb, trial_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by)
+                if study_id is None:
                     return False
-                self.own(self._inner.get_trial(trial_id))
+                self.own(self._inner.get_trial(trial_id), study_id)
                 return True
             if not (state.is_finished() and trial_id in self._pending):
                 self._snapshot.clear()
@@ -188,8 +249,10 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             # our trial ends: its buffered writes, values and state in one transaction
             final = Final(state, list(values) if values is not None else None, datetime.now())
             write_trial(self._rdb, trial_id, self._pending[trial_id], final)
-            del self._pending[trial_id], self._flushed_at[trial_id]
-            trial = self._mine_now.pop(trial_id)
+            del self._pending[trial_id], self._flushed_at[trial_id], self._study_of[trial_id]
+            trial = self._writable(trial_id)
+            self._handed.discard(trial_id)
+            del self._mine_now[trial_id]
             trial.state, trial.values, trial.datetime_complete = final.state, final.values, final.when
             self._finished[trial_id] = trial
             if len(self._finished) > self.FINISHED_KEPT:
@@ -231,12 +294,20 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             if time.monotonic() - taken > self._refresh_s:
                 trials = list(self._inner.get_all_trials(study_id, deepcopy=False))  # ours: it grows
                 self._snapshot[study_id] = (time.monotonic(), trials)
-                self._views.clear()
+                self._drop_views()
             key = (study_id, None if states is None else tuple(states))
             view = self._views.get(key)
             if view is None:
-                view = self._views[key] = [t for t in map(self._overlay, trials) if states is None or t.state in states]
+                view, positions = [], {}
+                for t in map(self._overlay, trials):
+                    if states is None or t.state in states:
+                        if t._trial_id in self._mine_now:
+                            positions[t._trial_id] = len(view)
+                        view.append(t)
+                self._views[key], self._view_pos[key] = view, positions
             out = list(view)  # the caller's to change
+            if not deepcopy:  # the caller holds our running trials now: the next write copies them
+                self._handed.update(self._view_pos[key])
         return copy.deepcopy(out) if deepcopy else out
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
@@ -260,7 +331,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def delete_study(self, study_id: int) -> None:
         self._inner.delete_study(study_id)
-        self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
+        with self._lock:  # its id may be given to the next new study (SQLite reuses them)
+            self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
+            self._dists = {key: d for key, d in self._dists.items() if key[0] != study_id}
+            self._no_waiting.discard(study_id)
+            self._reserved.pop(study_id, None)
+            self._drop_reads()
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._inner.set_study_user_attr(study_id, key, value)
@@ -292,8 +368,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         if template_trial is not None:  # a queued or copied trial, not one this worker runs now
-            self._snapshot.clear()
-            self._views.clear()
+            with self._lock:
+                self._drop_reads()
             return self._inner.create_new_trial(study_id, template_trial)
         # Study.ask starting a trial for this worker: the one its claim created (see claim), else
         # one created now, with its first heartbeat; owned from here on
@@ -316,11 +392,11 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             intermediate_values={},
             trial_id=trial_id,
         )
-        self.own(trial)
+        self.own(trial, study_id)
         with self._lock:  # the snapshot stays current with this worker's trials, so samplers see them
             if study_id in self._snapshot:
                 self._snapshot[study_id][1].append(trial)
-            self._views.clear()
+            self._drop_views()
         return trial_id
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
@@ -39,6 +39,7 @@ __all__ = [
     "count_states",
     "create_running",
     "fail_running",
+    "param_distribution",
     "progress",
     "running_trials",
     "stale_trial_ids",
@@ -301,12 +302,12 @@ def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str)
     return True
 
 
-def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: bool, user_attrs: dict[str, Any]) -> bool:
+def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: bool, user_attrs: dict[str, Any]) -> int | None:
     """A queued (WAITING) trial becomes RUNNING with its start, its first heartbeat and
     `user_attrs` (the worker that claims it), in one transaction: a worker killed a moment later
-    leaves a trial whose heartbeat ages, never one that stale detection cannot see. As Optuna's
-    set_trial_state_values: False if another worker took it first, UpdateFinishedTrialError if it
-    has finished."""
+    leaves a trial whose heartbeat ages, never one that stale detection cannot see. Returns its
+    study's id; as Optuna's set_trial_state_values, None (False there) if another worker took it
+    first, and UpdateFinishedTrialError if it has finished."""
     with _transaction(rdb) as cur:
         guard = cur.execute(
             f"UPDATE trials SET state = '{_RUNNING}', datetime_start = ? WHERE trial_id = ? AND state = 'WAITING'",
@@ -317,12 +318,24 @@ def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: b
             if row is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises if it has finished
-            return False
+            return None
+        study_id = cur.execute("SELECT study_id FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
         if heartbeat:
             cur.execute("DELETE FROM trial_heartbeats WHERE trial_id = ?", (trial_id,))
             cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", (trial_id,))
         _replace_attrs(cur, "trial_user_attributes", trial_id, user_attrs)
-    return True
+    return int(study_id)
+
+
+def param_distribution(rdb: optuna.storages.RDBStorage, study_id: int, name: str) -> BaseDistribution | None:
+    """The distribution the study's trials already use for parameter `name`, if any has one."""
+    with _transaction(rdb) as cur:
+        row = cur.execute(
+            "SELECT p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id "
+            "WHERE t.study_id = ? AND p.param_name = ? LIMIT 1",
+            (study_id, name),
+        ).fetchone()
+    return None if row is None else json_to_distribution(row[0])
 
 
 def _replace_attrs(cur: _Cursor, table: str, trial_id: int, attrs: dict[str, Any]) -> None:

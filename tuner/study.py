@@ -180,7 +180,7 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     # worker so that parallel workers do not sample the same points.
     n_existing = sum(count_states(storage, bare._study_id).values())
     # Trials this worker runs write through a buffer: one transaction per trial, not one per value.
-    buffered = BufferedStorage(bare._storage, storage)
+    buffered = BufferedStorage(bare._storage, storage, claimed_by={sql.WORKER_ATTR: worker_identity()})
     study = optuna.load_study(
         study_name=name,
         storage=buffered,
@@ -360,9 +360,7 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = study.ask()
-    if isinstance(study._storage, BufferedStorage):
-        study._storage.own(trial._cached_frozen_trial)
-    else:  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
+    if not isinstance(study._storage, BufferedStorage):  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
         trial.set_user_attr(sql.WORKER_ATTR, worker_identity())
     return "trial", trial
 
