@@ -28,7 +28,6 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, check_distribution_compatibility
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.sql import (
@@ -41,7 +40,6 @@ from tuner.sql import (
     count_states,
     create_running,
     param_distribution,
-    stale_trial_ids,
     start_queued,
     write_trial,
 )
@@ -63,7 +61,7 @@ def _copy(trial: FrozenTrial) -> FrozenTrial:
     return out
 
 
-class BufferedStorage(BaseStorage, BaseHeartbeat):
+class BufferedStorage(BaseStorage):
     def __init__(
         self,
         inner: BaseStorage,
@@ -415,7 +413,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def remove_session(self) -> None:
         self._inner.remove_session()
 
-    # heartbeats: the dead-worker detection works on the database as it is
+    # heartbeats: tuner's Heartbeat thread beats through here; lost workers are found on the
+    # database as it is (tuner.study.fail_lost), not through Optuna's heartbeat machinery
     def record_heartbeat(self, trial_id: int) -> None:
         with self._lock:
             pending = self._pending.get(trial_id)
@@ -423,14 +422,5 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 self._maybe_flush(trial_id)
         self._inner.record_heartbeat(trial_id)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # plain SQL: Optuna's ORM query costs ~1.5 ms the first time a worker asks
-        interval, grace = self._rdb.heartbeat_interval, self._rdb.grace_period
-        assert interval is not None, "stale trials are looked for only with heartbeats on"
-        return stale_trial_ids(self._rdb, study_id, grace_s=grace if grace is not None else 2 * interval)
-
     def get_heartbeat_interval(self) -> int | None:
         return self._inner.get_heartbeat_interval()
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        return self._inner.get_heartbeat_stale_trial_callback()

@@ -6,7 +6,8 @@ configuration durable, finish, progress), which made SQLAlchemy's share most of 
 service time. So these statements go to the cursor of a connection checked out from the storage's
 own engine (its pool, its SQLite pragmas, its commit and rollback), as plain SQL over Optuna's
 tables, storing values exactly as Optuna's models do: enums by name, JSON as text, SQLite
-datetimes as SQLAlchemy's strings. Everything else stays with Optuna's RDBStorage.
+datetimes as SQLAlchemy's strings. Everything else stays with Optuna's RDBStorage. These statements
+run only where tuner._compat finds the schema they were written for (tuner.storage.sql_rdb).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
+
+from tuner._compat import optuna_paths
 
 __all__ = [
     "Created",
@@ -316,7 +318,7 @@ def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: b
         if guard.rowcount != 1:
             row = cur.execute("SELECT state FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
-                raise KeyError(models.NOT_FOUND_MSG)
+                raise KeyError(optuna_paths().not_found_msg)
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises if it has finished
             return None
         study_id = cur.execute("SELECT study_id FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()[0]
@@ -420,7 +422,7 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
         if guard.rowcount != 1:
             row = cur.execute("SELECT state FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
-                raise KeyError(models.NOT_FOUND_MSG)
+                raise KeyError(optuna_paths().not_found_msg)
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises: the trial has finished
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {row[0]}, not RUNNING: not updated")
         cur.executemany(
@@ -429,7 +431,7 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
         )
         rows = []
         for step, value in pending.intermediate.items():
-            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+            stored, kind = optuna_paths().intermediate_repr(value)
             rows.append((trial_id, step, stored, kind.name))
         cur.executemany(
             "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?, ?, ?, ?)", rows
@@ -442,6 +444,6 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
         if final is not None and final.values:
             rows = []
             for objective, value in enumerate(final.values):
-                stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                stored, kind = optuna_paths().value_repr(value)
                 rows.append((trial_id, objective, stored, kind.name))
             cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", rows)

@@ -7,7 +7,8 @@ kernel or a few tensor operations. `direct_step` gives a function that does to t
 the optimizer's state exactly what the optimizer's own step does (tests/test_steps.py compares them
 bit for bit), reading the group's hyperparameters at every step, since schedules change them. Where
 it does not apply (several parameters, options it does not cover, an optimizer not listed) it gives
-None and the optimizer's own step runs. The first step is always the optimizer's own.
+None and the optimizer's own step runs; so it does where a torch name it calls is missing (the
+private kernels are resolved in tuner._compat). The first step is always the optimizer's own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from tuner._compat import torch_paths
 
 __all__ = ["direct_step"]
 
@@ -26,7 +29,12 @@ Kernel = Callable[[dict[str, Any]], bool]  # one step given the parameter's stat
 def _adam(optimizer: torch.optim.Adam, group: dict[str, Any], p: torch.Tensor) -> Kernel | None:
     if not group.get("fused") or group["amsgrad"]:
         return None
-    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    # AdamW decouples its weight decay: known from its class on every torch (the group key that
+    # says so of an Adam is recent)
+    decoupled = isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
+    kernel = torch_paths().fused_adamw if decoupled else torch_paths().fused_adam
+    if kernel is None:
+        return None
 
     def step(state: dict[str, Any]) -> bool:
         if not state:
@@ -44,14 +52,15 @@ def _adam(optimizer: torch.optim.Adam, group: dict[str, Any], p: torch.Tensor) -
 
 
 def _adagrad(optimizer: torch.optim.Adagrad, group: dict[str, Any], p: torch.Tensor) -> Kernel | None:
-    if not group.get("fused"):
+    kernel = torch_paths().fused_adagrad
+    if not group.get("fused") or kernel is None:
         return None
 
     def step(state: dict[str, Any]) -> bool:
         if not state:
             return False
         state["step"].add_(1)
-        torch._fused_adagrad_(
+        kernel(
             [p], [p.grad], [state["sum"]], [state["step"]], lr=group["lr"], lr_decay=group["lr_decay"],
             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
@@ -117,19 +126,22 @@ _MAKERS: dict[type, Callable[[Any, dict[str, Any], torch.Tensor], Kernel | None]
 }
 
 
-def _global_hooks() -> bool:
-    from torch.optim import optimizer
-
-    return bool(optimizer._global_optimizer_pre_hooks or optimizer._global_optimizer_post_hooks)
+def _hooked(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a step hook is registered (its own or a global one), or that cannot be seen: then
+    step() must run, since skipping it would skip the hooks."""
+    registries = torch_paths().global_hooks
+    if registries is None:
+        return True
+    return any(registries) or bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks)
 
 
 def direct_step(optimizer: torch.optim.Optimizer) -> Step | None:
     """The optimizer's step on its one parameter, without torch.optim's per-call Python, or None
-    where this module does not cover the optimizer or its options (see the module's docstring)."""
+    where this module does not cover the optimizer or its options (see the module's docstring),
+    or the torch names it needs are missing (tuner._compat)."""
     make = _MAKERS.get(type(optimizer))
     groups = optimizer.param_groups
-    hooked = optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or _global_hooks()
-    if make is None or hooked or len(groups) != 1 or len(groups[0]["params"]) != 1:
+    if make is None or _hooked(optimizer) or len(groups) != 1 or len(groups[0]["params"]) != 1:
         return None
     group, p = groups[0], groups[0]["params"][0]
     if p.is_sparse or p.is_complex() or group.get("maximize") or group.get("differentiable") or group.get("capturable") or group.get("foreach"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import sqlite3
 import warnings
@@ -22,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "mask", "open_storage", "progress", "rdb_of", "resolve_url"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_trials", "sql_rdb"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 # Files attached to studies (retrained models) live here, linked from the dashboard.
@@ -86,9 +87,11 @@ def heartbeat_settings() -> tuple[int, int]:
 def _read_migrations_once() -> None:
     """Opening an RDB storage, Optuna reads its schema's migration scripts (40 modules declaring
     their own models) up to three times: ~50 ms a storage. The scripts cannot change while this
-    process runs, so the first reading serves every later one. Left alone if Optuna changes shape."""
-    manager = getattr(getattr(optuna.storages, "_rdb", None), "storage", None)
-    manager = getattr(manager, "_VersionManager", None)
+    process runs, so the first reading serves every later one (where tuner._compat finds the
+    reader; otherwise Optuna reads them as it always does)."""
+    from tuner._compat import optuna_paths
+
+    manager = optuna_paths().alembic_reader
     read = getattr(manager, "_create_alembic_script", None)
     if read is None or getattr(read, "shared", False):
         return
@@ -216,14 +219,60 @@ def rdb_of(storage: Any) -> Any:
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
+def sql_rdb(storage: Any) -> Any:
+    """The RDBStorage under `storage` where tuner's own SQL may run on it (tuner._compat: the
+    names it needs are there and the schema is the one it was written for), else None."""
+    from tuner._compat import sql_ok
+
+    rdb = rdb_of(storage)
+    return rdb if rdb is not None and sql_ok(rdb) else None
+
+
 def count_states(storage: Any, study_id: int) -> Counter[Any]:
     """Trials per state in one aggregate query, instead of loading every trial to count them."""
     from tuner import sql
 
-    rdb = rdb_of(storage)
+    rdb = sql_rdb(storage)
     if rdb is None:
         return Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False))
     return sql.count_states(rdb, study_id)
+
+
+def running_trials(storage: Any, study_id: int) -> list[Any]:
+    """The study's RUNNING trials with their worker and how long each has been silent (see
+    tuner.sql.running_trials). Where tuner's SQL is off, from Optuna's own reads: a trial's
+    silence is then known only as past the grace period (Optuna's stale query, where there is
+    one) or not known."""
+    from optuna.trial import TrialState
+
+    from tuner import sql
+    from tuner._compat import optuna_paths
+
+    rdb = sql_rdb(storage)
+    if rdb is not None:
+        return sql.running_trials(rdb, study_id)
+    under, stale_query = rdb_of(storage), optuna_paths().stale_query
+    stale = set(stale_query(under, study_id)) if under is not None and stale_query is not None and under.heartbeat_interval else set()
+    return [
+        sql.Running(t._trial_id, t.number, t.datetime_start, None, math.inf if t._trial_id in stale else None, t.user_attrs.get(sql.WORKER_ATTR))
+        for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    ]
+
+
+def fail_running(storage: Any, trial_id: int, *, reason: str) -> bool:
+    """Fail a RUNNING trial with `reason` recorded; False if it is no longer running."""
+    from optuna.trial import TrialState
+
+    from tuner import sql
+
+    rdb = sql_rdb(storage)
+    if rdb is not None:
+        return sql.fail_running(rdb, trial_id, reason=reason)
+    try:  # two writes on Optuna's road: a trial that finishes in between keeps its own end
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def progress(storage: Any, study_id: int, direction: Any) -> tuple[int, float | None]:
@@ -235,7 +284,7 @@ def progress(storage: Any, study_id: int, direction: Any) -> tuple[int, float | 
     from tuner import sql
 
     maximize = direction == StudyDirection.MAXIMIZE
-    rdb = rdb_of(storage)
+    rdb = sql_rdb(storage)
     if rdb is not None:
         return sql.progress(rdb, study_id, maximize=maximize)
     trials = storage.get_all_trials(study_id, deepcopy=False)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.study._tell import _tell_with_warning  # Study.tell's body, without its final deep copy
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import DivergedError, SpaceError, SpecError, StorageError, TunerError
@@ -34,9 +33,20 @@ from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
 from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, StudySpec
 from tuner import sql
+from tuner._compat import optuna_paths
 from tuner.buffered import BufferedStorage
 from tuner.heartbeat import Heartbeat, describe, process_gone, worker_identity
-from tuner.storage import StudyLock, count_states, heartbeat_settings, mask, open_storage, progress, rdb_of
+from tuner.storage import (
+    StudyLock,
+    count_states,
+    fail_running,
+    heartbeat_settings,
+    mask,
+    open_storage,
+    progress,
+    running_trials as _running,
+    sql_rdb,
+)
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
 
 __all__ = [
@@ -179,11 +189,14 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     # a resumed run does not replay the random start-up points of the first run, and differs per
     # worker so that parallel workers do not sample the same points.
     n_existing = sum(count_states(storage, bare._study_id).values())
-    # Trials this worker runs write through a buffer: one transaction per trial, not one per value.
-    buffered = BufferedStorage(bare._storage, storage, claimed_by={sql.WORKER_ATTR: worker_identity()})
+    # Trials this worker runs write through a buffer: one transaction per trial, not one per value
+    # (where tuner's SQL fits Optuna's schema; else Optuna's own storage, a transaction per write).
+    chosen: Any = bare._storage
+    if sql_rdb(storage) is not None:
+        chosen = BufferedStorage(bare._storage, storage, claimed_by={sql.WORKER_ATTR: worker_identity()})
     study = optuna.load_study(
         study_name=name,
-        storage=buffered,
+        storage=chosen,
         sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
         pruner=make_pruner(spec.pruner),
     )
@@ -370,22 +383,23 @@ def lost_reason(running: sql.Running, grace_s: float) -> str | None:
     if process_gone(running.worker):
         return f"lost its worker: process {describe(running.worker)} is gone"
     if running.silent_s is not None and running.silent_s > grace_s:
-        return f"lost its worker: no heartbeat for {running.silent_s:.0f}s (grace {grace_s:g}s)"
+        return f"lost its worker: no heartbeat for {_silence(running.silent_s)} (grace {grace_s:g}s)"
     return None
+
+
+def _silence(seconds: float) -> str:
+    return f"{seconds:.0f}s" if math.isfinite(seconds) else "longer than the grace period"
 
 
 def fail_lost(study: optuna.Study) -> list[int]:
     """Fail the running trials whose workers are gone (silent past the grace period, or a process
     of this host that no longer exists), each with its reason, and queue each again up to the
     study's retries. Returns the numbers of the trials failed."""
-    rdb = rdb_of(study._storage)
-    if rdb is None:
-        return []
     _, grace = heartbeat_settings()
     failed = []
-    for running in sql.running_trials(rdb, study._study_id):
+    for running in _running(study._storage, study._study_id):
         reason = lost_reason(running, grace)
-        if reason is not None and sql.fail_running(rdb, running.trial_id, reason=reason):
+        if reason is not None and fail_running(study._storage, running.trial_id, reason=reason):
             _requeue(study, study._storage.get_trial(running.trial_id), f"trial {running.number} {reason}")
             failed.append(running.number)
     return failed
@@ -394,12 +408,9 @@ def fail_lost(study: optuna.Study) -> list[int]:
 def running_trials(study: optuna.Study) -> list[dict[str, Any]]:
     """The study's running trials: who runs each, how long since its last heartbeat, and in how
     many seconds it will be declared lost if it stays silent (0: at the next look)."""
-    rdb = rdb_of(study._storage)
-    if rdb is None:
-        return []
     _, grace = heartbeat_settings()
     rows = []
-    for r in sql.running_trials(rdb, study._study_id):
+    for r in _running(study._storage, study._study_id):
         gone = process_gone(r.worker)
         lost_in = 0.0 if gone else (max(0.0, grace - r.silent_s) if r.silent_s is not None else None)
         rows.append(
@@ -423,15 +434,12 @@ def release_trials(loaded: Loaded, *, numbers: list[int] | None = None, stale: b
     is written: a trial that is not running, or whose worker is alive on this host (unless
     `force`), is refused."""
     study, name = loaded.study, loaded.spec.name
-    rdb = rdb_of(study._storage)
-    if rdb is None:
-        raise StorageError(f"study '{name}': releasing trials needs an SQL storage")
     interval, _ = heartbeat_settings()
     lock = StudyLock(loaded.url, name)
     released = []
     try:
         with lock.held():  # no claim counts the study between a trial's failure and its copy
-            running = {r.number: r for r in sql.running_trials(rdb, study._study_id)}
+            running = {r.number: r for r in _running(study._storage, study._study_id)}
             if stale:
                 chosen = [r for r in running.values() if process_gone(r.worker) or (r.silent_s or 0.0) > 2 * interval]
             else:
@@ -449,9 +457,9 @@ def release_trials(loaded: Loaded, *, numbers: list[int] | None = None, stale: b
                     chosen.append(r)
             for r in chosen:
                 gone = process_gone(r.worker)
-                state = "gone" if gone else (f"silent {r.silent_s:.0f}s" if r.silent_s is not None else "no heartbeat")
+                state = "gone" if gone else (f"silent {_silence(r.silent_s)}" if r.silent_s is not None else "silence unknown")
                 reason = f"released by hand (tuner study release): worker {describe(r.worker)} {state}"
-                if sql.fail_running(rdb, r.trial_id, reason=reason):
+                if fail_running(study._storage, r.trial_id, reason=reason):
                     queued = _requeue(study, study._storage.get_trial(r.trial_id), f"trial {r.number} {reason}")
                     released.append({"number": r.number, "worker": describe(r.worker), "reason": reason, "queued_again": queued})
     finally:
@@ -477,9 +485,10 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: st
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
     """Study.tell, less the deep copy of the finished trial it returns where tuner's storage
     already hands out a copy of its own (a deep copy of a trial's attributes costs ~0.2 ms)."""
-    if not isinstance(study._storage, BufferedStorage):
+    tell = optuna_paths().tell
+    if tell is None or not isinstance(study._storage, BufferedStorage):
         return study.tell(trial, value, state=state)
-    _tell_with_warning(study, trial, value, state)
+    tell(study, trial, value, state)
     return study._storage.get_trial(trial._trial_id)
 
 

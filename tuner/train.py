@@ -55,7 +55,7 @@ OPTIMIZER_FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # quasi-Newton; L-BFGS has no weight_decay argument, so its L2 is added to the loss instead
     "lbfgs": lambda p, c: torch.optim.LBFGS(p, lr=c.lr, history_size=c.lbfgs_history, max_iter=4),
 }
-FUSED = frozenset({"adagrad", "adam", "adamw"})
+FUSED = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW"}  # tuner's name -> torch.optim's class
 assert tuple(OPTIMIZER_FACTORIES) == OPTIMIZERS
 
 
@@ -330,7 +330,9 @@ def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
 
 def _fast(optimizer: str, device: torch.device) -> dict[str, Any]:
     """The options that make `optimizer` one fused kernel a step, where torch has one for the device."""
-    return {"fused": True} if optimizer in FUSED and device.type in ("cpu", "cuda") else {}
+    from tuner._compat import fused_ok
+
+    return {"fused": True} if optimizer in FUSED and fused_ok(FUSED[optimizer], device.type) else {}
 
 
 _WARMED: set[str] = set()  # devices this process has warmed up

@@ -16,7 +16,7 @@ from tuner.cli import bench as bench_cli
 from tuner.cli import report as report_cli
 from tuner.cli import space as space_cli
 from tuner.cli import study as study_cli
-from tuner.cli.common import StorageOpt, console_err
+from tuner.cli.common import Format, FormatOpt, StorageOpt, console_err, print_json
 from tuner.errors import TunerError
 from tuner.storage import DEFAULT_ARTIFACTS
 
@@ -38,11 +38,38 @@ app.add_typer(space_cli.app, name="space")
 app.add_typer(study_cli.app, name="study")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from tuner import __version__
+
+        typer.echo(f"tuner {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print tuner's version and exit.")
+    ] = False,
 ) -> None:
     """tuner: define a search space, run a study, read the best configuration."""
+
+
+@app.command()
+def doctor(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """Versions, devices, and which fast paths under torch and Optuna are on (and why not)."""
+    from tuner.doctor import diagnose
+
+    d = diagnose(storage)
+    if fmt == Format.json:
+        print_json(d)
+        return
+    typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
+    typer.echo(f"devices: {d['devices']}")
+    typer.echo(f"storage: {d['storage']}")
+    for p in d["fast_paths"]:
+        typer.echo(f"  on   {p['name']}: {p['detail']}" if p["on"] else f"  off  {p['name']}: {p['detail']} -> {p['fallback']}")
 
 
 app.command("worker")(study_cli.worker)
