@@ -340,3 +340,13 @@ def test_postgresql_storage_runs_and_resumes_a_study(project, pg_url):
     assert run_study(reopened, device="cpu").n_finished == 4
     assert [r["trials"] for r in list_studies(pg_url)] == [4]
     assert not Path("studies/tuner.db").exists()
+
+
+def test_a_budget_change_is_said_and_can_be_raised_back(project, cli):
+    assert cli("study", "run", "b", "--space", "tiny", "--trials", "3", "-q").code == 0
+    lowered = cli("study", "run", "b", "--trials", "2", "-q")
+    assert lowered.code == 0 and "study 'b': budget 3 -> 2 finished trials" in lowered.err
+    raised = cli("study", "resume", "b", "--trials", "4", "-q")
+    assert raised.code == 0 and "study 'b': budget 2 -> 4 finished trials" in raised.err and "4/4 finished" in raised.out
+    same = cli("study", "resume", "b", "--trials", "4", "-q")
+    assert same.code == 0 and "budget" not in same.err

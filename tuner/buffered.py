@@ -414,7 +414,7 @@ class BufferedStorage(BaseStorage):
         self._inner.remove_session()
 
     # heartbeats: tuner's Heartbeat thread beats through here; lost workers are found on the
-    # database as it is (tuner.study.fail_lost), not through Optuna's heartbeat machinery
+    # database as it is (tuner.study.lost), not through Optuna's heartbeat machinery
     def record_heartbeat(self, trial_id: int) -> None:
         with self._lock:
             pending = self._pending.get(trial_id)

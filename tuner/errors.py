@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "WorkloadError", "DivergedError", "ReportError"]
+__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "NoStorageError", "WorkloadError", "DivergedError", "ReportError"]
 
 
 class TunerError(Exception):
@@ -19,6 +19,10 @@ class SpecError(TunerError):
 
 class StorageError(TunerError):
     """A storage URL is malformed or unreachable, or a study is missing from it."""
+
+
+class NoStorageError(StorageError):
+    """The storage does not exist yet (a SQLite file not created): no study is in it."""
 
 
 class WorkloadError(TunerError):

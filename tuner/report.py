@@ -37,7 +37,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import ReportError
-from tuner.study import Loaded, fail_reason, study_summary
+from tuner.study import Loaded, best_trial, fail_reason, study_summary
 
 __all__ = ["DIAGNOSTICS", "Plot", "Report", "build_report", "summary_text"]
 
@@ -107,7 +107,7 @@ def build_report(loaded: Loaded, out_dir: Path) -> Report:
     summary = _summarize(loaded, trials)
     minimize = loaded.spec.direction == "minimize"
     metric = loaded.spec.metric
-    best = _best_trial(loaded)
+    best = best_trial(loaded.study)
     drawers: list[tuple[str, str, Callable[[], Figure]]] = [
         ("history.png", "Optimization history", lambda: _plot_history(trials, metric=metric, minimize=minimize)),
         ("importances.png", "Parameter importances", lambda: _plot_importances(summary)),
@@ -156,14 +156,6 @@ def _write(path: Path, data: bytes) -> None:
         raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _best_trial(loaded: Loaded) -> FrozenTrial | None:
-    """Optuna's pick, so that the report agrees with `tuner study best` on ties."""
-    try:
-        return loaded.study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
-
-
 def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
 
@@ -174,7 +166,7 @@ def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def _summarize(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
     base = study_summary(loaded, loaded.url)
-    best = _best_trial(loaded)
+    best = best_trial(loaded.study)
     importances, importance_note = _importances(loaded, trials)
     return {
         "name": base["name"],

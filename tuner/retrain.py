@@ -19,7 +19,7 @@ from torch import nn
 from tuner.errors import SpecError, TunerError
 from tuner.params import TrainConfig
 from tuner.storage import DEFAULT_ARTIFACTS
-from tuner.study import Loaded, _quiet_optuna, set_threads, trial_workload
+from tuner.study import Loaded, quiet_optuna, set_threads, trial_workload
 from tuner.train import _evaluate, _scale, resolve_device, train
 from tuner.workloads.data import Dataset, load_workload, parse_workload
 from tuner.workloads.models import build_model
@@ -58,7 +58,7 @@ def retrain_best(
     artifacts_dir: Path = DEFAULT_ARTIFACTS,
     threads: int | None = None,
 ) -> Retrained:
-    _quiet_optuna()
+    quiet_optuna()
     study, spec = loaded.study, loaded.spec
     try:
         best = study.best_trial

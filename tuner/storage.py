@@ -21,7 +21,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
-from tuner.errors import StorageError
+from tuner.errors import NoStorageError, StorageError
 
 __all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_trials", "sql_rdb"]
 
@@ -110,14 +110,14 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
     """Open an RDB storage; without `create`, a missing SQLite file is an error rather than a new file.
 
     Heartbeats are on: tuner's workers beat for their trials, and a trial whose worker died is
-    failed and queued again (tuner.study's claim looks for them)."""
+    failed and queued again (tuner.study.lost, at each claim)."""
     parsed = _parse(url)
     engine_kwargs: dict = {}
     path = sqlite_path(url)
     if path is not None:
         if not path.exists():
             if not create:
-                raise StorageError(f"no studies yet: {path} does not exist (`tuner study run` creates it), or pass --storage")
+                raise NoStorageError(f"no studies yet: {path} does not exist (`tuner study run` creates it), or pass --storage")
             path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}

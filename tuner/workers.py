@@ -1,7 +1,7 @@
 """Several workers on one study: K local processes, each a `tuner worker`, sharing the storage.
 
 The distributed engine is the database: every worker claims trials under the study lock (see
-tuner.study._claim), so a worker started here, on another host (`tuner worker NAME --storage
+tuner.study.run), so a worker started here, on another host (`tuner worker NAME --storage
 URL`) or both, shares one budget and one grid. This module only starts, watches and stops them.
 """
 

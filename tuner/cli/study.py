@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
-from tuner.errors import SpecError, StorageError
+from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import DEFAULT_ARTIFACTS, mask, resolve_url
@@ -57,19 +57,6 @@ def _spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str
     if not merged.get("space"):
         raise SpecError(f"study '{merged['name']}' needs a search space: pass --space NAME (see `tuner space list`) or --spec FILE")
     return StudySpec.from_dict(merged, source=str(spec_file) if spec_file else "options")
-
-
-def _study_exists(name: str, url: str) -> bool:
-    import optuna
-
-    from tuner.storage import open_storage
-
-    try:
-        return name in optuna.get_all_study_names(open_storage(url))
-    except StorageError as e:
-        if str(e).startswith("no studies yet"):
-            return False
-        raise
 
 
 @app.command()
@@ -120,7 +107,7 @@ def run(
     spaces_dir: SpacesDirOpt = SPACES_DIR,
 ) -> None:
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
-    from tuner.study import create_study, open_study, reconcile
+    from tuner.study import prepare_run
     from tuner.train import resolve_device
 
     resolve_device(device)  # a bad --device fails before anything is written
@@ -130,19 +117,9 @@ def run(
     study_name = name or (given.name if given else None)
     if not study_name:
         raise SpecError("give the study a NAME (or a --spec file with `name:`)")
-    if _study_exists(study_name, url):
-        loaded = open_study(study_name, url)
-        file_values = load_spec(spec).as_dict() if spec else {}
-        new_spec = reconcile(loaded, {**file_values, **options}, spaces_dir=spaces_dir)
-        if new_spec.trials != loaded.spec.trials:
-            from tuner.study import SPEC_ATTR
-
-            loaded.study.set_user_attr(SPEC_ATTR, new_spec.as_dict())
-            loaded.spec = new_spec
-    else:
-        if given is None:
-            raise SpecError(f"no study '{study_name}' in {mask(url)} yet; to create it pass --space NAME (or --spec FILE)")
-        loaded = create_study(given, url, spaces_dir=spaces_dir)
+    file_values = load_spec(spec).as_dict() if spec else {}
+    loaded, change = prepare_run(study_name, url, given=given, settings={**file_values, **options}, spaces_dir=spaces_dir)
+    _say_budget(loaded.spec.name, change)
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 
 
@@ -159,16 +136,19 @@ def resume(
     storage: StorageOpt = None,
 ) -> None:
     """Continue a study from the database with its stored space, sampler, pruner and budget."""
-    from tuner.study import SPEC_ATTR, open_study
+    from tuner.study import open_study, set_budget
     from tuner.train import resolve_device
 
     resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url)
-    if trials and trials != loaded.spec.trials:
-        loaded.spec = dataclasses.replace(loaded.spec, trials=trials)
-        loaded.study.set_user_attr(SPEC_ATTR, loaded.spec.as_dict())
+    _say_budget(name, set_budget(loaded, trials))
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
+
+
+def _say_budget(name: str, change: Optional[tuple[int, int]]) -> None:
+    if change is not None:
+        console_err.print(f"study '{name}': budget {change[0]} -> {change[1]} finished trials", markup=False, highlight=False)
 
 
 def _run(
@@ -351,14 +331,14 @@ def best(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The best trial: value, parameters and its training record; --retrain saves its model."""
-    from tuner.study import _trial_dict, open_study
+    from tuner.study import open_study, trial_dict
 
     loaded = open_study(name, resolve_url(storage))
     try:
         trial = loaded.study.best_trial
     except ValueError:
         raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
-    d = _trial_dict(trial)
+    d = trial_dict(trial)
     if retrain:
         from tuner.retrain import retrain_best
 

@@ -1,0 +1,304 @@
+"""A worker's run: claim a trial under the study lock, run it with a heartbeat, record how it
+ended, until the study holds its budget; signals close the running trial first."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import sql
+from tuner._compat import optuna_paths
+from tuner.buffered import BufferedStorage
+from tuner.errors import TunerError
+from tuner.heartbeat import Heartbeat, worker_identity
+from tuner.spec import DEFAULT_TRIALS
+from tuner.storage import StudyLock, count_states, heartbeat_settings, progress
+from tuner.study.lost import fail_lost, requeue, running_trials
+from tuner.study.objective import make_objective
+from tuner.study.results import best_trial
+from tuner.study.store import Loaded, quiet_optuna
+
+__all__ = ["FINISHED", "MAX_CONSECUTIVE_FAILURES", "Interrupted", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
+
+MAX_CONSECUTIVE_FAILURES = 5  # identical failures in a row stop the study instead of burning its budget
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PROGRESS_S = 1.0  # the progress callback's figures are read from the database at most this often
+POLL_S = 1.0  # how often a worker with nothing to claim looks again (others' trials may fail)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the current trial is closed and re-queued, then the process exits."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
+
+
+@dataclass
+class RunResult:
+    name: str
+    budget: int
+    n_finished: int
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    elapsed_s: float
+    stopped: str  # budget | grid_exhausted | timeout
+    ran: int  # trials this invocation ran
+    failures: list[str] = field(default_factory=list)
+
+
+def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
+    """Under the study lock: free the trials of dead workers, then start one trial if the budget
+    allows it. Queued trials (grid points, re-queued copies) are taken first, so with K workers
+    the study ends with exactly `budget` finished trials and each grid point runs once."""
+    study = loaded.study
+    if look_for_stale:
+        fail_lost(study)
+
+    def decide(states: Counter[TrialState]) -> str:
+        finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
+        if finished >= budget:
+            return "budget"
+        if finished + running >= budget:
+            return "wait"  # a running trial may still fail and free its place
+        if loaded.spec.sampler == "grid" and waiting == 0:
+            return "wait" if running else "grid_exhausted"
+        return "trial"
+
+    if isinstance(study._storage, BufferedStorage):  # counted and, if a trial is due, created at once
+        states = study._storage.claim(study._study_id, lambda counts: decide(counts) == "trial")
+    else:
+        states = count_states(study._storage, study._study_id)
+    decision = decide(states)
+    if decision != "trial":
+        return decision, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    if not isinstance(study._storage, BufferedStorage):  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
+        trial.set_user_attr(sql.WORKER_ATTR, worker_identity())
+    return "trial", trial
+
+
+def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: str) -> None:
+    """A signal landed between claiming the trial and recording its result: close it as failed,
+    with the reason, and queue it again (unless its result was already recorded)."""
+    storage = study._storage
+    try:
+        storage.remove_session()  # the signal may have broken the session mid-query
+        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        reason = f"interrupted by {signal_name}"
+        trial.set_user_attr("fail_reason", reason)
+        requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
+    except Exception:  # the database is unreachable: the heartbeat grace period will free the trial
+        pass
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
+    """Study.tell, less the deep copy of the finished trial it returns where tuner's storage
+    already hands out a copy of its own (a deep copy of a trial's attributes costs ~0.2 ms)."""
+    tell = optuna_paths().tell
+    if tell is None or not isinstance(study._storage, BufferedStorage):
+        return study.tell(trial, value, state=state)
+    tell(study, trial, value, state)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
+    """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
+    study = loaded.study
+    with heartbeat.running(trial._trial_id):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            return _tell(study, trial, state=TrialState.PRUNED)
+        except Exception:  # the objective stored the reason
+            return _tell(study, trial, state=TrialState.FAIL)
+    if not math.isfinite(value):
+        trial.set_user_attr("fail_reason", f"objective returned {value}")
+        return _tell(study, trial, state=TrialState.FAIL)
+    return _tell(study, trial, value)
+
+
+@contextlib.contextmanager
+def signals_interrupt():  # type: ignore[no-untyped-def]
+    """SIGTERM (a scheduler's kill) behaves like Ctrl-C: the trial is closed, then the process exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Interrupted("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            raise Interrupted("SIGINT") from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Progress:
+    """The study's finished count and best value for the progress callback. Other workers change
+    them too, so they are read from the database, but at most every PROGRESS_S seconds; in between
+    this worker's own results carry them forward, and a trial does not pay for two queries."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._read_at = -math.inf
+        self.n_finished, self.best = 0, None
+
+    def after(self, trial: FrozenTrial) -> tuple[int, float | None]:
+        if time.monotonic() - self._read_at >= PROGRESS_S:
+            self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.direction)
+            self._read_at = time.monotonic()
+            return self.n_finished, self.best
+        self.n_finished += trial.state in FINISHED
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        if value is not None and (self.best is None or (value > self.best if self._maximize else value < self.best)):
+            self.best = value
+        return self.n_finished, self.best
+
+
+def set_threads(threads: int | None) -> int:
+    """Torch threads for this worker (default: all cores; `tuner worker --workers K` passes its
+    share). Oversubscribed cores are ruinous for small models: threads wait on each other."""
+    import torch
+
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def run_study(
+    loaded: Loaded,
+    *,
+    device: str = "auto",
+    timeout: float | None = None,
+    on_trial: Callable[[FrozenTrial, int, int, float | None], None] | None = None,
+    on_wait: Callable[[list[dict[str, Any]]], None] | None = None,
+    threads: int | None = None,
+) -> RunResult:
+    """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
+    workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
+    count toward the budget; a run of identical failures stops the worker with the reason.
+
+    While the rest of the budget is other workers' running trials, the worker waits (one of them
+    may fail or be lost) and calls `on_wait` with those trials at each look (see running_trials)."""
+    from tuner.train import resolve_device
+
+    quiet_optuna()
+    study, spec = loaded.study, loaded.spec
+    torch_device = resolve_device(device)
+    set_threads(threads)
+    objective = make_objective(loaded, torch_device)
+    from tuner.train import warm_up
+
+    warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
+    # Everything loaded so far (torch, Optuna, the data) lives as long as the worker: take it out
+    # of the collector's sight, or every full collection walks it again (~10 ms a trial). No
+    # collection first: it would cost as much once, to free the little garbage there is.
+    gc.freeze()
+    budget = int(spec.trials or DEFAULT_TRIALS)
+    lock = StudyLock(loaded.url, spec.name)
+    started = time.monotonic()
+    deadline = started + timeout if timeout else None
+    failures: list[str] = []
+    ran = 0
+    stopped = "budget"
+    interval, _ = heartbeat_settings()
+    stale_checked = -math.inf
+    waiting = False
+    tracker = _Progress(study)
+    heartbeat = Heartbeat(study._storage, interval, first_beat_written=isinstance(study._storage, BufferedStorage))
+    try:
+        with signals_interrupt():
+            while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped = "timeout"
+                    break
+                trial = None
+                try:
+                    # dead workers' trials only turn stale after a grace period: one look per
+                    # interval, or at every poll while nothing else is left to do
+                    look = waiting or time.monotonic() - stale_checked >= interval
+                    with lock.held():
+                        decision, trial = _claim(loaded, budget, look_for_stale=look)
+                    if look:
+                        stale_checked = time.monotonic()
+                    waiting = decision == "wait"
+                    if waiting:
+                        if on_wait is not None:
+                            on_wait(running_trials(study))
+                        time.sleep(POLL_S)
+                        continue
+                    if trial is None:
+                        stopped = decision
+                        break
+                    frozen = _execute(loaded, trial, objective, heartbeat)
+                except KeyboardInterrupt as e:
+                    if trial is not None:
+                        _close_interrupted(study, trial, getattr(e, "signal_name", "SIGINT"))
+                    raise
+                ran += 1
+                if frozen.state == TrialState.FAIL:
+                    failures.append(frozen.user_attrs.get("fail_reason", "unknown error"))
+                    recent = failures[-MAX_CONSECUTIVE_FAILURES:]
+                    if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
+                        raise TunerError(
+                            f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: "
+                            f"{recent[0]} (fix it, then `tuner study resume {spec.name}`)"
+                        )
+                else:
+                    failures.clear()
+                if on_trial is not None:
+                    n_finished, best = tracker.after(frozen)
+                    on_trial(frozen, n_finished, budget, best)
+    finally:
+        heartbeat.close()
+        lock.close()
+    return summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
+
+
+def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: str, elapsed_s: float, failures: list[str]) -> RunResult:
+    study = loaded.study
+    states = count_states(study._storage, study._study_id)
+    best = best_trial(study)
+    return RunResult(
+        name=loaded.spec.name,
+        budget=budget,
+        n_finished=states[TrialState.COMPLETE] + states[TrialState.PRUNED],
+        n_complete=states[TrialState.COMPLETE],
+        n_pruned=states[TrialState.PRUNED],
+        n_failed=states[TrialState.FAIL],
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_trial=best.number if best else None,
+        elapsed_s=elapsed_s,
+        stopped=stopped,
+        ran=ran,
+        failures=sorted(set(failures)),
+    )

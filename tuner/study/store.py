@@ -1,0 +1,203 @@
+"""Create and open studies: what a study is bound to, stored with it so that any host can run it.
+
+A tuner study is a plain Optuna RDB study. What tuner needs to run it again, from any machine, is
+stored with it as study user attributes: the spec ("tuner.spec") and the whole search space
+("tuner.space"), so a resume never depends on files that may have changed since.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner import sql
+from tuner.buffered import BufferedStorage
+from tuner.errors import NoStorageError, SpaceError, SpecError, StorageError
+from tuner.heartbeat import worker_identity
+from tuner.params import TrainConfig
+from tuner.samplers import make_pruner, make_sampler
+from tuner.space import SPACES_DIR, Space, load_space, parse_space
+from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, StudySpec
+from tuner.storage import count_states, mask, open_storage, sql_rdb
+from tuner.workloads import WorkloadRef, load_workload, parse_workload
+
+__all__ = [
+    "SPACE_ATTR",
+    "SPEC_ATTR",
+    "Loaded",
+    "check_workload",
+    "create_study",
+    "delete_study",
+    "open_study",
+    "prepare_run",
+    "quiet_optuna",
+    "reconcile",
+    "set_budget",
+    "study_exists",
+]
+
+SPEC_ATTR = "tuner.spec"
+SPACE_ATTR = "tuner.space"
+
+
+@dataclass
+class Loaded:
+    """A study as stored: the Optuna study, what tuner created it with, and where it lives."""
+
+    study: optuna.Study
+    spec: StudySpec
+    space: Space
+    url: str
+
+    @property
+    def workload(self) -> WorkloadRef:
+        return parse_workload(self.spec.workload, target=self.spec.target)
+
+
+def quiet_optuna() -> None:
+    # Optuna logs each failed trial with its traceback; tuner records the reason on the trial instead.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("optuna").propagate = False
+
+
+def check_workload(spec: StudySpec, space: Space) -> WorkloadRef:
+    """Load the data once before anything is written: a CSV without its target column, a module
+    that does not import, or a metric that does not fit the task fails here, not in trial 0."""
+    wref = parse_workload(spec.workload, target=spec.target)
+    config = {**TrainConfig().as_dict(), **space.fixed()}
+    data, _ = load_workload(wref, seed=spec.seed, val_fraction=spec.val_fraction, config=config)
+    if spec.metric == "val_accuracy" and data.task != "classification":
+        raise SpecError(f"metric val_accuracy needs a classification target, but {wref.describe()} is a regression; use --metric val_rmse")
+    cnn = space.params.get("model")
+    if cnn is not None and "cnn" in (cnn.choices or (cnn.value,)) and data.image_shape is None:
+        raise SpecError(f"space '{space.name}' can pick model=cnn, but {wref.describe()} is not image data; drop cnn from `model`")
+    return wref
+
+
+def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR) -> Loaded:
+    """Validate everything, then create the study; nothing is written when any check fails."""
+    space = load_space(spec.space, spaces_dir=spaces_dir)
+    grid: list[dict[str, Any]] = []
+    if spec.sampler == "grid":
+        problem = space.grid_problem()
+        if problem:
+            raise SpecError(f"grid search: {problem}")
+        try:
+            grid = space.grid()
+        except SpaceError as e:
+            raise SpecError(f"grid search: {e}") from None
+    check_workload(spec, space)
+    budget = spec.trials or (len(grid) if grid else DEFAULT_TRIALS)
+    spec = StudySpec(**{**spec.as_dict(), "trials": budget})
+
+    quiet_optuna()
+    storage = open_storage(storage_url, create=True)
+    if spec.name in optuna.get_all_study_names(storage):
+        raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.name,
+        direction=spec.direction,
+        sampler=make_sampler(spec.sampler, spec.seed, n_startup=spec.n_startup),
+        pruner=make_pruner(spec.pruner),
+    )
+    study.set_user_attr(SPEC_ATTR, spec.as_dict())
+    study.set_user_attr(SPACE_ATTR, space.to_dict())
+    for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
+        study.enqueue_trial(point)
+    return open_study(spec.name, storage_url, storage=storage)  # opened once: Optuna's schema check takes ~50 ms
+
+
+def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: optuna.storages.RDBStorage | None = None) -> Loaded:
+    quiet_optuna()
+    storage = storage or open_storage(storage_url)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        known = ", ".join(names[:10]) or "none"
+        raise StorageError(f"no study '{name}' in {mask(storage_url)}; studies there: {known}")
+    bare = optuna.load_study(study_name=name, storage=storage)
+    attrs = bare.user_attrs
+    if SPEC_ATTR not in attrs or SPACE_ATTR not in attrs:
+        raise SpecError(f"study '{name}' was not created by tuner (no {SPEC_ATTR} attribute); inspect it with optuna-dashboard")
+    spec = StudySpec.from_dict(attrs[SPEC_ATTR], source=f"study '{name}'")
+    space = parse_space(attrs[SPACE_ATTR], name=Path(spec.space).stem, source=f"study '{name}' (stored space)")
+    # The sampler is rebuilt from the stored spec. Its seed moves on with the study's size so that
+    # a resumed run does not replay the random start-up points of the first run, and differs per
+    # worker so that parallel workers do not sample the same points.
+    n_existing = sum(count_states(storage, bare._study_id).values())
+    # Trials this worker runs write through a buffer: one transaction per trial, not one per value
+    # (where tuner's SQL fits Optuna's schema; else Optuna's own storage, a transaction per write).
+    chosen: Any = bare._storage
+    if sql_rdb(storage) is not None:
+        chosen = BufferedStorage(bare._storage, storage, claimed_by={sql.WORKER_ATTR: worker_identity()})
+    study = optuna.load_study(
+        study_name=name,
+        storage=chosen,
+        sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
+        pruner=make_pruner(spec.pruner),
+    )
+    return Loaded(study, spec, space, storage_url)
+
+
+def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACES_DIR) -> StudySpec:
+    """Options given to `run` for an existing study must agree with what it was created with."""
+    stored = loaded.spec
+    for key, value in given.items():
+        if value is None or key in RUN_OPTIONS or key == "name":
+            continue
+        if key == "space":
+            if load_space(value, spaces_dir=spaces_dir).to_dict() != loaded.space.to_dict():
+                raise SpecError(
+                    f"study '{stored.name}' was created with a different search space than {value}; "
+                    "drop --space to resume with the stored one, or start a new study"
+                )
+            continue
+        if value != getattr(stored, key):
+            flag = "--" + key.replace("_", "-")
+            raise SpecError(
+                f"study '{stored.name}' was created with {key}={getattr(stored, key)!r}, not {value!r}; "
+                f"drop {flag} to continue it, or start a new study name"
+            )
+    trials = given.get("trials")
+    return StudySpec(**{**stored.as_dict(), "trials": trials or stored.trials})
+
+
+def study_exists(name: str, storage_url: str) -> bool:
+    try:
+        return name in optuna.get_all_study_names(open_storage(storage_url))
+    except NoStorageError:
+        return False
+
+
+def set_budget(loaded: Loaded, trials: int | None) -> tuple[int, int] | None:
+    """Store a new budget (finished trials in total) if `trials` differs: (old, new), else None."""
+    old = int(loaded.spec.trials or DEFAULT_TRIALS)
+    if trials is None or trials == old:
+        return None
+    loaded.spec = StudySpec(**{**loaded.spec.as_dict(), "trials": trials})
+    loaded.study.set_user_attr(SPEC_ATTR, loaded.spec.as_dict())
+    return old, trials
+
+
+def prepare_run(
+    name: str, storage_url: str, *, given: StudySpec | None, settings: dict[str, Any], spaces_dir: Path = SPACES_DIR
+) -> tuple[Loaded, tuple[int, int] | None]:
+    """The study a `run` works on: an existing one, checked against every setting given (flags
+    and spec file alike, see reconcile) and given the budget asked for; or a new one, created from
+    `given`. Returns it and the budget change made, (old, new), if any."""
+    if study_exists(name, storage_url):
+        loaded = open_study(name, storage_url)
+        wanted = reconcile(loaded, settings, spaces_dir=spaces_dir)
+        return loaded, set_budget(loaded, wanted.trials)
+    if given is None:
+        raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
+    return create_study(given, storage_url, spaces_dir=spaces_dir), None
+
+
+def delete_study(name: str, storage_url: str) -> None:
+    open_study(name, storage_url)  # a clear error for a missing study
+    optuna.delete_study(study_name=name, storage=open_storage(storage_url))
