@@ -20,7 +20,7 @@ from tuner.errors import SpecError, TunerError
 from tuner.params import TrainConfig
 from tuner.storage import DEFAULT_ARTIFACTS
 from tuner.study import Loaded, quiet_optuna, set_threads, trial_workload
-from tuner.train import _evaluate, _scale, resolve_device, train
+from tuner.train import evaluate, resolve_device, scale_features, train
 from tuner.workloads.data import Dataset, load_workload, parse_workload
 from tuner.workloads.models import build_model
 
@@ -45,7 +45,7 @@ class Retrained:
 def _input_scaling(data: Dataset, scaling: str) -> dict[str, Any]:
     """The affine map the loop applied to inputs, so a saved model can be fed raw features."""
     probe = np.stack([np.zeros(data.n_features, np.float32), np.ones(data.n_features, np.float32)])
-    scaled, _ = _scale(data.x_train, probe, scaling)
+    scaled, _ = scale_features(data.x_train, probe, scaling)
     shift = scaled[0]
     return {"kind": scaling, "scale": (scaled[1] - shift).tolist(), "shift": shift.tolist()}
 
@@ -163,9 +163,9 @@ def score(model: nn.Module, meta: dict[str, Any], *, device: str = "cpu") -> flo
     """The saved model's metric on its study's validation split, from raw features."""
     wl = meta["workload"]
     data, _ = load_workload(parse_workload(wl["ref"], target=wl["target"]), seed=wl["seed"], val_fraction=wl["val_fraction"], config=meta["params"])
-    _, x_val = _scale(data.x_train, data.x_val, meta["config"]["scaling"])  # exactly as in training
+    _, x_val = scale_features(data.x_train, data.x_val, meta["config"]["scaling"])  # exactly as in training
     x = torch.as_tensor(x_val.astype(np.float32), device=device)
     y = torch.as_tensor(data.y_val, device=device)
     loss_fn: nn.Module = nn.CrossEntropyLoss() if meta["task"] == "classification" else nn.MSELoss()
-    val_loss, val_accuracy = _evaluate(model, x, y, loss_fn, meta["task"])
+    val_loss, val_accuracy = evaluate(model, x, y, loss_fn, meta["task"])
     return {"val_accuracy": val_accuracy, "val_loss": val_loss, "val_rmse": val_loss**0.5}[meta["metric"]]

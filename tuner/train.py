@@ -22,7 +22,7 @@ from tuner.steps import direct_step
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "resolve_device", "train", "warm_up"]
+__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "evaluate", "resolve_device", "scale_features", "train", "warm_up"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
@@ -136,8 +136,9 @@ def resolve_device(name: str) -> torch.device:
 _DEVICE_DATA: dict[tuple[int, str, str], tuple[Dataset, tuple[torch.Tensor, ...]]] = {}
 
 
-def _scale(x_train: np.ndarray, x_val: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
-    # statistics come from the training split only, so validation stays unseen
+def scale_features(x_train: np.ndarray, x_val: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits scaled (none, minmax, standard) by the training split's statistics only, so
+    validation stays unseen; retraining scales exactly so."""
     if scaling == "none":
         return x_train, x_val
     if scaling == "minmax":
@@ -154,7 +155,7 @@ def device_tensors(data: Dataset, scaling: str, device: torch.device) -> tuple[t
     if key not in _DEVICE_DATA:
         if len(_DEVICE_DATA) >= 8:
             _DEVICE_DATA.pop(next(iter(_DEVICE_DATA)))
-        x_tr, x_va = _scale(data.x_train, data.x_val, scaling)
+        x_tr, x_va = scale_features(data.x_train, data.x_val, scaling)
         arrays = (x_tr.astype(np.float32), data.y_train, x_va.astype(np.float32), data.y_val)
         tensors = tuple(torch.as_tensor(a).to(device, non_blocking=True) for a in arrays)
         _DEVICE_DATA[key] = (data, tensors)
@@ -306,7 +307,8 @@ class _Tally:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+    """The model's loss and (classification) accuracy on (x, y), in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
@@ -467,7 +469,7 @@ def train(
             raise DivergedError(epoch, train_loss)
 
         # evaluate
-        val_loss, val_accuracy = _evaluate(model, x_val, y_val, eval_loss_fn, data.task)
+        val_loss, val_accuracy = evaluate(model, x_val, y_val, eval_loss_fn, data.task)
         if not math.isfinite(val_loss):
             raise DivergedError(epoch, val_loss)
         schedule.end_epoch(epoch, val_loss)
