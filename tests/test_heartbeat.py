@@ -136,8 +136,8 @@ def test_a_queued_trial_taken_by_another_worker_first_is_not_taken_again(url):
     assert taken == loaded.study._study_id
     assert sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={"worker": {"host": "b", "pid": 2}}) is None
     assert optuna.storages.RDBStorage(url).get_trial(waiting._trial_id).user_attrs["worker"] == {"host": "a", "pid": 1}
-    assert sql.fail_running(rdb, waiting._trial_id, reason="x")
-    assert not sql.fail_running(rdb, waiting._trial_id, reason="y")  # failed once only
+    assert sql.fail_running(rdb, waiting._trial_id, reason="x", kind="released")
+    assert not sql.fail_running(rdb, waiting._trial_id, reason="y", kind="released")  # failed once only
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         sql.start_queued(rdb, waiting._trial_id, heartbeat=True, user_attrs={})
 
@@ -177,6 +177,7 @@ def test_a_silent_trial_is_failed_and_queued_once_with_its_reason(url):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == {} and trials[1].system_attrs["fixed_params"] == trials[0].params
     assert "no heartbeat for 60s" in trials[0].user_attrs["fail_reason"]
+    assert trials[0].user_attrs["fail_kind"] == "lost worker"
 
 
 def test_a_trial_whose_worker_process_is_gone_is_freed_at_once(url):
@@ -223,6 +224,7 @@ def test_release_refuses_what_it_should_not_touch_and_writes_nothing(url):
     assert done["number"] == 0 and done["queued_again"] is True
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"].startswith("released by hand (tuner study release)")
+    assert trials[0].user_attrs["fail_kind"] == "released"
     assert trials[2].state == TrialState.WAITING and "released by hand" in trials[2].user_attrs["retry_reason"]
 
 

@@ -36,8 +36,10 @@ from matplotlib.ticker import MaxNLocator
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import attrs as A
 from tuner.errors import ReportError
-from tuner.study import Loaded, best_trial, fail_reason, study_summary
+from tuner.attrs import fail_reason
+from tuner.study import Loaded, best_trial, study_summary
 
 __all__ = ["DIAGNOSTICS", "Plot", "Report", "build_report", "summary_text"]
 
@@ -193,7 +195,7 @@ def _best_dict(loaded: Loaded, best: FrozenTrial) -> dict[str, Any]:
         "value": best.value,
         "params": dict(best.params),
         "fixed": fixed,
-        "epochs_run": attrs.get("epochs_run"),
+        "epochs_run": attrs.get(A.EPOCHS_RUN),
         "diagnostics": {k: attrs.get(k) for k in DIAGNOSTICS},
     }
 
@@ -227,8 +229,9 @@ def _pruned(trials: list[FrozenTrial]) -> dict[str, Any]:
     for t in trials:
         if t.state != TrialState.PRUNED:
             continue
-        reason = str(t.user_attrs.get("pruned_reason") or "pruned (no reason recorded)")
-        rows.append({"number": t.number, "epoch": t.user_attrs.get("epochs_run", t.last_step), "diverged": reason.startswith("diverged"), "reason": reason})
+        reason = str(t.user_attrs.get(A.PRUNED_REASON) or "pruned (no reason recorded)")
+        diverged = A.pruned_kind(t.user_attrs) == A.DIVERGED
+        rows.append({"number": t.number, "epoch": t.user_attrs.get(A.EPOCHS_RUN, t.last_step), "diverged": diverged, "reason": reason})
     n_diverged = sum(r["diverged"] for r in rows)
     return {"total": len(rows), "by_pruner": len(rows) - n_diverged, "diverged": n_diverged, "trials": rows}
 
@@ -487,7 +490,7 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: str, minimize: bool
 def _plot_curves(best: FrozenTrial | None) -> Figure:
     if best is None:
         raise _Skipped("needs a complete trial, and the study has none")
-    history = best.user_attrs.get("history")
+    history = best.user_attrs.get(A.HISTORY)
     if not isinstance(history, dict) or not history.get("epoch"):
         raise _Skipped(f"the best trial ({best.number}) recorded no per-epoch history")
     epochs = list(history["epoch"])

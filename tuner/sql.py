@@ -27,6 +27,7 @@ import sqlalchemy
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
+from tuner import attrs as A
 from tuner._compat import optuna_paths
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "Final",
     "Pending",
     "Running",
-    "WORKER_ATTR",
     "attribute_keys",
     "best_trial_id",
     "count_and_create",
@@ -241,9 +241,6 @@ def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: b
 Created = tuple[int, int, datetime]  # a new RUNNING trial's id, number and start
 
 
-WORKER_ATTR = "worker"  # the user attribute naming the process that claimed a trial
-
-
 @dataclass(frozen=True)
 class Running:
     """A RUNNING trial as the database holds it: how long it has been silent and who runs it."""
@@ -253,7 +250,7 @@ class Running:
     started: datetime | None
     beat_age_s: float | None  # since its last heartbeat, by the database's clock; None: no beat yet
     silent_s: float | None  # since its last heartbeat or, without one, since its start (this host's clock)
-    worker: dict[str, Any] | None  # the claiming worker's identity (user attribute WORKER_ATTR)
+    worker: dict[str, Any] | None  # the claiming worker's identity (user attribute tuner.attrs.WORKER)
 
 
 def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Running]:
@@ -270,7 +267,7 @@ def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Runni
             "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
             f"LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.{cur.key} = ? "
             f"WHERE t.study_id = ? AND t.state = '{_RUNNING}' ORDER BY t.trial_id",
-            (WORKER_ATTR, study_id),
+            (A.WORKER, study_id),
         ).fetchall()
     now = datetime.now()
     out = []
@@ -290,9 +287,10 @@ def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, *, grace_s: 
     return [r.trial_id for r in running_trials(rdb, study_id) if r.silent_s is not None and r.silent_s > grace_s]
 
 
-def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str) -> bool:
-    """Fail a RUNNING trial with `reason` as its fail_reason, in one transaction; False (nothing
-    written) if it is no longer RUNNING: its worker finished it, or another worker failed it first."""
+def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str, kind: str) -> bool:
+    """Fail a RUNNING trial with its reason and kind (tuner.attrs), in one transaction; False
+    (nothing written) if it is no longer RUNNING: its worker finished it, or another worker failed
+    it first."""
     with _transaction(rdb) as cur:
         guard = cur.execute(
             f"UPDATE trials SET state = 'FAIL', datetime_complete = ? WHERE trial_id = ? AND state = '{_RUNNING}'",
@@ -300,7 +298,7 @@ def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str)
         )
         if guard.rowcount != 1:
             return False
-        _replace_attrs(cur, "trial_user_attributes", trial_id, {"fail_reason": reason})
+        _replace_attrs(cur, "trial_user_attributes", trial_id, {A.FAIL_REASON: reason, A.FAIL_KIND: kind})
     return True
 
 

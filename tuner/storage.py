@@ -21,6 +21,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
+from tuner import attrs as A
 from tuner.errors import NoStorageError, StorageError
 
 __all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_trials", "sql_rdb"]
@@ -254,22 +255,23 @@ def running_trials(storage: Any, study_id: int) -> list[Any]:
     under, stale_query = rdb_of(storage), optuna_paths().stale_query
     stale = set(stale_query(under, study_id)) if under is not None and stale_query is not None and under.heartbeat_interval else set()
     return [
-        sql.Running(t._trial_id, t.number, t.datetime_start, None, math.inf if t._trial_id in stale else None, t.user_attrs.get(sql.WORKER_ATTR))
+        sql.Running(t._trial_id, t.number, t.datetime_start, None, math.inf if t._trial_id in stale else None, t.user_attrs.get(A.WORKER))
         for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     ]
 
 
-def fail_running(storage: Any, trial_id: int, *, reason: str) -> bool:
-    """Fail a RUNNING trial with `reason` recorded; False if it is no longer running."""
+def fail_running(storage: Any, trial_id: int, *, reason: str, kind: str) -> bool:
+    """Fail a RUNNING trial with its reason and kind recorded; False if it is no longer running."""
     from optuna.trial import TrialState
 
     from tuner import sql
 
     rdb = sql_rdb(storage)
     if rdb is not None:
-        return sql.fail_running(rdb, trial_id, reason=reason)
-    try:  # two writes on Optuna's road: a trial that finishes in between keeps its own end
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return sql.fail_running(rdb, trial_id, reason=reason, kind=kind)
+    try:  # three writes on Optuna's road: a trial that finishes in between keeps its own end
+        storage.set_trial_user_attr(trial_id, A.FAIL_REASON, reason)
+        storage.set_trial_user_attr(trial_id, A.FAIL_KIND, kind)
         return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
+from tuner import attrs as A
+from tuner.attrs import fail_reason
 from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
 from tuner.spec import StudySpec, load_spec
@@ -190,7 +192,7 @@ def _run(
             def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
                 on_progress(n_finished, budget, best)
                 if trial.state.name == "FAIL" and show_bar:
-                    progress.console.print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown')}", markup=False)
+                    progress.console.print(f"trial {trial.number} failed: {fail_reason(trial.user_attrs)}", markup=False)
 
             if workers > 1:
                 result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, on_progress=on_progress)
@@ -349,7 +351,7 @@ def best(
         return
     _print_best(d, loaded.spec.metric)
     attrs = d["user_attrs"]
-    console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in ("epochs_run", "duration_s", "device", "seed") if k in attrs))
+    console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in (A.EPOCHS_RUN, "duration_s", "device", "seed") if k in attrs))
     if retrain:
         rt = d["retrained"]
         console.print(
@@ -377,7 +379,7 @@ def trials(
     """Every trial: state, value, parameters, and why it was pruned or failed."""
     from optuna.trial import TrialState
 
-    from tuner.study import fail_reason, open_study, trial_rows
+    from tuner.study import open_study, trial_rows
 
     loaded = open_study(name, resolve_url(storage))
     states = None if state == StateFilter.all else (TrialState[state.value.upper()],)
@@ -395,14 +397,14 @@ def trials(
     table.add_column("note", overflow="fold", ratio=1)
     for r in rows:
         attrs = r["user_attrs"]
-        note = attrs.get("pruned_reason") or attrs.get("stopped", "")
+        note = attrs.get(A.PRUNED_REASON) or attrs.get("stopped", "")
         if r["state"] == "fail":
             note = fail_reason(attrs)
-        elif "retry_of" in attrs:
-            note = f"{note} (retry of trial {attrs['retry_of']})".strip()
+        elif A.RETRY_OF in attrs:
+            note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
         table.add_row(
             str(r["number"]), r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
-            _short(attrs.get("epochs_run")), _short(r["duration_s"]), str(note),
+            _short(attrs.get(A.EPOCHS_RUN)), _short(r["duration_s"]), str(note),
         )
     console.print(table)
 

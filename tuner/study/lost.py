@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from tuner import attrs as A
 from tuner import sql
 from tuner.errors import SpecError
 from tuner.heartbeat import describe, process_gone
@@ -24,17 +25,17 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Queue a copy of a lost or interrupted trial with the same parameters, up to the study's
     `retries`; the copy records which trial it repeats and why. False if its retries are spent."""
     retries = study.user_attrs.get(SPEC_ATTR, {}).get("retries", StudySpec.retries)
-    count = int(trial.user_attrs.get("retry_count", 0)) + 1
+    count = int(trial.user_attrs.get(A.RETRY_COUNT, 0)) + 1
     if count > retries:
         return False
     params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))  # a queued point not yet sampled
     study.enqueue_trial(
         params,
         user_attrs={
-            "retry_of": trial.number,
-            "retry_root": trial.user_attrs.get("retry_root", trial.number),
-            "retry_count": count,
-            "retry_reason": reason,
+            A.RETRY_OF: trial.number,
+            A.RETRY_ROOT: trial.user_attrs.get(A.RETRY_ROOT, trial.number),
+            A.RETRY_COUNT: count,
+            A.RETRY_REASON: reason,
         },
     )
     return True
@@ -61,7 +62,7 @@ def fail_lost(study: optuna.Study) -> list[int]:
     failed = []
     for running in running_in(study._storage, study._study_id):
         reason = lost_reason(running, grace)
-        if reason is not None and fail_running(study._storage, running.trial_id, reason=reason):
+        if reason is not None and fail_running(study._storage, running.trial_id, reason=reason, kind=A.LOST_WORKER):
             requeue(study, study._storage.get_trial(running.trial_id), f"trial {running.number} {reason}")
             failed.append(running.number)
     return failed
@@ -121,7 +122,7 @@ def release_trials(loaded: Loaded, *, numbers: list[int] | None = None, stale: b
                 gone = process_gone(r.worker)
                 state = "gone" if gone else (f"silent {_silence(r.silent_s)}" if r.silent_s is not None else "silence unknown")
                 reason = f"released by hand (tuner study release): worker {describe(r.worker)} {state}"
-                if fail_running(study._storage, r.trial_id, reason=reason):
+                if fail_running(study._storage, r.trial_id, reason=reason, kind=A.RELEASED):
                     queued = requeue(study, study._storage.get_trial(r.trial_id), f"trial {r.number} {reason}")
                     released.append({"number": r.number, "worker": describe(r.worker), "reason": reason, "queued_again": queued})
     finally:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import optuna
 
+from tuner import attrs as A
 from tuner.buffered import BufferedStorage
 from tuner.errors import DivergedError
 from tuner.params import TrainConfig
@@ -38,7 +39,7 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             trial.report(epoch.metric, epoch.epoch)
             if prunes and trial.should_prune():
                 reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
-                _record(trial, {"pruned_reason": reason, "epochs_run": epoch.epoch, "history": _history(epochs)})
+                _record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(epochs)})
                 raise optuna.TrialPruned(reason)
 
         try:
@@ -48,20 +49,20 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             )
         except DivergedError as e:
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
-            attrs = {"pruned_reason": str(e), "epochs_run": e.epoch, "exploding_gradients": True}
-            _record(trial, {**attrs, "history": _history(epochs)})
+            attrs = {A.PRUNED_REASON: str(e), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: e.epoch, "exploding_gradients": True}
+            _record(trial, {**attrs, A.HISTORY: _history(epochs)})
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{e.__class__.__name__}: {e}"[:500])
+            _record(trial, {A.FAIL_REASON: f"{e.__class__.__name__}: {e}"[:500], A.FAIL_KIND: e.__class__.__name__})
             if "out of memory" in str(e).lower():
                 _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
             raise
         last, diag = result.last, result.diagnostics
         attrs = {
             "duration_s": round(result.duration_s, 4),
-            "epochs_run": result.epochs_run,
+            A.EPOCHS_RUN: result.epochs_run,
             "best_epoch": result.best_epoch,
             "stopped": result.stopped,
             "train_loss": last.train_loss,
@@ -70,7 +71,7 @@ def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], floa
             "train_accuracy": last.train_accuracy,
             **(dataclasses.asdict(diag) if diag else {}),
             "grad_norms": last.grad_norms,
-            "history": _history(result.history),
+            A.HISTORY: _history(result.history),
         }
         _record(trial, {k: v for k, v in attrs.items() if v is not None})
         return result.value

@@ -10,6 +10,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import attrs as A
+from tuner.attrs import fail_reason
 from tuner.storage import mask, open_storage
 from tuner.study.lost import running_trials
 from tuner.study.store import SPEC_ATTR, Loaded
@@ -53,11 +55,10 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
     failed_reasons: dict[str, int] = {}
     for t in trials:
         if t.state == TrialState.PRUNED:
-            kind = "diverged" if str(t.user_attrs.get("pruned_reason", "")).startswith("diverged") else "pruner"
+            kind = A.pruned_kind(t.user_attrs)
             pruned_reasons[kind] = pruned_reasons.get(kind, 0) + 1
         elif t.state == TrialState.FAIL:
-            reason = fail_reason(t.user_attrs)
-            kind = "lost worker" if reason.startswith("lost") else reason.split(":")[0]
+            kind = A.fail_kind(t.user_attrs)
             failed_reasons[kind] = failed_reasons.get(kind, 0) + 1
     return {
         "name": loaded.spec.name,
@@ -68,15 +69,10 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "finished": states["complete"] + states["pruned"],
         "pruned_reasons": pruned_reasons,
         "failed_reasons": failed_reasons,
-        "retried": sum("retry_of" in t.user_attrs for t in trials),
+        "retried": sum(A.RETRY_OF in t.user_attrs for t in trials),
         "running": running_trials(study),
         "best": trial_dict(best) if best else None,
     }
-
-
-def fail_reason(user_attrs: dict[str, Any]) -> str:
-    """Why a failed trial failed: what tuner recorded, or (nothing recorded) its worker was lost."""
-    return str(user_attrs.get("fail_reason") or "lost its worker: no heartbeat within the grace period")
 
 
 def trial_dict(t: FrozenTrial) -> dict[str, Any]:

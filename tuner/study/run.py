@@ -18,7 +18,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import sql
+from tuner import attrs as A
 from tuner._compat import optuna_paths
 from tuner.buffered import BufferedStorage
 from tuner.errors import TunerError
@@ -94,7 +94,7 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
         warnings.simplefilter("ignore")
         trial = study.ask()
     if not isinstance(study._storage, BufferedStorage):  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
-        trial.set_user_attr(sql.WORKER_ATTR, worker_identity())
+        trial.set_user_attr(A.WORKER, worker_identity())
     return "trial", trial
 
 
@@ -107,7 +107,8 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: st
         if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             return
         reason = f"interrupted by {signal_name}"
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(A.FAIL_REASON, reason)
+        trial.set_user_attr(A.FAIL_KIND, A.INTERRUPTED)
         requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
     except Exception:  # the database is unreachable: the heartbeat grace period will free the trial
         pass
@@ -134,7 +135,8 @@ def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Tr
         except Exception:  # the objective stored the reason
             return _tell(study, trial, state=TrialState.FAIL)
     if not math.isfinite(value):
-        trial.set_user_attr("fail_reason", f"objective returned {value}")
+        trial.set_user_attr(A.FAIL_REASON, f"objective returned {value}")
+        trial.set_user_attr(A.FAIL_KIND, A.NON_FINITE)
         return _tell(study, trial, state=TrialState.FAIL)
     return _tell(study, trial, value)
 
@@ -265,7 +267,7 @@ def run_study(
                     raise
                 ran += 1
                 if frozen.state == TrialState.FAIL:
-                    failures.append(frozen.user_attrs.get("fail_reason", "unknown error"))
+                    failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
                     recent = failures[-MAX_CONSECUTIVE_FAILURES:]
                     if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
                         raise TunerError(

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from tuner import sql
+from tuner import attrs as A
 from tuner.buffered import BufferedStorage
 from tuner.errors import NoStorageError, SpaceError, SpecError, StorageError
 from tuner.heartbeat import worker_identity
@@ -133,7 +133,7 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     # (where tuner's SQL fits Optuna's schema; else Optuna's own storage, a transaction per write).
     chosen: Any = bare._storage
     if sql_rdb(storage) is not None:
-        chosen = BufferedStorage(bare._storage, storage, claimed_by={sql.WORKER_ATTR: worker_identity()})
+        chosen = BufferedStorage(bare._storage, storage, claimed_by={A.WORKER: worker_identity()})
     study = optuna.load_study(
         study_name=name,
         storage=chosen,

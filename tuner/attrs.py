@@ -1,0 +1,80 @@
+"""What tuner records on a trial (its user attributes): each name written once, here.
+
+A trial that did not complete says why twice: a reason for people (FAIL_REASON, PRUNED_REASON)
+and a kind for programs (FAIL_KIND, PRUNED_KIND). Summaries, reports and tables group by the
+kind, never by the wording of a reason; trials stored before kinds were recorded are read by the
+start of their reason, in `fail_kind` and `pruned_kind` alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DIVERGED",
+    "EPOCHS_RUN",
+    "FAIL_KIND",
+    "FAIL_REASON",
+    "HISTORY",
+    "INTERRUPTED",
+    "LOST_WORKER",
+    "NON_FINITE",
+    "PRUNED_KIND",
+    "PRUNED_REASON",
+    "PRUNER",
+    "RELEASED",
+    "RETRY_COUNT",
+    "RETRY_OF",
+    "RETRY_REASON",
+    "RETRY_ROOT",
+    "WORKER",
+    "fail_kind",
+    "fail_reason",
+    "pruned_kind",
+]
+
+FAIL_REASON = "fail_reason"  # why a failed trial failed, for people
+FAIL_KIND = "fail_kind"  # LOST_WORKER, INTERRUPTED, RELEASED, NON_FINITE, or the exception's class name
+PRUNED_REASON = "pruned_reason"  # why a pruned trial was pruned, for people
+PRUNED_KIND = "pruned_kind"  # PRUNER or DIVERGED
+EPOCHS_RUN = "epochs_run"  # epochs trained before the trial ended
+HISTORY = "history"  # per-epoch curves: {"epoch": [...], "train_loss": [...], ...}
+RETRY_OF = "retry_of"  # on a queued copy: the number of the trial it repeats
+RETRY_ROOT = "retry_root"  # the first trial of the chain of copies
+RETRY_COUNT = "retry_count"  # how many times the configuration has been queued again
+RETRY_REASON = "retry_reason"  # why the trial it repeats ended
+WORKER = "worker"  # the process that claimed the trial: {"host", "pid", "proc"} (tuner.heartbeat)
+
+# kinds of failure
+LOST_WORKER = "lost worker"  # its worker stopped beating, or its process is gone
+INTERRUPTED = "interrupted"  # SIGINT or SIGTERM closed it
+RELEASED = "released"  # a person released it (tuner study release)
+NON_FINITE = "non-finite value"  # the objective returned NaN or an infinity
+# kinds of pruning
+PRUNER = "pruner"  # the study's pruner stopped it
+DIVERGED = "diverged"  # its loss became NaN or infinite
+
+
+def fail_reason(attrs: dict[str, Any]) -> str:
+    """Why a failed trial failed: what tuner recorded, or (nothing recorded) its worker was lost
+    (a trial failed by Optuna's own stale check records nothing)."""
+    return str(attrs.get(FAIL_REASON) or "lost its worker: no heartbeat within the grace period")
+
+
+def fail_kind(attrs: dict[str, Any]) -> str:
+    kind = attrs.get(FAIL_KIND)
+    if kind:
+        return str(kind)
+    reason = fail_reason(attrs)  # stored before kinds were: the start of the reason tells
+    if reason.startswith("lost"):
+        return LOST_WORKER
+    if reason.startswith("interrupted"):
+        return INTERRUPTED
+    return reason.split(":")[0]
+
+
+def pruned_kind(attrs: dict[str, Any]) -> str:
+    kind = attrs.get(PRUNED_KIND)
+    if kind:
+        return str(kind)
+    return DIVERGED if str(attrs.get(PRUNED_REASON, "")).startswith("diverged") else PRUNER
