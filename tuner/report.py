@@ -37,6 +37,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
+from tuner.atomic import atomic_path
 from tuner.errors import ReportError
 from tuner.attrs import fail_reason
 from tuner.study import Loaded, best_trial, study_summary
@@ -148,14 +149,8 @@ def _prepare(out_dir: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path, error=ReportError) as tmp:
         tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:

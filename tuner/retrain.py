@@ -6,8 +6,6 @@ of its best epoch, save them with everything needed to use them, and attach the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner.atomic import atomic_path
 from tuner.errors import SpecError, TunerError
 from tuner.params import TrainConfig
 from tuner.storage import DEFAULT_ARTIFACTS
@@ -107,14 +106,8 @@ def retrain_best(
 
 
 def _save(payload: dict[str, Any], out: Path) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
+    with atomic_path(out, hint="; pass --out with a writable path") as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise TunerError(f"cannot write {out}: {e.strerror or e}; pass --out with a writable path") from None
 
 
 def _attach(loaded: Loaded, path: Path, artifacts_dir: Path) -> str | None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from tuner.atomic import atomic_path
 from tuner.errors import SpaceError
 from tuner.params import CONDITIONS, describe_bounds, in_bounds, param_kind, param_names
 
@@ -502,21 +501,8 @@ def save_space(space: Space, path: Path, *, overwrite: bool = False) -> Path:
         raise SpaceError(f"{path} already exists; pass --force to overwrite it or choose another name")
     text = space.to_yaml()
     space_from_text(text, name=space.name, source=str(path))  # what we write must load back
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise SpaceError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise SpaceError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, error=SpaceError) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from tuner.atomic import atomic_path
 from tuner.cli.common import Format, FormatOpt, console, console_err, print_json
 from tuner.errors import TunerError
 from tuner.space import SPACES_DIR
@@ -49,9 +50,8 @@ def bench(
         spaces_dir=spaces_dir,
         log=lambda line: console_err.print(line, markup=False, highlight=False),
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with atomic_path(out, hint="; pass --out with a file you can write") as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if fmt == Format.json:
         print_json(doc)
         return

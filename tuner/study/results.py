@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
+from tuner.atomic import atomic_path
 from tuner.attrs import fail_reason
 from tuner.storage import mask, open_storage
 from tuner.study.lost import running_trials
@@ -98,23 +99,26 @@ def export_trials(loaded: Loaded, out: Path, *, fmt: str) -> int:
     """Every trial to CSV (one row per trial, params and attributes as columns) or JSON (with
     intermediate values and the study's spec and space). Written atomically."""
     rows = trial_rows(loaded)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if fmt == "json":
-        doc = {"study": loaded.spec.as_dict(), "space": loaded.space.to_dict(), "trials": rows}
-        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    else:
-        param_names = sorted({k for r in rows for k in r["params"]})
-        attr_names = sorted({k for r in rows for k in r["user_attrs"]})
-        header = ["number", "state", "value", "duration_s", "datetime_start", "datetime_complete"]
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header + [f"params_{p}" for p in param_names] + [f"user_attrs_{a}" for a in attr_names])
-            for r in rows:
-                w.writerow(
-                    [r[h] for h in header]
-                    + [r["params"].get(p, "") for p in param_names]
-                    + [r["user_attrs"].get(a, "") for a in attr_names]
-                )
-    tmp.replace(out)
+    with atomic_path(out, hint="; pass --out with a file path") as tmp:
+        if fmt == "json":
+            doc = {"study": loaded.spec.as_dict(), "space": loaded.space.to_dict(), "trials": rows}
+            tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        else:
+            _write_csv(tmp, rows)
     return len(rows)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per trial: its fields, then params_* and user_attrs_* columns."""
+    param_names = sorted({k for r in rows for k in r["params"]})
+    attr_names = sorted({k for r in rows for k in r["user_attrs"]})
+    header = ["number", "state", "value", "duration_s", "datetime_start", "datetime_complete"]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header + [f"params_{p}" for p in param_names] + [f"user_attrs_{a}" for a in attr_names])
+        for r in rows:
+            w.writerow(
+                [r[h] for h in header]
+                + [r["params"].get(p, "") for p in param_names]
+                + [r["user_attrs"].get(a, "") for a in attr_names]
+            )
