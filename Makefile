@@ -32,4 +32,4 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) studies/*.db studies/*.db-*
+	rm -rf $(VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def _readme_commands() -> list[list[str]]:
 def test_readme_examples_all_run(project):
     commands = _readme_commands()
     assert len(commands) >= 15
+    before = {p for p in Path(".").rglob("*") if p.is_file()}
     for argv in commands:
         if argv[0] == "tuner":
             result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True)
@@ -35,6 +37,12 @@ def test_readme_examples_all_run(project):
             result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True)
         assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
     assert Path("out/demo.csv").is_file() and json.loads(Path("out/demo.json").read_text())["trials"]
+    # what following the README leaves behind is ignored by git (spaces a person made are theirs)
+    left = sorted(str(p) for p in {p for p in Path(".").rglob("*") if p.is_file()} - before if p.parts[0] != "search_spaces")
+    shutil.copy(REPO / ".gitignore", ".gitignore")
+    subprocess.run(["git", "init", "-q"], check=True)
+    ignored = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(left), capture_output=True, text=True).stdout.split()
+    assert left and sorted(ignored) == left, set(left) - set(ignored)
 
 
 def test_readme_files_exist():
