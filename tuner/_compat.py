@@ -46,6 +46,10 @@ class FastPath:
     detail: str  # on: what it uses; off: what is missing
     fallback: str  # what runs when it is off
 
+    def line(self) -> str:
+        """`on   name: what it uses` or `off  name: why -> fallback`."""
+        return f"on   {self.name}: {self.detail}" if self.on else f"off  {self.name}: {self.detail} -> {self.fallback}"
+
 
 def _lookup(module: str, path: str) -> Any:
     """`module`'s attribute `path` (dotted), or None if the module or any step is missing."""
@@ -228,8 +232,5 @@ def fast_paths(*, rdb: Any = None, with_torch: bool = True) -> list[FastPath]:
 
 
 def report(*, rdb: Any = None, with_torch: bool = True) -> str:
-    """The record, one line a fast path: `on  name: what it uses` or `off name: why -> fallback`."""
-    lines = []
-    for p in fast_paths(rdb=rdb, with_torch=with_torch):
-        lines.append(f"on   {p.name}: {p.detail}" if p.on else f"off  {p.name}: {p.detail} -> {p.fallback}")
-    return "\n".join(lines)
+    """The record, one line a fast path (FastPath.line)."""
+    return "\n".join(p.line() for p in fast_paths(rdb=rdb, with_torch=with_torch))

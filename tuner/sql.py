@@ -44,7 +44,6 @@ __all__ = [
     "param_distribution",
     "progress",
     "running_trials",
-    "stale_trial_ids",
     "start_queued",
     "write_trial",
 ]
@@ -252,6 +251,11 @@ class Running:
     silent_s: float | None  # since its last heartbeat or, without one, since its start (this host's clock)
     worker: dict[str, Any] | None  # the claiming worker's identity (user attribute tuner.attrs.WORKER)
 
+    def silent_past(self, seconds: float) -> bool:
+        """Silent for longer than `seconds` (as Optuna judges a heartbeat stale; a trial with
+        neither a beat nor a start cannot be judged)."""
+        return self.silent_s is not None and self.silent_s > seconds
+
 
 def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Running]:
     """The study's RUNNING trials, oldest first, with their last heartbeat and their worker.
@@ -278,13 +282,6 @@ def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Runni
         identity = json.loads(worker) if worker is not None else None
         out.append(Running(int(trial_id), int(number), started, beat_age, silent, identity if isinstance(identity, dict) else None))
     return out
-
-
-def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, *, grace_s: float) -> list[int]:
-    """The study's RUNNING trials silent for more than `grace_s`: as Optuna's RDB storage decides
-    it for trials with a heartbeat, and by their start for trials that never beat (which Optuna's
-    own query, a join on the heartbeats, can never find)."""
-    return [r.trial_id for r in running_trials(rdb, study_id) if r.silent_s is not None and r.silent_s > grace_s]
 
 
 def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str, kind: str) -> bool:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from tuner import attrs as A
 from tuner.errors import NoStorageError, StorageError
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_trials", "sql_rdb"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_rows", "sql_rdb"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 # Files attached to studies (retrained models) live here, linked from the dashboard.
@@ -239,7 +239,7 @@ def count_states(storage: Any, study_id: int) -> Counter[Any]:
     return sql.count_states(rdb, study_id)
 
 
-def running_trials(storage: Any, study_id: int) -> list[Any]:
+def running_rows(storage: Any, study_id: int) -> list[Any]:
     """The study's RUNNING trials with their worker and how long each has been silent (see
     tuner.sql.running_trials). Where tuner's SQL is off, from Optuna's own reads: a trial's
     silence is then known only as past the grace period (Optuna's stale query, where there is

@@ -68,8 +68,10 @@ def doctor(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
     typer.echo(f"devices: {d['devices']}")
     typer.echo(f"storage: {d['storage']}")
+    from tuner._compat import FastPath
+
     for p in d["fast_paths"]:
-        typer.echo(f"  on   {p['name']}: {p['detail']}" if p["on"] else f"  off  {p['name']}: {p['detail']} -> {p['fallback']}")
+        typer.echo("  " + FastPath(**p).line())
 
 
 app.command("worker")(study_cli.worker)

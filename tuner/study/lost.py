@@ -15,7 +15,7 @@ from tuner import sql
 from tuner.errors import SpecError
 from tuner.heartbeat import describe, process_gone
 from tuner.spec import StudySpec
-from tuner.storage import StudyLock, fail_running, heartbeat_settings, running_trials as running_in
+from tuner.storage import StudyLock, fail_running, heartbeat_settings, running_rows
 from tuner.study.store import SPEC_ATTR, Loaded
 
 __all__ = ["fail_lost", "lost_reason", "release_trials", "requeue", "running_trials"]
@@ -45,7 +45,7 @@ def lost_reason(running: sql.Running, grace_s: float) -> str | None:
     """Why a running trial's worker counts as lost, or None while it may still be alive."""
     if process_gone(running.worker):
         return f"lost its worker: process {describe(running.worker)} is gone"
-    if running.silent_s is not None and running.silent_s > grace_s:
+    if running.silent_past(grace_s):
         return f"lost its worker: no heartbeat for {_silence(running.silent_s)} (grace {grace_s:g}s)"
     return None
 
@@ -60,7 +60,7 @@ def fail_lost(study: optuna.Study) -> list[int]:
     study's retries. Returns the numbers of the trials failed."""
     _, grace = heartbeat_settings()
     failed = []
-    for running in running_in(study._storage, study._study_id):
+    for running in running_rows(study._storage, study._study_id):
         reason = lost_reason(running, grace)
         if reason is not None and fail_running(study._storage, running.trial_id, reason=reason, kind=A.LOST_WORKER):
             requeue(study, study._storage.get_trial(running.trial_id), f"trial {running.number} {reason}")
@@ -73,7 +73,7 @@ def running_trials(study: optuna.Study) -> list[dict[str, Any]]:
     many seconds it will be declared lost if it stays silent (0: at the next look)."""
     _, grace = heartbeat_settings()
     rows = []
-    for r in running_in(study._storage, study._study_id):
+    for r in running_rows(study._storage, study._study_id):
         gone = process_gone(r.worker)
         lost_in = 0.0 if gone else (max(0.0, grace - r.silent_s) if r.silent_s is not None else None)
         rows.append(
@@ -102,9 +102,9 @@ def release_trials(loaded: Loaded, *, numbers: list[int] | None = None, stale: b
     released = []
     try:
         with lock.held():  # no claim counts the study between a trial's failure and its copy
-            running = {r.number: r for r in running_in(study._storage, study._study_id)}
+            running = {r.number: r for r in running_rows(study._storage, study._study_id)}
             if stale:
-                chosen = [r for r in running.values() if process_gone(r.worker) or (r.silent_s or 0.0) > 2 * interval]
+                chosen = [r for r in running.values() if process_gone(r.worker) or r.silent_past(2 * interval)]
             else:
                 chosen = []
                 for number in numbers or []:
