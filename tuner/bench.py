@@ -140,49 +140,25 @@ def _time_sampler(sampler: optuna.samplers.BaseSampler, clock: _Clock) -> None:
 
 @contextlib.contextmanager
 def _timed_training(clock: _Clock) -> Iterator[None]:
-    """Time tuner's training as the study calls it: `tuner.train.train`, less its `on_epoch`
-    callback (reporting to storage and the pruner), which is counted as reports."""
-    import tuner.study
-    import tuner.train
+    """Time tuner's training as the study calls it, through train's timing hook: the time inside
+    `tuner.train.train` less its `on_epoch` callback (reporting to storage and the pruner), which
+    is counted as reports."""
+    from tuner.train import TrainTiming, timing_hook
 
-    real = tuner.train.train
+    def count(timing: TrainTiming) -> None:
+        clock.train += timing.train_s
+        clock.reports += timing.reports_s
+        clock.n_train += 1
 
-    def train(*args: Any, on_epoch: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
-        in_reports = 0.0
-
-        def report(epoch: Any) -> Any:
-            nonlocal in_reports
-            started = time.perf_counter()
-            try:
-                return on_epoch(epoch)  # type: ignore[misc]
-            finally:
-                in_reports += time.perf_counter() - started
-
-        started = time.perf_counter()
-        try:
-            return real(*args, on_epoch=report if on_epoch is not None else None, **kwargs)
-        finally:
-            clock.train += time.perf_counter() - started - in_reports
-            clock.reports += in_reports
-            clock.n_train += 1
-
-    patched = [(tuner.train, real)]
-    if getattr(tuner.study, "train", None) is real:  # should the study ever import it at module level
-        patched.append((tuner.study, real))
-    for module, _ in patched:
-        module.train = train  # type: ignore[attr-defined]
-    try:
+    with timing_hook(count):
         yield
-    finally:
-        for module, original in patched:
-            module.train = original  # type: ignore[attr-defined]
 
 
 def _check_timed(clock: _Clock, n_trials: int, what: str) -> None:
     if clock.n_train < n_trials:
         raise TunerError(
             f"bench {what}: timed {clock.n_train} trainings for {n_trials} trials; the study no longer trains "
-            "through tuner.train.train, so tuner/bench.py must time it where it now happens"
+            "through tuner.train.train (whose timing hook the bench listens to)"
         )
 
 

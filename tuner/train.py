@@ -7,6 +7,7 @@ the loss is summed on the device and read once per epoch, so there is no host sy
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from tuner.steps import direct_step
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "evaluate", "resolve_device", "scale_features", "train", "warm_up"]
+__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
@@ -354,6 +355,150 @@ def warm_up(device: torch.device | str) -> None:
     optimizer.step()
 
 
+@dataclass
+class TrainTiming:
+    """Where a training's wall time went: reports (the study's `on_epoch`: storage and the pruner)
+    apart from the rest. Given to each timing hook when training ends, however it ends."""
+
+    total_s: float = 0.0  # wall time of train()
+    reports_s: float = 0.0  # inside on_epoch
+
+    @property
+    def train_s(self) -> float:
+        return self.total_s - self.reports_s
+
+
+# Callables given each training's TrainTiming when it ends (completed, pruned or failed). The
+# benchmark registers here (see timing_hook) instead of replacing train() at run time.
+_TIMING_HOOKS: list[Callable[[TrainTiming], None]] = []
+
+
+@contextlib.contextmanager
+def timing_hook(hook: Callable[[TrainTiming], None]) -> Iterator[None]:
+    """Call `hook` with the timing of every training that ends inside the block."""
+    _TIMING_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _TIMING_HOOKS.remove(hook)
+
+
+class _Stepper:
+    """One optimizer step on a batch, and the per-layer gradient norms read at the steps asked."""
+
+    def __init__(self, cfg: TrainConfig, task: str, model: nn.Module, device: torch.device) -> None:
+        self.cfg, self.task, self.model, self.device = cfg, task, model, device
+        # layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"
+        named = [
+            (f"{name or 'model'} {type(m).__name__}", m.weight)
+            for name, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
+        ]
+        self.layer_names = [n for n, _ in named]
+        self.weights = [w for _, w in named]
+        self.params = _params(model)
+        self.flat = None if cfg.optimizer == "lbfgs" else _flatten(self.params)  # L-BFGS keeps its own flat view
+        self.optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([self.flat] if self.flat is not None else self.params, cfg, **_fast(cfg.optimizer, device))
+        self.loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing) if task == "classification" else nn.MSELoss()
+        self.penalized = cfg.l1 > 0 or (cfg.optimizer == "lbfgs" and cfg.weight_decay > 0)
+        self.grad_norms = torch.zeros(len(self.weights), device=device)
+        self.after_batch: Callable[[], None] = lambda: None  # the schedule's per-batch step, once it exists
+        self._direct: Callable[[], Any] | None = None
+
+    def bind_schedule(self, schedule: "_Schedule") -> None:
+        self.after_batch = schedule.after_batch
+        # the same step, less torch.optim's Python; taken after the schedule wraps optimizer.step
+        self._direct = direct_step(self.optimizer) or self.optimizer.step
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor, read_norms: bool, seen: list[torch.Tensor]) -> torch.Tensor:
+        """Forward and backward on the batch (called several times a step by L-BFGS, once otherwise)."""
+        if self.flat is not None:
+            self.flat.grad.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(xb)
+        out = out.squeeze(-1) if self.task == "regression" else out
+        loss = self.loss_fn(out, yb)
+        loss = loss + _penalty(self.weights, self.cfg) if self.penalized else loss
+        loss.backward()
+        if read_norms:  # per-layer gradient norms, before clipping
+            self.grad_norms.copy_(torch.stack([_grad_norm(w) for w in self.weights]))
+        if self.cfg.grad_clip > 0:  # the guard against exploding gradients
+            nn.utils.clip_grad_norm_([self.flat] if self.flat is not None else self.params, self.cfg.grad_clip)
+        seen[:] = [out.detach()]
+        return loss
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, *, read_norms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch: its loss and the model's output, both detached."""
+        seen: list[torch.Tensor] = []
+        read_norms = read_norms and bool(self.weights)
+        if self.cfg.optimizer == "lbfgs":
+            loss = self.optimizer.step(self._replaying_masks(lambda: self._loss(xb, yb, read_norms, seen)))
+        else:
+            loss = self._loss(xb, yb, read_norms, seen)
+            self._direct()
+        self.after_batch()
+        return loss.detach(), seen[0]
+
+    def _replaying_masks(self, closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """L-BFGS evaluates the batch's loss several times a step and builds its curvature from the
+        differences: every evaluation must draw the same dropout masks, or it compares the
+        gradients of different functions."""
+        device = self.device
+        rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.default_generator.get_state()
+
+        def same_masks() -> torch.Tensor:
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(rng, device)
+            else:
+                torch.default_generator.set_state(rng)
+            return closure()
+
+        return same_masks
+
+
+@dataclass
+class _Setup:
+    """What one training builds before its first epoch."""
+
+    model: nn.Module
+    stepper: _Stepper
+    schedule: _Schedule
+    eval_loss_fn: nn.Module  # label smoothing shapes training, not the score
+    steps_per_epoch: int
+
+
+def _set_up(cfg: TrainConfig, data: Dataset, model: nn.Module | None, device: torch.device, n_train: int) -> _Setup:
+    if model is None:
+        model = build_model(cfg, n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=data.image_shape)
+    apply_init(model, cfg)
+    model.to(device)
+    stepper = _Stepper(cfg, data.task, model, device)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    schedule = _Schedule(cfg, stepper.optimizer, steps_per_epoch)
+    stepper.bind_schedule(schedule)
+    eval_loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
+    return _Setup(model, stepper, schedule, eval_loss_fn, steps_per_epoch)
+
+
+def _train_epoch(run: _Setup, cfg: TrainConfig, task: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[float, float | None, list[float]]:
+    """One pass over the shuffled training split: mean loss, accuracy as trained (classification)
+    and the per-layer gradient norms near the epoch's end (the last batch may be skipped)."""
+    run.model.train()
+    tally = _Tally(task, x.device)
+    run.stepper.grad_norms.zero_()
+    perm = torch.randperm(len(x), device=x.device, generator=generator)
+    for i, (xb, yb) in enumerate(_batches(x, y, perm, cfg.batch_size)):
+        if len(xb) < 2 and cfg.norm == "batch":
+            continue  # batch norm cannot normalize a batch of one
+        loss, out = run.stepper.step(xb, yb, read_norms=i >= run.steps_per_epoch - 2)
+        tally.add(loss, out, yb)
+    # one read from the device per epoch, not one per batch
+    loss_sum, correct, *norms = torch.cat([tally.totals(), run.stepper.grad_norms]).tolist()
+    n = max(tally.n, 1)
+    return loss_sum / n, correct / n if task == "classification" else None, norms
+
+
 def train(
     cfg: TrainConfig,
     data: Dataset,
@@ -369,143 +514,84 @@ def train(
     With `keep_best`, the weights of the best epoch are kept (a copy per improvement) in `best_state`.
 
     Raises DivergedError as soon as an epoch's loss is NaN or infinite."""
-    started = time.perf_counter()
-    device = torch.device(device)
-    _seed(seed, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    x_train, y_train, x_val, y_val = device_tensors(data, cfg.scaling, device)
-    n_outputs = data.n_classes or 1
+    timing, started = TrainTiming(), time.perf_counter()
+    try:
+        device = torch.device(device)
+        _seed(seed, device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        x_train, y_train, x_val, y_val = device_tensors(data, cfg.scaling, device)
+        run = _set_up(cfg, data, model, device, len(x_train))
+        history: list[EpochResult] = []
+        best: _Best = _Best(METRICS[metric] == "maximize", keep_best)
+        stopped = "completed"
+        for epoch in range(1, cfg.epochs + 1):
+            # train
+            run.schedule.start_epoch(epoch)
+            lr = run.schedule.lr
+            train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, x_train, y_train, generator)
+            if not math.isfinite(train_loss):
+                raise DivergedError(epoch, train_loss)
+            # evaluate
+            val_loss, val_accuracy = evaluate(run.model, x_val, y_val, run.eval_loss_fn, data.task)
+            if not math.isfinite(val_loss):
+                raise DivergedError(epoch, val_loss)
+            run.schedule.end_epoch(epoch, val_loss)
+            metric_value = _metric(metric, val_loss, val_accuracy)
+            norms_by_layer = dict(zip(run.stepper.layer_names, norms))
+            result = EpochResult(epoch, train_loss, val_loss, val_accuracy, metric_value, lr, train_accuracy, norms_by_layer)
+            history.append(result)
+            # report (may raise to prune), then decide to stop early
+            if on_epoch is not None:
+                timing.reports_s -= time.perf_counter()
+                try:
+                    on_epoch(result)
+                finally:
+                    timing.reports_s += time.perf_counter()
+            if not best.update(result, run.model) and cfg.patience and epoch - best.epoch >= cfg.patience:
+                stopped = "early_stopping"
+                break
+        return best.result(history, stopped, str(device), time.perf_counter() - started, run.model, data.task)
+    finally:
+        timing.total_s = time.perf_counter() - started
+        for hook in list(_TIMING_HOOKS):
+            hook(timing)
 
-    # build
-    if model is None:
-        model = build_model(cfg, n_features=data.n_features, n_outputs=n_outputs, image_shape=data.image_shape)
-    apply_init(model, cfg)
-    model.to(device)
-    # layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"
-    named_weights = [
-        (f"{name or 'model'} {type(m).__name__}", m.weight)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
-    ]
-    weights = [p for _, p in named_weights]
-    params = _params(model)
-    flat = None if cfg.optimizer == "lbfgs" else _flatten(params)  # L-BFGS keeps its own flat view
-    optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([flat] if flat is not None else params, cfg, **_fast(cfg.optimizer, device))
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    schedule = _Schedule(cfg, optimizer, steps_per_epoch)
-    # the same step, less torch.optim's Python; taken after the schedule wraps optimizer.step
-    optimizer_step = direct_step(optimizer) or optimizer.step
-    if data.task == "classification":
-        train_loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        eval_loss_fn: nn.Module = nn.CrossEntropyLoss()  # smoothing shapes training, not the score
-    else:
-        train_loss_fn = eval_loss_fn = nn.MSELoss()
-    penalized = cfg.l1 > 0 or (cfg.optimizer == "lbfgs" and cfg.weight_decay > 0)
 
-    def step(xb: torch.Tensor, yb: torch.Tensor, *, read_norms: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch: its loss and the model's output, both detached."""
-        seen: list[torch.Tensor] = []
+class _Best:
+    """The best epoch so far by the study's metric (and its weights, with keep_best)."""
 
-        def closure() -> torch.Tensor:  # L-BFGS calls it several times a step; the rest once
-            if flat is not None:
-                flat.grad.zero_()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
-            out = out.squeeze(-1) if data.task == "regression" else out
-            loss = train_loss_fn(out, yb)
-            loss = loss + _penalty(weights, cfg) if penalized else loss
-            loss.backward()
-            if read_norms:  # per-layer gradient norms, before clipping
-                grad_norms.copy_(torch.stack([_grad_norm(w) for w in weights]))
-            if cfg.grad_clip > 0:  # the guard against exploding gradients
-                nn.utils.clip_grad_norm_([flat] if flat is not None else params, cfg.grad_clip)
-            seen[:] = [out.detach()]
-            return loss
+    def __init__(self, maximize: bool, keep_state: bool) -> None:
+        self.sign = 1.0 if maximize else -1.0
+        self.keep_state = keep_state
+        self.epoch_result: EpochResult | None = None
+        self.state: dict[str, torch.Tensor] | None = None
 
-        if cfg.optimizer == "lbfgs":
-            # it evaluates the batch's loss several times a step and builds its curvature from the
-            # differences: every evaluation must draw the same dropout masks, or it compares the
-            # gradients of different functions
-            rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.default_generator.get_state()
+    @property
+    def epoch(self) -> int:
+        assert self.epoch_result is not None
+        return self.epoch_result.epoch
 
-            def same_masks() -> torch.Tensor:
-                if device.type == "cuda":
-                    torch.cuda.set_rng_state(rng, device)
-                else:
-                    torch.default_generator.set_state(rng)
-                return closure()
+    def update(self, result: EpochResult, model: nn.Module) -> bool:
+        """Whether `result` is the new best."""
+        if self.epoch_result is not None and self.sign * result.metric <= self.sign * self.epoch_result.metric:
+            return False
+        self.epoch_result = result
+        if self.keep_state:
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
 
-            loss = optimizer.step(same_masks)
-        else:
-            loss = closure()
-            optimizer_step()
-        schedule.after_batch()
-        return loss.detach(), seen[0]
-
-    history: list[EpochResult] = []
-    best: EpochResult | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    sign = 1.0 if METRICS[metric] == "maximize" else -1.0
-    stopped = "completed"
-    for epoch in range(1, cfg.epochs + 1):
-        # train
-        schedule.start_epoch(epoch)
-        lr = schedule.lr
-        model.train()
-        tally = _Tally(data.task, device)
-        grad_norms = torch.zeros(len(weights), device=device)
-        perm = torch.randperm(len(x_train), device=device, generator=generator)
-        for i, (xb, yb) in enumerate(_batches(x_train, y_train, perm, cfg.batch_size)):
-            if len(xb) < 2 and cfg.norm == "batch":
-                continue  # batch norm cannot normalize a batch of one
-            # gradient norms near the epoch's end (the last batch may be skipped)
-            loss, out = step(xb, yb, read_norms=bool(weights) and i >= steps_per_epoch - 2)
-            tally.add(loss, out, yb)
-        # one read from the device per epoch, not one per batch
-        train_loss, train_correct, *norms = torch.cat([tally.totals(), grad_norms]).tolist()
-        train_loss /= max(tally.n, 1)
-        if not math.isfinite(train_loss):
-            raise DivergedError(epoch, train_loss)
-
-        # evaluate
-        val_loss, val_accuracy = evaluate(model, x_val, y_val, eval_loss_fn, data.task)
-        if not math.isfinite(val_loss):
-            raise DivergedError(epoch, val_loss)
-        schedule.end_epoch(epoch, val_loss)
-        result = EpochResult(
-            epoch,
-            train_loss,
-            val_loss,
-            val_accuracy,
-            _metric(metric, val_loss, val_accuracy),
-            lr,
-            train_accuracy=train_correct / max(tally.n, 1) if data.task == "classification" else None,
-            grad_norms={name: norm for (name, _), norm in zip(named_weights, norms)},
+    def result(self, history: list[EpochResult], stopped: str, device: str, duration_s: float, model: nn.Module, task: str) -> TrainResult:
+        best = self.epoch_result
+        assert best is not None, "epochs >= 1 is checked when the space is validated"
+        return TrainResult(
+            value=best.metric,
+            best_epoch=best.epoch,
+            epochs_run=len(history),
+            stopped=stopped,
+            history=history,
+            device=device,
+            duration_s=duration_s,
+            model=model,
+            diagnostics=Diagnostics.of(history, task),
+            best_state=self.state,
         )
-        history.append(result)
-
-        # report (may raise to prune), then decide to stop early
-        if on_epoch is not None:
-            on_epoch(result)
-        if best is None or sign * result.metric > sign * best.metric:
-            best = result
-            if keep_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif cfg.patience and epoch - best.epoch >= cfg.patience:
-            stopped = "early_stopping"
-            break
-
-    assert best is not None, "epochs >= 1 is checked when the space is validated"
-    return TrainResult(
-        value=best.metric,
-        best_epoch=best.epoch,
-        epochs_run=len(history),
-        stopped=stopped,
-        history=history,
-        device=str(device),
-        duration_s=time.perf_counter() - started,
-        model=model,
-        diagnostics=Diagnostics.of(history, data.task),
-        best_state=best_state,
-    )
