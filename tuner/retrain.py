@@ -59,6 +59,11 @@ def retrain_best(
 ) -> Retrained:
     quiet_optuna()
     study, spec = loaded.study, loaded.spec
+    if spec.user_code:
+        raise SpecError(
+            f"study '{spec.name}' trains your own {spec.code_kind}, and retrain runs tuner's own loop; "
+            f"`tuner study best {spec.name}` gives the best parameters (and the command line) to retrain it with your code"
+        )
     try:
         best = study.best_trial
     except ValueError:

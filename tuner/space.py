@@ -11,6 +11,14 @@ A space is a YAML file in search_spaces/ whose `params` map names from the train
 
 `when` makes a parameter conditional; `grid` gives explicit grid values, or a count that expands
 linearly (or log-spaced when `log: true`), so grid search can run over any space.
+
+A name outside that vocabulary is a free parameter: a hyperparameter of the person's own code (a
+`--objective` function or a `--command` script), which tuner samples and passes on without knowing
+what it means. It must say its `type:`, so that a typo of a built-in name is never taken for one:
+
+      num_heads: {type: categorical, choices: [2, 4, 8]}
+      mixup: {type: float, low: 0.0, high: 0.4}
+      emb: {type: int, fixed: 64}
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ __all__ = [
     "build_space",
     "load_space",
     "parse_entry",
+    "parse_param_option",
     "parse_space",
     "resolve_space_path",
     "save_space",
@@ -62,6 +71,8 @@ class Param:
     value: Any = None  # the value of a fixed entry
     when: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # parent -> values that enable this
     grid: tuple[Any, ...] | int | None = None  # explicit values, or a count to expand
+    free: bool = False  # not in tuner's training vocabulary: a parameter of the person's own code
+    declared: str | None = None  # a free fixed entry's `type:` (float, int or categorical)
 
     def is_active(self, values: dict[str, Any]) -> bool:
         return all(parent in values and values[parent] in allowed for parent, allowed in self.when.items())
@@ -88,10 +99,12 @@ class Param:
 
     def to_entry(self) -> Any:
         """The YAML form: the inverse of parsing, so a saved space loads back equal."""
-        if self.type == "fixed" and not self.when:
+        if self.type == "fixed" and not self.when and not self.free:
             return self.value
         entry: dict[str, Any] = {}
         if self.type == "fixed":
+            if self.declared:
+                entry["type"] = self.declared
             entry["fixed"] = self.value
         else:
             entry["type"] = self.type
@@ -172,6 +185,21 @@ class Space:
                 return f"space '{self.name}': {p.name} spans {_int_range_size(p)} integers; add `grid: 5` (a count) or `grid: [..]` (values)"
         return None
 
+    def free(self) -> list[str]:
+        """Names of the parameters of the person's own code (not tuner's training vocabulary)."""
+        return [n for n, p in self.params.items() if p.free]
+
+    def builtin_problem(self) -> str | None:
+        """Why tuner's own training loop cannot run this space (it names free parameters), or None."""
+        free = self.free()
+        if not free:
+            return None
+        name = free[0]
+        return (
+            f"space '{self.name}': {name} is not a parameter of tuner's training loop; {_suggest_name(name, param_names())}"
+            "free parameters are for your own code: pass --objective module:function or --command \"...\""
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.description:
@@ -251,7 +279,7 @@ def _number(where: _Where, name: str, key: str, raw: Any, kind: type) -> float |
         value = int(value)
     else:
         value = float(value)
-    if key != "step" and not in_bounds(name, value):
+    if key != "step" and name in param_names() and not in_bounds(name, value):
         raise where.fail(name, f"{key}={value} is out of range; {name} takes values in {describe_bounds(name)}")
     return value
 
@@ -268,9 +296,7 @@ def _value(where: _Where, name: str, raw: Any, what: str = "value") -> Any:
 
 def _parse_param(where: _Where, name: Any, entry: Any) -> Param:
     if not isinstance(name, str) or name not in param_names():
-        raise where.fail(
-            str(name), f"unknown parameter; {_suggest_name(str(name), param_names())}valid: {', '.join(param_names())}"
-        )
+        return _parse_free(where, str(name), entry)
     kind, _ = param_kind(name)
     if not isinstance(entry, dict):
         if isinstance(entry, list):
@@ -291,18 +317,62 @@ def _parse_param(where: _Where, name: Any, entry: Any) -> Param:
     if ptype not in _TYPES:
         raise where.fail(name, f"type must be one of {', '.join(_TYPES)} (or give `fixed: VALUE`), got {ptype!r}")
     if ptype == "categorical":
-        extra = set(entry) - {"type", "choices", "when"}
-        if extra:
-            raise where.fail(name, f"a categorical entry takes `choices` (they are its grid), not {', '.join(sorted(extra))}")
-        raw = entry.get("choices")
-        if not isinstance(raw, list) or not raw:
-            raise where.fail(name, f"choices must be a non-empty list, got {raw!r}")
-        choices = tuple(_value(where, name, c, "choice") for c in raw)
-        if len(set(choices)) != len(choices):
-            dup = next(c for c in choices if choices.count(c) > 1)
-            raise where.fail(name, f"choice {dup!r} is listed twice")
-        return Param(name, "categorical", choices=choices, when=when)
+        return _parse_categorical(where, name, entry, when, lambda c: _value(where, name, c, "choice"))
     return _parse_range(where, name, ptype, kind, entry, when)
+
+
+def _parse_categorical(where: _Where, name: str, entry: dict, when: dict, check: Any, *, free: bool = False) -> Param:
+    extra = set(entry) - {"type", "choices", "when"}
+    if extra:
+        raise where.fail(name, f"a categorical entry takes `choices` (they are its grid), not {', '.join(sorted(extra))}")
+    raw = entry.get("choices")
+    if not isinstance(raw, list) or not raw:
+        raise where.fail(name, f"choices must be a non-empty list, got {raw!r}")
+    choices = tuple(check(c) for c in raw)
+    if len(set(choices)) != len(choices):
+        dup = next(c for c in choices if choices.count(c) > 1)
+        raise where.fail(name, f"choice {dup!r} is listed twice")
+    return Param(name, "categorical", choices=choices, when=when, free=free)
+
+
+def _parse_free(where: _Where, name: str, entry: Any) -> Param:
+    """A parameter of the person's own code: any name, but its type said explicitly, so that a
+    misspelt built-in name is an error with its did-you-mean rather than a silent free parameter."""
+    if not isinstance(entry, dict) or entry.get("type") not in _TYPES:
+        close = _suggest_name(name, param_names())
+        raise where.fail(
+            name,
+            f"unknown parameter; {close}valid: {', '.join(param_names())}; or, for a parameter of your own code "
+            f"(--objective, --command), give its `type:`, e.g. {name}: {{type: float, low: 0.0, high: 1.0}}",
+        )
+    if not name.isidentifier():
+        raise where.fail(name, "a free parameter's name must be an identifier (letters, digits, '_'), as it becomes a {placeholder} and --flag")
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise where.fail(name, f"unknown key {sorted(map(str, unknown))[0]!r}; valid keys: {', '.join(sorted(_ENTRY_KEYS))}")
+    ptype = entry["type"]
+    when = _parse_when(where, name, entry.get("when"))
+    if "fixed" in entry:
+        extra = set(entry) - {"type", "fixed", "when"}
+        if extra:
+            raise where.fail(name, f"a fixed entry takes only `type`, `fixed` and `when`, got {', '.join(sorted(extra))}")
+        value = _free_value(where, name, ptype, entry["fixed"], "fixed value")
+        return Param(name, "fixed", value=value, when=when, free=True, declared=ptype)
+    if ptype == "categorical":
+        return _parse_categorical(where, name, entry, when, lambda c: _free_value(where, name, ptype, c, "choice"), free=True)
+    param = _parse_range(where, name, ptype, int if ptype == "int" else float, entry, when)
+    return Param(**{**param.__dict__, "free": True})
+
+
+def _free_value(where: _Where, name: str, ptype: str, raw: Any, what: str) -> Any:
+    if ptype == "categorical":
+        # what Optuna can store as a choice, and what reads back the same from a command line
+        if raw is None or isinstance(raw, (str, bool, int, float)):
+            if isinstance(raw, float) and not math.isfinite(raw):
+                raise where.fail(name, f"{what} must be finite, got {raw!r}")
+            return raw
+        raise where.fail(name, f"{what} must be a number, text, true/false or null, got {raw!r}")
+    return _number(where, name, what, raw, int if ptype == "int" else float)
 
 
 def _parse_range(where: _Where, name: str, ptype: str, kind: type, entry: dict, when: dict) -> Param:
@@ -519,26 +589,54 @@ def parse_entry(name: str, text: str) -> Any:
     kind, _ = param_kind(name)
     text = text.strip()
     if ":" in text:
-        low, high, *flags = text.split(":")
-        entry: dict[str, Any] = {"type": "int" if kind is int else "float", "low": low, "high": high}
-        for flag in flags:
-            key, _, val = flag.partition("=")
-            if key == "log" and not val:
-                entry["log"] = True
-            elif key == "step" and val:
-                entry["step"] = val
-            elif key == "grid" and val:
-                entry["grid"] = _grid_option(val)
-            else:
-                raise SpaceError(
-                    f"--{name.replace('_', '-')} {text}: unknown range flag {flag!r}; use LOW:HIGH[:log][:step=S][:grid=N|grid=A|B]"
-                )
         if kind is str:
             raise SpaceError(f"--{name.replace('_', '-')} {text}: {name} takes names, not a range; use A,B,C")
-        return entry
+        return _range_entry(f"--{name.replace('_', '-')} {text}", text, "int" if kind is int else "float")
     if "," in text:
         return {"type": "categorical", "choices": [_scalar(v) for v in text.split(",") if v.strip() != ""]}
     return _scalar(text)
+
+
+def _range_entry(shown: str, text: str, ptype: str | None) -> dict[str, Any]:
+    """LOW:HIGH[:log][:step=S][:grid=..]; a free parameter's type is read from its bounds (both
+    integers: int) unless an `:int` or `:float` flag says it."""
+    low, high, *flags = text.split(":")
+    entry: dict[str, Any] = {"type": ptype, "low": low, "high": high}
+    for flag in flags:
+        key, _, val = flag.partition("=")
+        if key == "log" and not val:
+            entry["log"] = True
+        elif key == "step" and val:
+            entry["step"] = val
+        elif key == "grid" and val:
+            entry["grid"] = _grid_option(val)
+        elif key in ("int", "float") and not val and ptype is None:
+            entry["type"] = key
+        else:
+            more = "[:int|:float]" if ptype is None else ""
+            raise SpaceError(f"{shown}: unknown range flag {flag!r}; use LOW:HIGH[:log][:step=S][:grid=N|grid=A|B]{more}")
+    if entry["type"] is None:
+        entry["type"] = "int" if all(isinstance(_scalar(v), int) for v in (low, high)) else "float"
+    return entry
+
+
+def parse_param_option(text: str) -> tuple[str, Any]:
+    """`--param NAME=SPEC`: a free parameter of the person's own code (or a built-in one, as its own
+    option would give it). SPEC is a range LOW:HIGH[:log][:step=S][:grid=..][:int|:float], choices
+    A,B,C or one fixed value; the type is explicit in the entry written."""
+    name, sep, spec = text.partition("=")
+    name, spec = name.strip(), spec.strip()
+    if not sep or not name or not spec:
+        raise SpaceError(f"--param {text!r}: write NAME=SPEC, e.g. --param num_heads=2,4,8 or --param mixup=0.0:0.4")
+    if name in param_names():
+        return name, parse_entry(name, spec)
+    if ":" in spec:
+        return name, _range_entry(f"--param {text}", spec, None)
+    if "," in spec:
+        return name, {"type": "categorical", "choices": [_scalar(v) for v in spec.split(",") if v.strip() != ""]}
+    value = _scalar(spec)
+    ptype = "int" if isinstance(value, int) else "float" if isinstance(value, float) else "categorical"
+    return name, {"type": ptype, "fixed": value}
 
 
 def _grid_option(val: str) -> int | list[str]:
@@ -558,11 +656,17 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def build_space(name: str, options: dict[str, str], *, description: str = "") -> Space:
-    """A space from `space create` options, with the conditions each setting needs added for you."""
+def build_space(name: str, options: dict[str, str], *, description: str = "", free: Iterable[str] = ()) -> Space:
+    """A space from `space create` options (and `--param NAME=SPEC` texts), with the conditions each
+    setting needs added for you."""
     entries: dict[str, Any] = {}
     for pname, text in options.items():
         entries[pname] = parse_entry(pname, text)
+    for text in free:
+        pname, entry = parse_param_option(text)
+        if pname in entries:
+            raise SpaceError(f"--param {text}: {pname} is given twice; give each parameter once")
+        entries[pname] = entry
     # Bad values (an unknown optimizer, low > high) are reported as such before any condition.
     parse_space({"params": entries}, name=name, source=f"space '{name}'")
     for child, (parent, values) in CONDITIONS.items():

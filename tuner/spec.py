@@ -22,6 +22,8 @@ __all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec"]
 # What may change between runs of one study; everything else is fixed at creation.
 RUN_OPTIONS = ("trials",)
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
+DIRECTIONS = ("maximize", "minimize")
+_OPTIONAL_TEXT = ("target", "direction", "objective", "command")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -29,11 +31,15 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 class StudySpec:
     name: str  # the study's name in storage
     space: str  # search space: a name in search_spaces/ or a path to a YAML file
-    workload: str = "digits"  # builtin name, a .csv or .npz path, or module:function
+    workload: str = "digits"  # builtin name, a .csv or .npz path, or module:function (tuner's own loop only)
     target: str | None = None  # the column to predict, for a CSV workload
     sampler: str = "tpe"  # see tuner.samplers.SAMPLERS
     pruner: str = "median"  # see tuner.samplers.PRUNERS
-    metric: str = "val_accuracy"  # see tuner.params.METRICS
+    metric: str = "val_accuracy"  # see tuner.params.METRICS; with your own code, any name it reports
+    direction: str | None = None  # maximize | minimize; None: the built-in metric's own
+    objective: str | None = None  # your own code as module:function, called with a trial handle
+    command: str | None = None  # your own script, run once a trial: "python train.py --lr {lr}"
+    trial_timeout: float | None = None  # seconds a command trial may run before it is ended as failed
     seed: int = 0  # seeds the sampler, the validation split and each trial (seed + trial number)
     trials: int | None = None  # budget: finished (complete or pruned) trials, all runs together; None: 30, or the grid size
     val_fraction: float = 0.2  # share of the data held out for validation
@@ -49,16 +55,15 @@ class StudySpec:
     def __post_init__(self) -> None:
         from tuner.samplers import PRUNERS, SAMPLERS, check_name
 
-        for key in ("name", "space", "workload", "sampler", "pruner", "metric", "target"):
+        for key in ("name", "space", "workload", "sampler", "pruner", "metric", "target", "direction", "objective", "command"):
             value = getattr(self, key)
-            if not isinstance(value, str) and not (key == "target" and value is None):
+            if not isinstance(value, str) and not (key in _OPTIONAL_TEXT and value is None):
                 raise SpecError(f"{key} must be text, got {value!r}"[:300])
         if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 100:
             raise SpecError(f"study name {self.name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
-        if self.metric not in METRICS:
-            raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        self._check_code()
         for key in ("seed", "trials", "retries", "startup_trials"):
             value = getattr(self, key)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials") and value is None):
@@ -74,9 +79,45 @@ class StudySpec:
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
 
+    def _check_code(self) -> None:
+        """The workload is tuner's own loop, or the person's code (an objective or a command); the
+        metric and its direction follow from which."""
+        if self.objective is not None and self.command is not None:
+            raise SpecError("give either --objective (a Python function) or --command (a script), not both")
+        if self.direction is not None and self.direction not in DIRECTIONS:
+            raise SpecError(f"direction must be maximize or minimize, got {self.direction!r}")
+        if self.trial_timeout is not None:
+            if isinstance(self.trial_timeout, bool) or not isinstance(self.trial_timeout, (int, float)) or not self.trial_timeout > 0:
+                raise SpecError(f"trial_timeout must be a number of seconds above 0, got {self.trial_timeout!r}")
+            if self.command is None:
+                raise SpecError("--trial-timeout ends a --command trial's process; an objective or tuner's loop runs in the worker itself")
+        if not self.user_code:
+            if self.metric not in METRICS:
+                raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)} (any name your own code reports, with --objective or --command)")
+            if self.direction not in (None, METRICS[self.metric]):
+                raise SpecError(f"metric {self.metric} is {METRICS[self.metric]}d, not {self.direction}d; drop --direction")
+        else:
+            if self.workload != "digits" or self.target is not None:
+                raise SpecError(f"--workload and --target feed tuner's own loop; your {self.code_kind} loads its own data, so drop them")
+            if not self.metric.isidentifier():
+                raise SpecError(f"metric {self.metric!r} must be a name like val_accuracy (letters, digits, '_'), as your code reports it")
+            if self.direction is None and self.metric not in METRICS:
+                raise SpecError(f"metric {self.metric}: say whether to --direction maximize or minimize it")
+            if self.objective is not None and (":" not in self.objective or not all(self.objective.partition(":")[::2])):
+                raise SpecError(f"objective {self.objective!r}: write it module:function, e.g. mypkg.tune:objective")
+            if self.command is not None and not self.command.strip():
+                raise SpecError("command is empty; give the command line that trains one trial, e.g. \"python train.py --lr {lr}\"")
+        if self.direction is None:
+            object.__setattr__(self, "direction", METRICS[self.metric])
+
     @property
-    def direction(self) -> str:
-        return METRICS[self.metric]
+    def user_code(self) -> bool:
+        """Trials run the person's own code (an objective or a command), not tuner's loop."""
+        return self.objective is not None or self.command is not None
+
+    @property
+    def code_kind(self) -> str:
+        return "objective" if self.objective is not None else "command" if self.command is not None else "tuner's loop"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ from tuner.steps import direct_step
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
+__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "gradient_diagnostics", "layer_weights", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
@@ -383,17 +383,39 @@ def timing_hook(hook: Callable[[TrainTiming], None]) -> Iterator[None]:
         _TIMING_HOOKS.remove(hook)
 
 
+def layer_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"; the
+    layers whose gradient norms diagnostics read."""
+    return [
+        (f"{name or 'model'} {type(m).__name__}", m.weight)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
+    ]
+
+
+def gradient_diagnostics(model: nn.Module) -> dict[str, Any]:
+    """The gradient diagnostics tuner's loop records, read from the gradients a model holds now
+    (after a backward): per-layer norms, the first and last layers' and the vanishing/exploding
+    flags by the same thresholds as Diagnostics."""
+    named = [(n, w) for n, w in layer_weights(model) if w.grad is not None]
+    norms = dict(zip((n for n, _ in named), torch.stack([w.grad.detach().norm() for _, w in named]).tolist())) if named else {}
+    values = list(norms.values())
+    first, last = (values[0], values[-1]) if values else (None, None)
+    return {
+        "grad_norms": norms,
+        "grad_norm_first": first,
+        "grad_norm_last": last,
+        "vanishing_gradients": bool(values) and last > 0 and first < VANISHING_RATIO * last,
+        "exploding_gradients": any(v > EXPLODING_NORM or not math.isfinite(v) for v in values),
+    }
+
+
 class _Stepper:
     """One optimizer step on a batch, and the per-layer gradient norms read at the steps asked."""
 
     def __init__(self, cfg: TrainConfig, task: str, model: nn.Module, device: torch.device) -> None:
         self.cfg, self.task, self.model, self.device = cfg, task, model, device
-        # layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"
-        named = [
-            (f"{name or 'model'} {type(m).__name__}", m.weight)
-            for name, m in model.named_modules()
-            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() > 1 and m.weight.requires_grad
-        ]
+        named = layer_weights(model)
         self.layer_names = [n for n, _ in named]
         self.weights = [w for _, w in named]
         self.params = _params(model)

@@ -20,7 +20,7 @@ def report(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Write a study's report (HTML page and PNG figures) and print its summary."""
-    from tuner.report import build_report, summary_text
+    from tuner.reports import build_report, summary_text
     from tuner.study import open_study
 
     written = build_report(open_study(name, resolve_url(storage)), out)

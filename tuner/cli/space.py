@@ -30,14 +30,15 @@ def _create(
     description: str = "",
     force: bool = False,
     spaces_dir: Path = SPACES_DIR,
+    param: Optional[List[str]] = None,
     **options: Optional[str],
 ) -> None:
     given = {k: v for k, v in options.items() if v is not None}
-    if not given:
-        raise SpaceError("give at least one dimension, e.g. --lr 1e-4:1e-1:log --optimizer sgd,adam (see --help)")
+    if not given and not param:
+        raise SpaceError("give at least one dimension, e.g. --lr 1e-4:1e-1:log --optimizer sgd,adam or --param heads=2,4,8 (see --help)")
     if not name or "/" in name or name.startswith("."):
         raise SpaceError(f"space name {name!r} is not valid; use a plain name like 'my_space'")
-    space = build_space(name, given, description=description)
+    space = build_space(name, given, description=description, free=param or ())
     path = save_space(space, spaces_dir / f"{name}.yaml", overwrite=force)
     console.print(f"wrote {path} ({len(space.params)} parameters)")
 
@@ -59,6 +60,22 @@ def _create_signature() -> inspect.Signature:
         inspect.Parameter("description", inspect.Parameter.KEYWORD_ONLY, default="", annotation=Annotated[str, typer.Option(help="A line saying what the space is for.")]),
         inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]),
         inspect.Parameter("spaces_dir", inspect.Parameter.KEYWORD_ONLY, default=SPACES_DIR, annotation=DirOpt),
+        inspect.Parameter(
+            "param",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Optional[List[str]],
+                typer.Option(
+                    "--param",
+                    metavar="NAME=SPEC",
+                    help="A parameter of your own code (for --objective or --command studies), repeatable: "
+                    "a range LOW:HIGH[:log][:step=S][:grid=N][:int|:float], choices A,B,C or one fixed value. "
+                    "Example: --param num_heads=2,4,8 --param mixup=0.0:0.4",
+                    rich_help_panel="Your own code",
+                ),
+            ],
+        ),
     ]
     for n in param_names():
         option = typer.Option(
@@ -86,10 +103,14 @@ def show(
 ) -> None:
     """Print a validated space, with its grid size."""
     s = load_space(space, spaces_dir=spaces_dir)
+    free = s.free()
     if fmt == ShowFormat.json:
-        print_json({"name": s.name, **s.to_dict(), "grid_points": _grid_size(s)})
+        print_json({"name": s.name, **s.to_dict(), "free_params": free, "grid_points": _grid_size(s)})
         return
     typer.echo(f"# {resolve_space_path(space, spaces_dir=spaces_dir)}: {len(s.params)} parameters, grid: {_grid_size(s)}")
+    if free:
+        typer.echo(f"# tuner's training loop: {', '.join(n for n in s.params if n not in free) or 'none'}")
+        typer.echo(f"# your own code's (free, for --objective or --command): {', '.join(free)}")
     typer.echo(s.to_yaml(), nl=False)
 
 

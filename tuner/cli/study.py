@@ -32,7 +32,19 @@ WorkloadOpt = Annotated[
 TargetOpt = Annotated[Optional[str], typer.Option("--target", help="The column to predict, for a CSV workload.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="tpe, random, grid, gp, qmc or cmaes [default: tpe].")]
 PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", help="none, median, percentile, sha or hyperband [default: median].")]
-MetricOpt = Annotated[Optional[str], typer.Option("--metric", help="val_accuracy, val_loss or val_rmse [default: val_accuracy].")]
+MetricOpt = Annotated[
+    Optional[str],
+    typer.Option("--metric", help="val_accuracy, val_loss or val_rmse; with your own code, any name it reports [default: val_accuracy]."),
+]
+DirectionOpt = Annotated[Optional[str], typer.Option("--direction", help="maximize or minimize the metric (needed for a metric of your own).")]
+ObjectiveOpt = Annotated[
+    Optional[str], typer.Option("--objective", metavar="MODULE:FUNCTION", help="Your own objective: a function called with a trial handle per trial.")
+]
+CommandOpt = Annotated[
+    Optional[str],
+    typer.Option("--command", help='Your own training script, one process per trial: "python train.py --lr {lr}" ({name}, ${args}, $TUNER_*).'),
+]
+TrialTimeoutOpt = Annotated[Optional[float], typer.Option("--trial-timeout", min=0.001, help="Seconds a --command trial may run before it is ended as failed.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seeds the sampler, the split and every trial [default: 0].")]
 TrialsOpt = Annotated[
     Optional[int], typer.Option("--trials", min=1, help="Finished trials the study should hold in total [default: 30, grid: its size].")
@@ -71,6 +83,10 @@ def create(
     sampler: SamplerOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
+    direction: DirectionOpt = None,
+    objective: ObjectiveOpt = None,
+    command: CommandOpt = None,
+    trial_timeout: TrialTimeoutOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -80,7 +96,10 @@ def create(
     """Create a study without running it (grid points are queued now)."""
     from tuner.study import create_study
 
-    options = dict(space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, seed=seed, trials=trials, val_fraction=val_fraction)
+    options = dict(
+        space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
+        objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+    )
     url = resolve_url(storage)
     loaded = create_study(_spec_from(name, spec, options), url, spaces_dir=spaces_dir)
     console.print(f"created study '{loaded.spec.name}' in {mask(url)}: {loaded.spec.sampler} over '{loaded.space.name}', budget {loaded.spec.trials} trials")
@@ -96,6 +115,10 @@ def run(
     sampler: SamplerOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
+    direction: DirectionOpt = None,
+    objective: ObjectiveOpt = None,
+    command: CommandOpt = None,
+    trial_timeout: TrialTimeoutOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -114,7 +137,10 @@ def run(
 
     resolve_device(device)  # a bad --device fails before anything is written
     url = resolve_url(storage)
-    options = dict(space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, seed=seed, trials=trials, val_fraction=val_fraction)
+    options = dict(
+        space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
+        objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+    )
     given = _spec_from(name, spec, options) if spec or space else None
     study_name = name or (given.name if given else None)
     if not study_name:

@@ -17,7 +17,21 @@ from tuner.workloads import load_workload
 __all__ = ["make_objective", "trial_workload"]
 
 
-def make_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
+def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float]:
+    """The function a worker calls per trial: tuner's own loop on the study's workload, or the
+    person's own code (an objective function or a command)."""
+    if loaded.spec.objective is not None:
+        from tuner.study.usercode import python_objective
+
+        return python_objective(loaded, device, record=_record)
+    if loaded.spec.command is not None:
+        from tuner.study.usercode import command_objective
+
+        return command_objective(loaded, device, threads=threads, record=_record)
+    return _builtin_objective(loaded, device)
+
+
+def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
     from tuner.train import train
 
     spec, space = loaded.spec, loaded.space

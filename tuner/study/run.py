@@ -215,8 +215,8 @@ def run_study(
     quiet_optuna()
     study, spec = loaded.study, loaded.spec
     torch_device = resolve_device(device)
-    set_threads(threads)
-    objective = make_objective(loaded, torch_device)
+    n_threads = set_threads(threads)
+    objective = make_objective(loaded, torch_device, threads=n_threads)
     from tuner.train import warm_up
 
     warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial

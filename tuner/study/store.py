@@ -29,6 +29,7 @@ __all__ = [
     "SPACE_ATTR",
     "SPEC_ATTR",
     "Loaded",
+    "check_code",
     "check_workload",
     "create_study",
     "delete_study",
@@ -78,6 +79,25 @@ def check_workload(spec: StudySpec, space: Space) -> WorkloadRef:
     return wref
 
 
+def check_code(spec: StudySpec, space: Space) -> None:
+    """What trials will run, checked before anything is written: tuner's loop on a workload that
+    loads and fits the space, or the person's objective (it imports) or command (its placeholders
+    name parameters of the space)."""
+    if spec.objective is not None:
+        from tuner.study.usercode import import_objective
+
+        import_objective(spec.objective)
+    elif spec.command is not None:
+        from tuner.command import check_template
+
+        check_template(spec.command, list(space.params))
+    else:
+        problem = space.builtin_problem()
+        if problem:
+            raise SpecError(problem)
+        check_workload(spec, space)
+
+
 def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR) -> Loaded:
     """Validate everything, then create the study; nothing is written when any check fails."""
     space = load_space(spec.space, spaces_dir=spaces_dir)
@@ -90,7 +110,7 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
             grid = space.grid()
         except SpaceError as e:
             raise SpecError(f"grid search: {e}") from None
-    check_workload(spec, space)
+    check_code(spec, space)
     budget = spec.trials or (len(grid) if grid else DEFAULT_TRIALS)
     spec = StudySpec(**{**spec.as_dict(), "trials": budget})
 

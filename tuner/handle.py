@@ -1,0 +1,113 @@
+"""The trial handle a person's own objective receives: its parameters, device and seed, and the
+calls that join their loop to the study (report with pruning, gradient diagnostics, artifacts).
+
+    def objective(trial):
+        model = Net(heads=trial.params["num_heads"]).to(trial.device)
+        for epoch in range(1, 11):
+            ...
+            trial.report(epoch, val_accuracy)   # raises tuner.Pruned when the pruner says stop
+        return val_accuracy
+
+It wraps an Optuna trial without exposing it: what the objective sees stays the same whichever
+sampler, pruner or storage the study uses.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner import attrs as A
+
+__all__ = ["Pruned", "TrialHandle"]
+
+
+class Pruned(optuna.TrialPruned):
+    """Raised by TrialHandle.report when the study's pruner stops the trial; let it propagate."""
+
+
+class TrialHandle:
+    """One trial, as a person's objective sees it."""
+
+    def __init__(self, trial: optuna.Trial, *, params: dict[str, Any], device: Any, seed: int, metric: str, pruner: str, prunes: bool, artifacts: Path) -> None:
+        self._trial = trial
+        self.params = dict(params)  # built-in and free parameters, sampled and fixed
+        self.device = device  # the worker's torch.device
+        self.seed = seed  # the study's seed plus the trial's number; torch is seeded with it already
+        self.number = trial.number
+        self.study_name = trial.study.study_name
+        self.metric = metric  # the name the study optimizes; report() takes its value
+        self._pruner, self._prunes, self._artifacts = pruner, prunes, artifacts
+        self.history: dict[str, list[Any]] = {"epoch": [], metric: []}  # what report() saw, per step
+
+    def report(self, step: int, value: float, **extra: float) -> None:
+        """Store `value` (the study's metric) at `step` (an epoch, or any increasing count) and
+        ask the pruner; raises Pruned when the trial should stop. `extra` values (losses, rates)
+        are kept in the trial's history for the report's curves."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"report(step={step!r}): step must be an integer >= 0 (the epoch)")
+        value = _number(self.metric, value)
+        self.history["epoch"].append(step)
+        self.history[self.metric].append(value)
+        for key, v in extra.items():
+            self.history.setdefault(key, [None] * (len(self.history["epoch"]) - 1)).append(_number(key, v))
+        for key, column in self.history.items():
+            column.extend([None] * (len(self.history["epoch"]) - len(column)))
+        if not math.isfinite(value):
+            # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
+            reason = f"diverged: {self.metric}={value} at step {step}"
+            self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: step})
+            raise Pruned(reason)
+        self._trial.report(value, step)
+        if self._prunes and self._trial.should_prune():
+            reason = f"{self._pruner} pruner at step {step}: {self.metric}={value:.4f}"
+            self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
+            raise Pruned(reason)
+
+    def diagnose(self, model: Any) -> dict[str, Any]:
+        """Record the model's gradient diagnostics as tuner's loop does (per-layer norms, the
+        vanishing and exploding flags), from the gradients it holds now: call it after a backward.
+        Returns what was recorded."""
+        from tuner.train import gradient_diagnostics
+
+        found = gradient_diagnostics(model)
+        self._record(found)
+        return found
+
+    def set(self, **attrs: Any) -> None:
+        """Record values of your own on the trial (JSON-serializable), shown by the dashboard."""
+        self._record(attrs)
+
+    def log_artifact(self, path: str | Path) -> str:
+        """Attach a file to the trial (a plot, a checkpoint, a log): optuna-dashboard links it from
+        the trial's page (`tuner dashboard` serves the artifact store). Returns its artifact id."""
+        return attach(self._trial, Path(path), self._artifacts)
+
+    def _record(self, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self._trial.set_user_attr(key, value)
+
+
+def attach(trial: Any, path: Path, artifacts: Path, *, mimetype: str | None = None) -> str:
+    """Upload a file to the artifact store beside the study, linked to the trial."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from tuner.errors import TunerError
+
+    if not path.is_file():
+        raise TunerError(f"log_artifact: no file {path}")
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(path), study_or_trial=trial, mimetype=mimetype)
+    except (OSError, optuna.exceptions.OptunaError) as e:
+        raise TunerError(f"cannot attach {path} to trial {trial.number} in {artifacts}: {e}") from None
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        return float(value)  # torch and numpy scalars too
+    except (TypeError, ValueError):
+        raise TypeError(f"report: {key} must be a number, got {value!r}") from None
