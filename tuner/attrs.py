@@ -16,9 +16,14 @@ __all__ = [
     "FAIL_KIND",
     "FAIL_REASON",
     "HISTORY",
+    "COMMAND",
+    "LOG_ARTIFACT",
     "INTERRUPTED",
     "LOST_WORKER",
     "NON_FINITE",
+    "NO_METRIC",
+    "EXIT_CODE",
+    "TIMED_OUT",
     "PRUNED_KIND",
     "PRUNED_REASON",
     "PRUNER",
@@ -34,7 +39,9 @@ __all__ = [
 ]
 
 FAIL_REASON = "fail_reason"  # why a failed trial failed, for people
-FAIL_KIND = "fail_kind"  # LOST_WORKER, INTERRUPTED, RELEASED, NON_FINITE, or the exception's class name
+FAIL_KIND = "fail_kind"  # LOST_WORKER, INTERRUPTED, RELEASED, NON_FINITE, TIMED_OUT, EXIT_CODE, NO_METRIC, or the exception's class name
+COMMAND = "command"  # a command trial's command line, as run
+LOG_ARTIFACT = "log_artifact"  # the artifact id of a command trial's stdout and stderr
 PRUNED_REASON = "pruned_reason"  # why a pruned trial was pruned, for people
 PRUNED_KIND = "pruned_kind"  # PRUNER or DIVERGED
 EPOCHS_RUN = "epochs_run"  # epochs trained before the trial ended
@@ -50,6 +57,9 @@ LOST_WORKER = "lost worker"  # its worker stopped beating, or its process is gon
 INTERRUPTED = "interrupted"  # SIGINT or SIGTERM closed it
 RELEASED = "released"  # a person released it (tuner study release)
 NON_FINITE = "non-finite value"  # the objective returned NaN or an infinity
+TIMED_OUT = "timed out"  # a command trial ran past --trial-timeout
+EXIT_CODE = "exit code"  # a command trial's process exited non-zero (or was killed by a signal)
+NO_METRIC = "no metric"  # a command trial ended without reporting the study's metric
 # kinds of pruning
 PRUNER = "pruner"  # the study's pruner stopped it
 DIVERGED = "diverged"  # its loss became NaN or infinite

@@ -372,18 +372,35 @@ def best(
 
         r = retrain_best(loaded, out=out, device=device, artifacts_dir=artifacts)
         d["retrained"] = {"file": str(r.path), "epoch": r.epoch, "reproduced": r.reproduced, "artifact_id": r.artifact_id}
+    reproduce = _reproduce(loaded.spec, d["user_attrs"])
     if fmt == Format.json:
-        print_json({"metric": loaded.spec.metric, **d})
+        print_json({"metric": loaded.spec.metric, **d, **({"reproduce": reproduce} if reproduce else {})})
         return
     _print_best(d, loaded.spec.metric)
     attrs = d["user_attrs"]
     console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in (A.EPOCHS_RUN, "duration_s", "device", "seed") if k in attrs))
+    if reproduce:
+        console.print(f"reproduce it (from {reproduce['cwd']}):", highlight=False)
+        typer.echo(reproduce["command"])  # plain, unwrapped: to paste into a shell
+        if reproduce.get("note"):
+            console.print(reproduce["note"], markup=False, highlight=False)
     if retrain:
         rt = d["retrained"]
         console.print(
             f"retrained: {rt['file']} (weights of epoch {rt['epoch']}, {loaded.spec.metric} {rt['reproduced']:.4f}; "
             f"attached to the study as artifact {rt['artifact_id']})"
         )
+
+
+def _reproduce(spec: StudySpec, attrs: dict[str, Any]) -> Optional[dict[str, str]]:
+    """For a command study: the exact command line the trial ran, where, and what else it saw."""
+    command = attrs.get(A.COMMAND)
+    if not spec.command or not command:
+        return None
+    out = {"command": command, "cwd": str(attrs.get("cwd", "."))}
+    if "{seed}" not in spec.command:
+        out["note"] = f"(the trial's process also had TUNER_SEED={attrs.get('seed')} and TUNER_PARAMS in its environment, if your script reads them)"
+    return out
 
 
 class StateFilter(str, enum.Enum):
