@@ -1,5 +1,6 @@
-"""`tuner bench`: it runs end to end and writes a well-formed document. Benchmarks are not tests:
-nothing here asserts a timing, only that every figure is there, positive and consistent."""
+"""`tuner bench` (the checkout's benchmarks/ package): it runs end to end and writes a well-formed
+document. Benchmarks are not tests: nothing here asserts a timing, only that every figure is there,
+positive and consistent."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import BenchSettings, reference_objective
 from tests.conftest import _postgres_admin_url
-from tuner.bench import BenchSettings, reference_objective
 
 
 def _positive(value: object, where: str) -> None:
@@ -135,17 +136,30 @@ def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli)
     assert not (project / "other.json").exists()
 
 
+def test_outside_a_checkout_bench_says_so_in_one_line(project: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tuner installed from a wheel has no benchmarks/ beside it: one line saying where bench runs."""
+    from tuner.cli import bench as bench_cli
+
+    monkeypatch.setattr(bench_cli, "benchmarks_dir", lambda: project / "site-packages" / "benchmarks")
+    result = cli("bench", "--quick", "--out", str(project / "out" / "bench.json"))
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert "`tuner bench` runs from a checkout of tuner's repository" in result.err
+    assert str(project / "site-packages" / "benchmarks") in result.err and "pip install -e ." in result.err
+    assert "Traceback" not in result.err
+    assert not (project / "out").exists()  # failed before making anything
+
+
 def test_reference_objective_is_the_example_and_learns_digits() -> None:
     """The baseline is a fair one: it trains to a real accuracy, with the example's parameters."""
     import optuna
     import torch
 
-    from tuner.bench import _reference_arrays
+    from benchmarks.reference import reference_arrays
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial({"n_layers": 2, "n_units_l0": 64, "dropout_l0": 0.2, "n_units_l1": 64, "dropout_l1": 0.2, "optimizer": "Adam", "lr": 3e-3})
-    study.optimize(reference_objective(_reference_arrays(0), torch.device("cpu")), n_trials=1)
+    study.optimize(reference_objective(reference_arrays(0), torch.device("cpu")), n_trials=1)
     trial = study.trials[0]
     assert set(trial.params) == {"n_layers", "n_units_l0", "dropout_l0", "n_units_l1", "dropout_l1", "optimizer", "lr"}
     assert sorted(trial.intermediate_values) == list(range(10))  # accuracy reported every epoch

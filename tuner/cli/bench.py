@@ -1,20 +1,44 @@
-"""`tuner bench`: measure tuner against Optuna's own PyTorch example, print a table, write the JSON."""
+"""`tuner bench`: measure tuner against Optuna's own PyTorch example, print a table, write the JSON.
+
+The harness is the checkout's benchmarks/ package, beside tuner/ and not installed with it."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
+import tuner
 from tuner.atomic import atomic_path
 from tuner.cli.common import Format, FormatOpt, console, console_err, print_json
 from tuner.errors import TunerError
 from tuner.space import SPACES_DIR
 
-__all__ = ["bench"]
+__all__ = ["bench", "benchmarks_dir"]
+
+
+def benchmarks_dir() -> Path:
+    """Where the checkout keeps the harness: benchmarks/ beside the tuner package folder."""
+    return Path(tuner.__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_benchmarks() -> ModuleType:
+    """The checkout's benchmarks package; a TunerError where tuner was installed without one (a wheel)."""
+    folder = benchmarks_dir()
+    if not (folder / "__init__.py").is_file():
+        raise TunerError(
+            f"`tuner bench` runs from a checkout of tuner's repository: {folder} not found (this tuner was installed "
+            "without its benchmarks/); clone the repository and install it there with `pip install -e .`"
+        )
+    if str(folder.parent) not in sys.path:  # the checkout's root; an editable install puts only tuner/ on the path
+        sys.path.insert(0, str(folder.parent))
+    return importlib.import_module("benchmarks")
 
 
 def bench(
@@ -34,15 +58,14 @@ def bench(
 ) -> None:
     """Benchmark tuner against Optuna's PyTorch example: trial throughput, service overhead (and its
     growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling."""
-    from tuner.bench import BenchSettings, run_bench
-
-    settings = BenchSettings.quick(repeats) if quick else BenchSettings(**({"repeats": repeats} if repeats else {}))
+    harness = _load_benchmarks()
+    settings = harness.BenchSettings.quick(repeats) if quick else harness.BenchSettings(**({"repeats": repeats} if repeats else {}))
     names = tuple(s.strip() for s in (skip or "").split(",") if s.strip())
     try:  # a bad --out fails now, not after minutes of measuring
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TunerError(f"--out {out}: cannot create its folder ({e.strerror}); pass another --out") from None
-    doc = run_bench(
+    doc = harness.run_bench(
         settings,
         device=device,
         skip=names,
