@@ -48,6 +48,7 @@ class BenchSettings:
     search_seeds: int = 5  # studies per strategy
     search_cap: int = 60  # trials per study before a strategy is reported as not reaching the threshold
     n_workers_trials: int = 60  # trials per worker-scaling study
+    n_command: int = 6  # runs of the example script per repeat, by hand and as trials
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -66,6 +67,7 @@ class BenchSettings:
             search_seeds=1,
             search_cap=4,
             n_workers_trials=6,
+            n_command=2,
         )
 
 

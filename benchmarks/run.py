@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import optuna
 
+from benchmarks.command import measure_command
 from benchmarks.common import REFERENCE_SPACE, Bench, BenchSettings, torch_threads
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import POSTGRES_ADMIN, measure_overhead
@@ -33,6 +34,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "growth": measure_growth,
     "search": measure_search,
     "workers": measure_workers,
+    "command": measure_command,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
 PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half

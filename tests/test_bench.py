@@ -117,17 +117,23 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
         _positive(w[k]["with_startup_per_s"], f"workers.{k}.with_startup")
     assert w["ratio"] == pytest.approx(w["2"]["trials_per_s"] / w["1"]["trials_per_s"])
 
+    c = doc["command"]
+    for key in ("by_hand_s", "as_trial_s"):
+        _positive(c[key], f"command.{key}")
+    assert c["ratio"] == pytest.approx(c["as_trial_s"] / c["by_hand_s"]) and c["n_runs"] == 2
+    assert c["overhead_ms"] == pytest.approx(1000 * (c["as_trial_s"] - c["by_hand_s"]))
+
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()
 
 
 def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli) -> None:
     out = project / "bench.json"
-    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers", "--format", "json")
+    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers,command", "--format", "json")
     assert result.code == 0, result.err
     doc = json.loads(out.read_text())
     assert json.loads(result.out) == doc
-    assert not {"throughput", "overhead", "growth", "search", "workers"} & set(doc)
+    assert not {"throughput", "overhead", "growth", "search", "workers", "command"} & set(doc)
     assert doc["machine"]["cores"] >= 1
 
     bad = cli("bench", "--quick", "--out", str(project / "other.json"), "--skip", "speed")

@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -88,7 +88,7 @@ def bench(
         markup=False,
     )
     console.print(
-        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1",
+        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand",
         markup=False,
     )
 
@@ -153,6 +153,9 @@ def _table(doc: dict[str, Any]) -> Table:
     if "workers" in doc:
         w = doc["workers"]
         table.add_row("trials/s, 2 workers vs 1", _num(w["2"]["trials_per_s"]), _num(w["1"]["trials_per_s"]), _num(w["ratio"], "{:.2f}x"), "", "")
+    if "command" in doc:
+        c = doc["command"]
+        table.add_row("s a run: --command trial vs by hand", _num(c["as_trial_s"]), _num(c["by_hand_s"]), _num(c["ratio"], "{:.3f}x"), "", "")
     return table
 
 
