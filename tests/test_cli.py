@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -30,11 +31,13 @@ def test_readme_examples_all_run(project):
     commands = _readme_commands()
     assert len(commands) >= 15
     before = {p for p in Path(".").rglob("*") if p.is_file()}
+    # as the README says: the virtual environment active, so `python` in a --command is its own
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for argv in commands:
         if argv[0] == "tuner":
-            result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True)
+            result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True, env=env)
         else:
-            result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True)
+            result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True, env=env)
         assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
     assert Path("out/demo.csv").is_file() and json.loads(Path("out/demo.json").read_text())["trials"]
     # what following the README leaves behind is ignored by git (spaces a person made are theirs)

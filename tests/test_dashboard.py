@@ -404,3 +404,26 @@ def test_artifacts_on_the_best_trial_and_the_study_are_linked(watched: optuna.St
         link = page.locator(f'a[href="/artifacts/{study._study_id}/{study_artifact}"]')
         expect(link).to_have_attribute("download", "summary.txt")
         assert page.request.get(dash.url + link.get_attribute("href").lstrip("/")).body() == summary.read_bytes()
+
+
+def test_a_command_trial_s_log_is_linked_from_its_trial_page(project: Path, page: Page, tmp_path: Path) -> None:
+    """Each --command trial keeps its script's output as a log artifact: the dashboard's trial
+    page links it, and the link serves what the script printed."""
+    (project / "say.py").write_text("import sys\nprint('hello from trial', sys.argv[1])\nprint(f'epoch=1 score={float(sys.argv[2]):.3f}')\n")
+    (project / "search_spaces" / "say.yaml").write_text("params:\n  x: {type: float, low: 0.0, high: 1.0}\n")
+    command = f"{sys.executable} say.py {{trial}} {{x}}"
+    result = subprocess.run(
+        [TUNER, "study", "run", "say", "--space", "say", "--command", command, "--metric", "score", "--direction", "maximize", "--trials", "2", "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    study = _load("sqlite:///studies/tuner.db", "say")
+    trial = study.trials[1]
+    with _dashboard(log=tmp_path / "dashboard.log") as dash:
+        page.goto(f"{dash.url}dashboard/studies/{study._study_id}/trials?numbers={trial.number}")
+        expect(page.locator("body")).to_contain_text(f"Trial {trial.number} (trial_id={trial._trial_id})")
+        link = page.locator(f'a[href="/artifacts/{study._study_id}/{trial._trial_id}/{trial.user_attrs["log_artifact"]}"]')
+        expect(link).to_have_attribute("download", "trial-1.log")
+        body = page.request.get(dash.url + link.get_attribute("href").lstrip("/")).body().decode()
+        assert "hello from trial 1" in body and "epoch=1 score=" in body

@@ -398,8 +398,13 @@ def _reproduce(spec: StudySpec, attrs: dict[str, Any]) -> Optional[dict[str, str
     if not spec.command or not command:
         return None
     out = {"command": command, "cwd": str(attrs.get("cwd", "."))}
+    notes = []
+    if attrs.get("threads"):
+        notes.append(f"it ran with OMP_NUM_THREADS={attrs['threads']}: another thread count may change the last digits")
     if "{seed}" not in spec.command:
-        out["note"] = f"(the trial's process also had TUNER_SEED={attrs.get('seed')} and TUNER_PARAMS in its environment, if your script reads them)"
+        notes.append(f"its environment also had TUNER_SEED={attrs.get('seed')} and TUNER_PARAMS, if your script reads them")
+    if notes:
+        out["note"] = "(" + "; ".join(notes) + ")"
     return out
 
 

@@ -123,7 +123,7 @@ def command_objective(
         with tempfile.TemporaryDirectory(prefix=f"tuner-trial-{trial.number}-") as tmp:
             folder = Path(tmp)
             argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json")
-            record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd()})
+            record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd(), "threads": threads})
             durable(trial)
             env = trial_env(os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads)
             seen: list[float] = []
