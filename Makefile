@@ -3,19 +3,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # With no NVIDIA GPU, install the CPU build of torch first (the project's range admits it).
 CPU_TORCH ?= torch==2.13.0
+# pip constraints for set-up: none for .venv; test-floors passes .ci/floors.txt
+CONSTRAINTS ?=
+PIP_INSTALL = -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# The floors run: tuner with the lowest versions pyproject.toml admits, in a venv of its own. It
+# leaves out the slow end-to-end runs (workers, bench) to stay within CI's time, but keeps the
+# dashboard's, which are what tests optuna-dashboard's floor.
+FLOORS_VENV ?= .venv-floors
+FLOORS_MARKERS ?= not slow or dashboard
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-floors clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		echo "GPU found: torch comes from the project's requirement (a CUDA build)"; \
 	else \
-		$(PY) -m pip install --quiet --disable-pip-version-check "$(CPU_TORCH)"; \
+		$(PY) $(PIP_INSTALL) "$(CPU_TORCH)"; \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) $(PIP_INSTALL) -e ".[test]"
 	@# The dashboard tests drive the system Chromium through playwright (never `playwright install`).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium (apt-get) for the dashboard tests"; \
@@ -31,5 +39,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-floors:
+	@$(MAKE) --no-print-directory setup VENV=$(FLOORS_VENV) CONSTRAINTS=.ci/floors.txt
+	$(FLOORS_VENV)/bin/python -m pytest -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out
+	rm -rf $(VENV) $(FLOORS_VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out

@@ -31,7 +31,7 @@ try:  # without it the browser tests skip, or fail where TUNER_REQUIRE_BROWSER=1
 except ImportError:
     sync_playwright = None
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dashboard]
 
 TUNER = str(Path(sys.executable).with_name("tuner"))
 SQLITE = "sqlite:///studies/tuner.db"
