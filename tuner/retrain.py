@@ -20,7 +20,7 @@ from tuner.params import TrainConfig
 from tuner.storage import DEFAULT_ARTIFACTS
 from tuner.study import Loaded, quiet_optuna, set_threads, trial_workload
 from tuner.train import evaluate, resolve_device, scale_features, train
-from tuner.workloads.data import Dataset, load_workload, parse_workload
+from tuner.workloads.data import Dataset, TorchData, load_workload, parse_workload
 from tuner.workloads.models import build_model
 
 __all__ = ["Retrained", "load_model", "retrain_best", "score"]
@@ -41,8 +41,10 @@ class Retrained:
     artifact_id: str | None
 
 
-def _input_scaling(data: Dataset, scaling: str) -> dict[str, Any]:
+def _input_scaling(data: Dataset | TorchData, scaling: str) -> dict[str, Any]:
     """The affine map the loop applied to inputs, so a saved model can be fed raw features."""
+    if isinstance(data, TorchData):  # the user's datasets transform their own samples
+        return {"kind": "none", "scale": None, "shift": None}
     probe = np.stack([np.zeros(data.n_features, np.float32), np.ones(data.n_features, np.float32)])
     scaled, _ = scale_features(data.x_train, probe, scaling)
     shift = scaled[0]
@@ -161,9 +163,14 @@ def score(model: nn.Module, meta: dict[str, Any], *, device: str = "cpu") -> flo
     """The saved model's metric on its study's validation split, from raw features."""
     wl = meta["workload"]
     data, _ = load_workload(parse_workload(wl["ref"], target=wl["target"]), seed=wl["seed"], val_fraction=wl["val_fraction"], config=meta["params"])
-    _, x_val = scale_features(data.x_train, data.x_val, meta["config"]["scaling"])  # exactly as in training
-    x = torch.as_tensor(x_val.astype(np.float32), device=device)
-    y = torch.as_tensor(data.y_val, device=device)
     loss_fn: nn.Module = nn.CrossEntropyLoss() if meta["task"] == "classification" else nn.MSELoss()
-    val_loss, val_accuracy = evaluate(model, x, y, loss_fn, meta["task"])
+    if isinstance(data, TorchData):
+        from tuner.train import make_feed
+
+        val_loss, val_accuracy = make_feed(data, "none", 1, torch.device(device), 0).evaluate(model, loss_fn, meta["task"])
+    else:
+        _, x_val = scale_features(data.x_train, data.x_val, meta["config"]["scaling"])  # exactly as in training
+        x = torch.as_tensor(x_val.astype(np.float32), device=device)
+        y = torch.as_tensor(data.y_val, device=device)
+        val_loss, val_accuracy = evaluate(model, x, y, loss_fn, meta["task"])
     return {"val_accuracy": val_accuracy, "val_loss": val_loss, "val_rmse": val_loss**0.5}[meta["metric"]]

@@ -20,10 +20,10 @@ from torch import nn
 from tuner.errors import DivergedError, TunerError
 from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from tuner.steps import direct_step
-from tuner.workloads.data import Dataset
+from tuner.workloads.data import Dataset, TorchData
 from tuner.workloads.models import apply_init, build_model
 
-__all__ = ["FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "gradient_diagnostics", "layer_weights", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
+__all__ = ["Feed", "make_feed", "FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "gradient_diagnostics", "layer_weights", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
 
 _EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
@@ -410,6 +410,97 @@ def gradient_diagnostics(model: nn.Module) -> dict[str, Any]:
     }
 
 
+class Feed:
+    """Where a training's batches come from: device tensors batched by index (tuner's data), or a
+    DataLoader over the user's own Datasets, each batch moved to the device."""
+
+    n_train: int  # training examples an epoch
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+        raise NotImplementedError
+
+
+class _TensorFeed(Feed):
+    def __init__(self, data: Dataset, scaling: str, batch_size: int, device: torch.device, seed: int) -> None:
+        self.x_train, self.y_train, self.x_val, self.y_val = device_tensors(data, scaling, device)
+        self.n_train, self.batch_size = len(self.x_train), batch_size
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(self.n_train, device=self.x_train.device, generator=self.generator)
+        return _batches(self.x_train, self.y_train, perm, self.batch_size)
+
+    def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+        return evaluate(model, self.x_val, self.y_val, loss_fn, task)
+
+
+class _Permutations:
+    """A sampler: a fresh random permutation of range(n) each epoch, drawn from `generator`."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+class _LoaderFeed(Feed):
+    _EVAL_BATCH = 512  # samples of the user's validation set evaluated at once
+
+    def __init__(self, data: TorchData, batch_size: int, device: torch.device, seed: int) -> None:
+        from torch.utils.data import DataLoader
+
+        pin = device.type == "cuda"
+        # Each epoch's order is one randperm of the trial's seed, as on the in-memory path, so the
+        # same examples train the same way either road. The loader's own generator only seeds its
+        # workers (were it the sampler's, each epoch's iterator would consume a draw of it first).
+        order = _Permutations(len(data.train_set), torch.Generator().manual_seed(seed))
+        self.train_loader = DataLoader(data.train_set, batch_size=batch_size, sampler=order, generator=torch.Generator().manual_seed(seed), pin_memory=pin)
+        # with a generator of its own, starting an epoch's loader draws nothing from torch's global
+        # one, which the model's dropout draws from
+        self.val_loader = DataLoader(data.val_set, batch_size=self._EVAL_BATCH, generator=torch.Generator().manual_seed(seed), pin_memory=pin)
+        self.n_train, self.device, self.task = len(data.train_set), device, data.task
+
+    def _on_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        return x, y.long() if self.task == "classification" else y.float()
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self._on_device(b) for b in self.train_loader)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        n = 0
+        for batch in self.val_loader:
+            xb, yb = self._on_device(batch)
+            out = model(xb)
+            out = out.squeeze(-1) if task == "regression" else out
+            loss_sum += loss_fn(out, yb) * len(xb)
+            if task == "classification":
+                correct += (out.argmax(1) == yb).sum()
+            n += len(xb)
+        return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
+
+
+def make_feed(data: Dataset | TorchData, scaling: str, batch_size: int, device: torch.device, seed: int) -> Feed:
+    """The batches of `data` for one training: tuner's arrays as device tensors (scaled by the
+    training split's statistics), or the user's Datasets through a DataLoader."""
+    if isinstance(data, TorchData):
+        return _LoaderFeed(data, batch_size, device, seed)
+    return _TensorFeed(data, scaling, batch_size, device, seed)
+
+
 class _Stepper:
     """One optimizer step on a batch, and the per-layer gradient norms read at the steps asked."""
 
@@ -490,7 +581,7 @@ class _Setup:
     steps_per_epoch: int
 
 
-def _set_up(cfg: TrainConfig, data: Dataset, model: nn.Module | None, device: torch.device, n_train: int) -> _Setup:
+def _set_up(cfg: TrainConfig, data: Dataset | TorchData, model: nn.Module | None, device: torch.device, n_train: int) -> _Setup:
     if model is None:
         model = build_model(cfg, n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=data.image_shape)
     apply_init(model, cfg)
@@ -503,14 +594,13 @@ def _set_up(cfg: TrainConfig, data: Dataset, model: nn.Module | None, device: to
     return _Setup(model, stepper, schedule, eval_loss_fn, steps_per_epoch)
 
 
-def _train_epoch(run: _Setup, cfg: TrainConfig, task: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[float, float | None, list[float]]:
+def _train_epoch(run: _Setup, cfg: TrainConfig, task: str, feed: Feed) -> tuple[float, float | None, list[float]]:
     """One pass over the shuffled training split: mean loss, accuracy as trained (classification)
     and the per-layer gradient norms near the epoch's end (the last batch may be skipped)."""
     run.model.train()
-    tally = _Tally(task, x.device)
+    tally = _Tally(task, run.stepper.device)
     run.stepper.grad_norms.zero_()
-    perm = torch.randperm(len(x), device=x.device, generator=generator)
-    for i, (xb, yb) in enumerate(_batches(x, y, perm, cfg.batch_size)):
+    for i, (xb, yb) in enumerate(feed.batches()):
         if len(xb) < 2 and cfg.norm == "batch":
             continue  # batch norm cannot normalize a batch of one
         loss, out = run.stepper.step(xb, yb, read_norms=i >= run.steps_per_epoch - 2)
@@ -523,7 +613,7 @@ def _train_epoch(run: _Setup, cfg: TrainConfig, task: str, x: torch.Tensor, y: t
 
 def train(
     cfg: TrainConfig,
-    data: Dataset,
+    data: Dataset | TorchData,
     *,
     metric: str = "val_accuracy",
     device: torch.device | str = "cpu",
@@ -540,9 +630,8 @@ def train(
     try:
         device = torch.device(device)
         _seed(seed, device)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        x_train, y_train, x_val, y_val = device_tensors(data, cfg.scaling, device)
-        run = _set_up(cfg, data, model, device, len(x_train))
+        feed = make_feed(data, cfg.scaling, cfg.batch_size, device, seed)
+        run = _set_up(cfg, data, model, device, feed.n_train)
         history: list[EpochResult] = []
         best: _Best = _Best(METRICS[metric] == "maximize", keep_best)
         stopped = "completed"
@@ -550,11 +639,11 @@ def train(
             # train
             run.schedule.start_epoch(epoch)
             lr = run.schedule.lr
-            train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, x_train, y_train, generator)
+            train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, feed)
             if not math.isfinite(train_loss):
                 raise DivergedError(epoch, train_loss)
             # evaluate
-            val_loss, val_accuracy = evaluate(run.model, x_val, y_val, run.eval_loss_fn, data.task)
+            val_loss, val_accuracy = feed.evaluate(run.model, run.eval_loss_fn, data.task)
             if not math.isfinite(val_loss):
                 raise DivergedError(epoch, val_loss)
             run.schedule.end_epoch(epoch, val_loss)

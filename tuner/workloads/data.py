@@ -21,7 +21,7 @@ import numpy as np
 
 from tuner.errors import WorkloadError
 
-__all__ = ["BUILTINS", "Dataset", "WorkloadRef", "load_workload", "parse_workload", "user_callable"]
+__all__ = ["BUILTINS", "Dataset", "TorchData", "WorkloadRef", "load_workload", "parse_workload", "user_callable"]
 
 BUILTINS = ("digits", "breast_cancer", "wine")
 _MAX_CLASSES = 50  # an integer target with at most this many distinct values is a classification
@@ -55,6 +55,21 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+
+@dataclass(frozen=True)
+class TorchData:
+    """A user callable's own `torch.utils.data.Dataset`s: trained through a DataLoader, batch by
+    batch, for data that does not fit the in-memory path or needs per-sample transforms. tuner's
+    input scaling does not apply (the datasets transform their own samples)."""
+
+    name: str
+    train_set: Any
+    val_set: Any
+    task: str  # classification (integer targets) | regression
+    n_classes: int  # 0 for regression; counted only where tuner builds the model
+    n_features: int  # elements of one input sample
+    image_shape: tuple[int, int, int] | None = None  # a sample's (channels, height, width), if 3-D
 
 
 def parse_workload(ref: str, *, target: str | None = None) -> WorkloadRef:
@@ -111,6 +126,8 @@ def load_workload(
             raise
         except Exception as e:  # the user's code: its failure is the trial's, with the reason kept
             raise WorkloadError(f"workload {wref.ref} raised {e.__class__.__name__}: {e}") from e
+        if _torch_datasets(out):
+            return torch_data(wref.ref, out[1], out[2], count_classes=out[0] is None), _model(wref.ref, out[0])
         model, x, y = split_callable_output(wref.ref, out)
         return _split(wref.ref, x, y, seed=seed, val_fraction=val_fraction), model
     return _cached(wref, seed, val_fraction), None
@@ -133,14 +150,57 @@ def split_callable_output(ref: str, out: Any) -> tuple[Any, np.ndarray, np.ndarr
     if isinstance(out, dict):
         out = (out.get("model"), out.get("X"), out.get("y"))
     if not isinstance(out, tuple) or len(out) not in (2, 3):
-        raise WorkloadError(f"workload {ref} must return (model, X, y) or (X, y), got {type(out).__name__}")
+        raise WorkloadError(f"workload {ref} must return (model, X, y) or (X, y) of arrays, or (model, train_dataset, val_dataset) of torch Datasets, got {type(out).__name__}")
     model, x, y = (None, *out) if len(out) == 2 else out
+    return _model(ref, model), np.asarray(_numpy(x)), np.asarray(_numpy(y))
+
+
+def _model(ref: str, model: Any) -> Any:
     if model is not None:
         from torch import nn
 
         if not isinstance(model, nn.Module):
-            raise WorkloadError(f"workload {ref} returned a {type(model).__name__} as its model; return a torch.nn.Module (or (X, y))")
-    return model, np.asarray(_numpy(x)), np.asarray(_numpy(y))
+            raise WorkloadError(f"workload {ref} returned a {type(model).__name__} as its model; return a torch.nn.Module (or None for tuner's)")
+    return model
+
+
+def _torch_datasets(out: Any) -> bool:
+    """(model, train_dataset, val_dataset) with torch Datasets, rather than arrays."""
+    if not isinstance(out, tuple) or len(out) != 3 or "torch" not in sys.modules:
+        return False
+    from torch.utils.data import Dataset as TorchDataset
+
+    return isinstance(out[1], TorchDataset) and isinstance(out[2], TorchDataset)
+
+
+def torch_data(ref: str, train_set: Any, val_set: Any, *, count_classes: bool) -> TorchData:
+    """What tuner needs to know of the user's datasets, read from their first sample: the input's
+    size and shape and, from its target, the task. Classes are counted (a pass over the targets)
+    only where tuner builds the model: a `targets` attribute (torchvision's) spares the pass."""
+    import torch
+
+    for name, ds in (("training", train_set), ("validation", val_set)):
+        try:
+            n = len(ds)
+        except TypeError:
+            raise WorkloadError(f"workload {ref}: its {name} dataset has no len(); return map-style torch Datasets") from None
+        if n == 0:
+            raise WorkloadError(f"workload {ref}: its {name} dataset is empty")
+    try:
+        x, y = train_set[0][:2]
+    except Exception as e:
+        raise WorkloadError(f"workload {ref}: its training dataset's first item is not (input, target): {e.__class__.__name__}: {e}") from None
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    task = "regression" if y.is_floating_point() else "classification"
+    image_shape = tuple(int(d) for d in x.shape) if x.dim() == 3 else None
+    n_classes = 0
+    if task == "classification" and count_classes:
+        labels = getattr(train_set, "targets", None)
+        labels = torch.as_tensor(labels) if labels is not None else torch.as_tensor([int(train_set[i][1]) for i in range(len(train_set))])
+        n_classes = int(labels.max()) + 1
+        if n_classes < 2:
+            raise WorkloadError(f"workload {ref}: the training targets hold a single class; nothing to learn")
+    return TorchData(ref, train_set, val_set, task, n_classes, int(x.numel()), image_shape)  # type: ignore[arg-type]
 
 
 def _numpy(a: Any) -> Any:
