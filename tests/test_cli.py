@@ -157,6 +157,20 @@ def test_debug_shows_the_traceback_and_plain_does_not():
     assert plain.returncode == 1 and "Traceback" not in plain.stderr and "not found" in plain.stderr
     debug = subprocess.run([TUNER, "--debug", "space", "show", "/nonexistent/x.yaml"], capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "SpaceError" in debug.stderr
+    # after the subcommand too, where a person adds it when an error surprises them
+    late = subprocess.run([TUNER, "space", "show", "/nonexistent/x.yaml", "--debug"], capture_output=True, text=True)
+    assert late.returncode == 1 and "Traceback" in late.stderr and "SpaceError" in late.stderr
+
+
+def test_help_shows_defaults_plain_metavars_and_answers_to_h(cli) -> None:
+    r = cli("study", "run", "-h")
+    assert r.code == 0
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", r.out).split())  # the panels' borders out, lines joined
+    for shown in ("[default: tpe]", "[default: median]", "[default: 0]", "[default: 0.2]", "[default: sqlite:///studies/tuner.db]", "[default: auto]"):
+        assert shown in text, shown
+    assert "range>" not in r.out and "--storage URL" in text and "--sampler NAME" in text
+    assert cli("-h").code == 0 and cli("space", "create", "-h").code == 0
+    assert cli("--version").out.startswith("tuner ")
 
 
 def test_run_continues_an_existing_study_to_its_total_budget(project, cli):

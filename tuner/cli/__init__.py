@@ -33,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(space_cli.app, name="space")
 app.add_typer(study_cli.app, name="study")
@@ -98,6 +99,8 @@ def dashboard(
 
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
+    if debug:  # anywhere on the line, not only before the subcommand: the root option takes it
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
         code = app(standalone_mode=False, prog_name="tuner")
     except _click.NoArgsIsHelpError:

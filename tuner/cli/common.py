@@ -22,9 +22,10 @@ StorageOpt = Annotated[
     Optional[str],
     typer.Option(
         "--storage",
+        metavar="URL",
         envvar="TUNER_STORAGE",
         show_envvar=True,
-        help="SQLAlchemy URL of the study storage [default: sqlite:///studies/tuner.db].",
+        help="SQLAlchemy URL of the study storage \\[default: sqlite:///studies/tuner.db].",
     ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts.")]

@@ -22,42 +22,42 @@ from tuner.storage import DEFAULT_ARTIFACTS, mask, resolve_url
 
 app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
 
-NameArg = Annotated[str, typer.Argument(help="The study's name in storage.")]
-SpecOpt = Annotated[Optional[Path], typer.Option("--spec", help="A study spec YAML file (see studies/); options override it.")]
-SpaceOpt = Annotated[Optional[str], typer.Option("--space", help="Search space: a name in search_spaces/ or a YAML path.")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The study's name in storage.")]
+SpecOpt = Annotated[Optional[Path], typer.Option("--spec", metavar="FILE", help="A study spec YAML file (see studies/); options override it.")]
+SpaceOpt = Annotated[Optional[str], typer.Option("--space", metavar="NAME|FILE", help="Search space: a name in search_spaces/ or a YAML path.")]
 WorkloadOpt = Annotated[
     Optional[str],
-    typer.Option("--workload", help="digits, breast_cancer, wine; a .csv (with --target) or .npz file; or module:function."),
+    typer.Option("--workload", metavar="WORKLOAD", help="digits, breast_cancer, wine; a .csv (with --target) or .npz file; or module:function."),
 ]
-TargetOpt = Annotated[Optional[str], typer.Option("--target", help="The column to predict, for a CSV workload.")]
-SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="tpe, random, grid, gp, qmc or cmaes [default: tpe].")]
-PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", help="none, median, percentile, sha or hyperband [default: median].")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="COLUMN", help="The column to predict, for a CSV workload.")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", metavar="NAME", help="tpe, random, grid, gp, qmc or cmaes \\[default: tpe].")]
+PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", metavar="NAME", help="none, median, percentile, sha or hyperband \\[default: median].")]
 MetricOpt = Annotated[
     Optional[str],
-    typer.Option("--metric", help="val_accuracy, val_loss or val_rmse; with your own code, any name it reports [default: val_accuracy]."),
+    typer.Option("--metric", metavar="NAME", help="val_accuracy, val_loss or val_rmse; with your own code, any name it reports \\[default: val_accuracy]."),
 ]
-DirectionOpt = Annotated[Optional[str], typer.Option("--direction", help="maximize or minimize the metric (needed for a metric of your own).")]
+DirectionOpt = Annotated[Optional[str], typer.Option("--direction", metavar="DIRECTION", help="maximize or minimize the metric (needed for a metric of your own).")]
 ObjectiveOpt = Annotated[
     Optional[str], typer.Option("--objective", metavar="MODULE:FUNCTION", help="Your own objective: a function called with a trial handle per trial.")
 ]
 CommandOpt = Annotated[
     Optional[str],
-    typer.Option("--command", help='Your own training script, one process per trial: "python train.py --lr {lr}" ({name}, ${args}, $TUNER_*).'),
+    typer.Option("--command", metavar="COMMAND", help='Your own training script, one process per trial: "python train.py --lr {lr}" ({name}, ${args}, $TUNER_*).'),
 ]
-TrialTimeoutOpt = Annotated[Optional[float], typer.Option("--trial-timeout", min=0.001, help="Seconds a --command trial may run before it is ended as failed.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seeds the sampler, the split and every trial [default: 0].")]
+TrialTimeoutOpt = Annotated[Optional[float], typer.Option("--trial-timeout", metavar="SECONDS", help="Seconds a --command trial may run before it is ended as failed.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="INT", min=0, help="Seeds the sampler, the split and every trial \\[default: 0].")]
 TrialsOpt = Annotated[
-    Optional[int], typer.Option("--trials", min=1, help="Finished trials the study should hold in total [default: 30, grid: its size].")
+    Optional[int], typer.Option("--trials", metavar="N", min=1, help="Finished trials the study should hold in total \\[default: 30, grid: its size].")
 ]
-ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", min=0.01, max=0.99, help="Share held out for validation [default: 0.2].")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes on this machine sharing the study.")]
+ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", metavar="FRACTION", help="Share held out for validation \\[default: 0.2].")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS", min=1, help="Stop starting trials after this many seconds.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", metavar="N", min=1, max=256, help="Worker processes on this machine sharing the study.")]
 ThreadsOpt = Annotated[
-    Optional[int], typer.Option("--threads", min=1, help="Torch threads per worker [default: cores / workers].")
+    Optional[int], typer.Option("--threads", metavar="N", min=1, help="Torch threads per worker \\[default: cores / workers].")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
-SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", help="Folder of space files.")]
+SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help="Folder of space files.")]
 
 
 def _spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:
@@ -75,7 +75,7 @@ def _spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str
 
 @app.command()
 def create(
-    name: Annotated[Optional[str], typer.Argument(help="The study's name (or `name:` in --spec).")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="The study's name (or `name:` in --spec).")] = None,
     spec: SpecOpt = None,
     space: SpaceOpt = None,
     workload: WorkloadOpt = None,
@@ -107,7 +107,7 @@ def create(
 
 @app.command()
 def run(
-    name: Annotated[Optional[str], typer.Argument(help="The study's name; an existing study is continued.")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="The study's name; an existing study is continued.")] = None,
     spec: SpecOpt = None,
     space: SpaceOpt = None,
     workload: WorkloadOpt = None,
@@ -352,7 +352,7 @@ def _print_best(best: Optional[dict[str, Any]], metric: str) -> None:
 def best(
     name: NameArg,
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the best configuration and save its model.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file [default: studies/models/NAME-trialN.pt].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file \\[default: studies/models/NAME-trialN.pt].")] = None,
     device: DeviceOpt = "auto",
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder of files attached to studies.")] = DEFAULT_ARTIFACTS,
     storage: StorageOpt = None,
@@ -470,7 +470,7 @@ class ExportFormat(str, enum.Enum):
 def export(
     name: NameArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
-    fmt: Annotated[Optional[ExportFormat], typer.Option("--format", help="csv or json [default: from --out's suffix].")] = None,
+    fmt: Annotated[Optional[ExportFormat], typer.Option("--format", help="csv or json \\[default: from --out's suffix].")] = None,
     storage: StorageOpt = None,
 ) -> None:
     """Export every trial to CSV or JSON (JSON adds intermediate values, the spec and the space)."""
@@ -532,7 +532,7 @@ def worker(
     timeout: TimeoutOpt = None,
     threads: ThreadsOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", min=0, help="This worker's number (seeds its sampler).")] = 0,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
