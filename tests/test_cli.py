@@ -218,3 +218,44 @@ def test_grid_study_from_the_cli_stops_when_exhausted(project, cli):
     r = json.loads(cli("study", "run", "--spec", "studies/digits_grid.yaml", "--format", "json").out)
     assert r["n_finished"] == 12 and r["budget"] == 12
     assert json.loads(cli("study", "run", "digits_grid", "--trials", "20", "--format", "json").out)["stopped"] == "grid_exhausted"
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_trials_table_fits_the_terminal_without_splitting_a_number(project, cli, width: int) -> None:
+    assert cli("study", "run", "w", "--space", "quick", "--trials", "6", "--pruner", "none", "--sampler", "random", "-q", "--device", "cpu").code == 0
+    env = {**os.environ, "COLUMNS": str(width)}
+    result = subprocess.run([TUNER, "study", "trials", "w"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= width for line in lines)
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    header = [c.strip() for c in next(line for line in lines if line.startswith("┃")).split("┃")[1:-1]]
+    first_rows = [r for r in rows if r[0]]
+    assert len(first_rows) == 6  # one line a trial, whatever the width: a wrapped number would add lines
+    for r in rows:
+        if not r[0]:  # a continuation line: only the note folds
+            assert not any(r[:-1]), r
+            continue
+        for name, cell in zip(header[2:-1], r[2:-1]):  # the value, parameters, epochs, seconds
+            if cell not in ("", "-") and name not in ("optimizer", "activation", "init", "scheduler", "norm", "model", "scaling"):
+                float(cell.rstrip("…")) if not cell.endswith("…") else None
+    if width == 120:
+        assert "lr" in header
+    wide = subprocess.run([TUNER, "study", "trials", "w", "--wide"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert "lr" in wide.stdout and "optimizer" in wide.stdout
+    cols = subprocess.run([TUNER, "study", "trials", "w", "--columns", "lr"], capture_output=True, text=True, env=env)
+    assert "lr" in cols.stdout and cols.returncode == 0
+    bad = subprocess.run([TUNER, "study", "trials", "w", "--columns", "lrr"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "--columns 'lrr' is not a parameter" in bad.stderr
+
+
+def test_failed_and_fail_are_one_state_and_counts_add_up(project, cli) -> None:
+    Path("boom.py").write_text("def objective(trial):\n    raise RuntimeError('no data')\n")
+    r = cli("study", "run", "f", "--space", "tiny", "--objective", "boom:objective", "--trials", "2")
+    assert r.code == 1
+    for spelling in ("failed", "fail"):
+        shown = cli("study", "trials", "f", "--state", spelling, "--format", "json")
+        assert shown.code == 0 and len(json.loads(shown.out)) == 5
+    assert "failed" in cli("study", "trials", "f").out
+    r = cli("study", "run", "g", "--space", "tiny", "--trials", "1", "--pruner", "none")
+    assert "1/1 finished (1 complete + 0 pruned), budget reached; this run: 1 trial in" in r.out

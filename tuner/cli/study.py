@@ -237,9 +237,10 @@ def _run(
         print_json({**dataclasses.asdict(result), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
         return
     why = {"budget": "budget reached", "grid_exhausted": "grid exhausted", "timeout": "timeout"}[result.stopped]
+    failed = f"; {result.n_failed} failed (not counted)" if result.n_failed else ""
     console.print(
-        f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete, "
-        f"{result.n_pruned} pruned, {result.n_failed} failed), {why}; this run: {result.ran} trials in {result.elapsed_s:.1f}s"
+        f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete + "
+        f"{result.n_pruned} pruned{failed}), {why}; this run: {_count(result.ran, 'trial')} in {result.elapsed_s:.1f}s"
     )
     if result.best_trial is None:
         console.print("no complete trial yet")
@@ -408,53 +409,115 @@ def _reproduce(spec: StudySpec, attrs: dict[str, Any]) -> Optional[dict[str, str
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 class StateFilter(str, enum.Enum):
     all = "all"
     complete = "complete"
     pruned = "pruned"
-    fail = "fail"
+    failed = "failed"
+    fail = "fail"  # Optuna's name for it, as JSON and exports write it
     running = "running"
     waiting = "waiting"
+
+    @property
+    def trial_state(self) -> Any:
+        from optuna.trial import TrialState
+
+        return TrialState.FAIL if self in (StateFilter.failed, StateFilter.fail) else TrialState[self.value.upper()]
 
 
 @app.command()
 def trials(
     name: NameArg,
-    state: Annotated[StateFilter, typer.Option(help="Only trials in this state.")] = StateFilter.all,
+    state: Annotated[StateFilter, typer.Option(help="Only trials in this state (failed or fail: the same).")] = StateFilter.all,
+    columns: Annotated[
+        Optional[str], typer.Option("--columns", metavar="NAMES", help="Comma-separated parameters to show (default: those that vary, as many as fit).")
+    ] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every parameter, whatever the terminal's width.")] = False,
     storage: StorageOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Every trial: state, value, parameters, and why it was pruned or failed."""
-    from optuna.trial import TrialState
-
     from tuner.study import open_study, trial_rows
 
     loaded = open_study(name, resolve_url(storage))
-    states = None if state == StateFilter.all else (TrialState[state.value.upper()],)
+    states = None if state == StateFilter.all else (state.trial_state,)
     rows = trial_rows(loaded, states=states)
     if fmt == Format.json:
         print_json(rows)
         return
-    params = sorted({k for r in rows for k in r["params"]})
+    params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width)
     table = Table()
-    # identity and outcome never truncate; the free-text note folds instead
-    for header in ("#", "state", loaded.spec.metric):
-        table.add_column(header, no_wrap=True, min_width=len(header) if header != loaded.spec.metric else 6)
-    for header in (*params, "epochs", "s"):
-        table.add_column(header, overflow="fold")
-    table.add_column("note", overflow="fold", ratio=1)
+    # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
+    for header in ("#", "state", loaded.spec.metric, *params, "epochs", "s"):
+        table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
+    table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
         attrs = r["user_attrs"]
-        note = attrs.get(A.PRUNED_REASON) or attrs.get("stopped", "")
+        note = attrs.get(A.PRUNED_REASON) or ("early stopping" if attrs.get("stopped") == "early_stopping" else "")
         if r["state"] == "fail":
             note = fail_reason(attrs)
         elif A.RETRY_OF in attrs:
             note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
         table.add_row(
-            str(r["number"]), r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
-            _short(attrs.get(A.EPOCHS_RUN)), _short(r["duration_s"]), str(note),
+            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
+            _short(attrs.get(A.EPOCHS_RUN)), _seconds(r["duration_s"]), str(note),
         )
     console.print(table)
+    if left_out:
+        console_err.print(
+            f"{len(left_out)} more parameter(s) left out for the width: {', '.join(left_out)} (--wide, --columns NAMES or --format json show them)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _param_columns(
+    rows: list[dict[str, Any]], metric: str, order: list[str], *, columns: Optional[str], wide: bool, width: int
+) -> tuple[list[str], list[str]]:
+    """The parameter columns to show, and those left out. Asked for by name, they are shown as
+    asked; else the parameters that vary between the trials shown (a constant one says nothing
+    row by row), in the space's order (its author's), as many as fit beside the fixed columns."""
+    seen = {k for r in rows for k in r["params"]}
+    every = [k for k in order if k in seen] + sorted(seen - set(order))
+    if columns:
+        asked = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in asked if c not in every]
+        if unknown:
+            raise SpecError(f"--columns {unknown[0]!r} is not a parameter of these trials; they have: {', '.join(every) or 'none'}")
+        return asked, []
+    varying = [k for k in every if len({repr(r["params"].get(k)) for r in rows}) > 1] if len(rows) > 1 else every
+    if wide:
+        return every, []
+
+    def cell_width(header: str, cells: list[str]) -> int:
+        return max([len(header), *map(len, cells)]) + 3  # padding and a border
+
+    used = 4 + sum(
+        cell_width(h, cells)
+        for h, cells in (
+            ("#", [str(r["number"]) for r in rows]),
+            ("state", ["complete"]),
+            (metric, [_short(r["value"]) for r in rows]),
+            ("epochs", [_short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows]),
+            ("s", [_seconds(r["duration_s"]) for r in rows]),
+        )
+    ) + 10  # the note keeps room for a word a line
+    shown: list[str] = []
+    for k in varying:
+        w = cell_width(k, [_short(r["params"].get(k)) for r in rows])
+        if used + w > width:
+            break
+        shown.append(k)
+        used += w
+    return shown, [k for k in varying if k not in shown]
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else fmt_value(value)
 
 
 def _short(value: Any) -> str:
