@@ -350,3 +350,19 @@ def test_a_budget_change_is_said_and_can_be_raised_back(project, cli):
     assert raised.code == 0 and "study 'b': budget 2 -> 4 finished trials" in raised.err and "4/4 finished" in raised.out
     same = cli("study", "resume", "b", "--trials", "4", "-q")
     assert same.code == 0 and "budget" not in same.err
+
+
+def test_a_missing_study_gets_its_did_you_mean_and_a_long_list_says_how_many_more(project):
+    import optuna
+
+    from tuner.study import open_study
+
+    url = "sqlite:///studies/tuner.db"
+    storage = optuna.storages.RDBStorage(url)
+    for i in range(14):
+        optuna.create_study(study_name=f"run-{i:02d}", storage=storage)
+    with pytest.raises(StorageError) as e:
+        open_study("run-1", url)
+    message = str(e.value)
+    assert "did you mean 'run-1" in message or "did you mean 'run-0" in message
+    assert "run-09 and 4 more (`tuner study list`)" in message

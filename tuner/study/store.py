@@ -137,8 +137,12 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     storage = storage or open_storage(storage_url)
     names = optuna.get_all_study_names(storage)
     if name not in names:
-        known = ", ".join(names[:10]) or "none"
-        raise StorageError(f"no study '{name}' in {mask(storage_url)}; studies there: {known}")
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        known = ", ".join(names[:10]) + (f" and {len(names) - 10} more (`tuner study list`)" if len(names) > 10 else "")
+        raise StorageError(f"no study '{name}' in {mask(storage_url)}; {hint}studies there: {known or 'none'}")
     bare = optuna.load_study(study_name=name, storage=storage)
     attrs = bare.user_attrs
     if SPEC_ATTR not in attrs or SPACE_ATTR not in attrs:
