@@ -202,10 +202,16 @@ def test_delete_asks_and_keeps_the_study_unless_confirmed(project, cli):
     cli("study", "run", "e", "--space", "tiny", "--trials", "1", "-q")
     no = cli("study", "delete", "e", input="n\n")
     assert no.code == 1 and "nothing deleted" in no.out
+    assert "delete study 'e'" in no.err and "delete study" not in no.out  # the question on stderr
+    silent = cli("study", "delete", "e", input="")  # no answer: a script without --yes
+    assert silent.code == 1 and "nothing deleted; pass --yes" in silent.err
     assert cli("study", "show", "e").code == 0
     yes = cli("study", "delete", "e", input="y\n")
-    assert yes.code == 0 and "deleted study 'e' (1 trials)" in yes.out
+    assert yes.code == 0 and "deleted study 'e' (1 trial)" in yes.out
     assert cli("study", "show", "e").code == 1
+    best = cli("study", "run", "e2", "--space", "tiny", "--trials", "1", "-q")
+    shown = cli("study", "best", "e2")
+    assert shown.out.startswith("best val_accuracy: ") and best.code == 0  # no stray indent
 
 
 def test_tuner_storage_environment_variable_is_used(project, cli, monkeypatch, tmp_path):

@@ -228,7 +228,7 @@ def _run(
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
         console_err.print(
-            f"interrupted by {signal_name}: the running trial was closed as failed and queued again; "
+            f"interrupted by {signal_name}: the running {'trials were' if workers > 1 else 'trial was'} closed as failed and queued again; "
             f"`tuner study resume {spec.name}` continues the study",
             markup=False,
         )
@@ -337,16 +337,16 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
     for r in s["running"]:
         console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
-    _print_best(s["best"], spec["metric"])
+    _print_best(s["best"], spec["metric"], indent="  ")
 
 
-def _print_best(best: Optional[dict[str, Any]], metric: str) -> None:
+def _print_best(best: Optional[dict[str, Any]], metric: str, *, indent: str = "") -> None:
     if best is None:
-        console.print("  no complete trial yet")
+        console.print(f"{indent}no complete trial yet")
         return
-    console.print(f"  best {metric}: {best['value']:.4f} (trial {best['number']})")
+    console.print(f"{indent}best {metric}: {best['value']:.4f} (trial {best['number']})")
     for k, v in best["params"].items():
-        console.print(f"    {k}: {fmt_value(v)}")
+        console.print(f"{indent}  {k}: {fmt_value(v)}")
 
 
 @app.command()
@@ -556,11 +556,16 @@ def delete(
     url = resolve_url(storage)
     loaded = open_study(name, url)
     n = len(loaded.study.get_trials(deepcopy=False))
-    if not yes and not typer.confirm(f"delete study '{name}' and its {n} trials from {mask(url)}?", default=False):
-        console.print("nothing deleted")
-        raise typer.Exit(1)
+    if not yes:
+        try:  # the question on stderr: stdout stays the command's output
+            sure = typer.confirm(f"delete study '{name}' and its {_count(n, 'trial')} from {mask(url)}?", default=False, err=True)
+        except typer.Abort:  # no answer: stdin closed or not a terminal
+            raise SpecError(f"no answer to the question, so nothing deleted; pass --yes to delete study '{name}' without asking") from None
+        if not sure:
+            console.print("nothing deleted")
+            raise typer.Exit(1)
     delete_study(name, url)
-    console.print(f"deleted study '{name}' ({n} trials)")
+    console.print(f"deleted study '{name}' ({_count(n, 'trial')})")
 
 
 @app.command()
