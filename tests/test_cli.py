@@ -265,3 +265,16 @@ def test_failed_and_fail_are_one_state_and_counts_add_up(project, cli) -> None:
     assert "failed" in cli("study", "trials", "f").out
     r = cli("study", "run", "g", "--space", "tiny", "--trials", "1", "--pruner", "none")
     assert "1/1 finished (1 complete + 0 pruned), budget reached; this run: 1 trial in" in r.out
+
+
+def test_a_run_logged_to_a_file_says_each_trial_as_it_ends(project) -> None:
+    """Output that is not a terminal (nohup, CI, a cluster job) gets a line a trial, not a bar
+    that shows nothing until the study ends."""
+    with open("run.log", "w") as log:
+        result = subprocess.run([TUNER, "study", "run", "logged", "--space", "tiny", "--trials", "3", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    assert result.returncode == 0
+    lines = Path("run.log").read_text().splitlines()
+    assert [line.split(" val_accuracy=")[0] for line in lines[:3]] == ["trial 0", "trial 1", "trial 2"]
+    assert lines[2].endswith(")") and "(3/3 finished, best " in lines[2]
+    quiet = subprocess.run([TUNER, "study", "run", "logged", "--trials", "4", "-q"], capture_output=True, text=True)
+    assert "trial 3" not in quiet.stderr  # --quiet: only the result

@@ -174,6 +174,32 @@ def resume(
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 
 
+class _LogLines:
+    """Progress as lines, for output that is not a terminal: one per finished trial (a worker's
+    own), or, with --workers, one when the study's count moves, at most every LOG_EVERY_S."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, metric: str) -> None:
+        import time
+
+        self.metric, self._clock, self._last = metric, time.monotonic, (-1, -float("inf"))
+
+    def _say(self, line: str) -> None:
+        console_err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def trial(self, trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
+        state = trial.state.name.lower()
+        what = f"{self.metric}={fmt_value(trial.value)}" if state == "complete" else ("failed: " + fail_reason(trial.user_attrs) if state == "fail" else state)
+        self._say(f"trial {trial.number} {what} ({n_finished}/{budget} finished, best {fmt_value(best)})")
+
+    def counts(self, n_finished: int, budget: int, best: Optional[float]) -> None:
+        now = self._clock()
+        if n_finished != self._last[0] and now - self._last[1] >= self.LOG_EVERY_S:
+            self._last = (n_finished, now)
+            self._say(f"{n_finished}/{budget} finished, best {self.metric} {fmt_value(best)}")
+
+
 def _say_budget(name: str, change: Optional[tuple[int, int]]) -> None:
     if change is not None:
         console_err.print(f"study '{name}': budget {change[0]} -> {change[1]} finished trials", markup=False, highlight=False)
@@ -194,7 +220,10 @@ def _run(
     from tuner.workers import run_workers
 
     spec = loaded.spec
-    show_bar = not quiet and fmt == Format.table
+    # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
+    # as a redrawn bar writes nothing there until the study ends
+    show_bar = not quiet and fmt == Format.table and console_err.is_terminal
+    log_lines = _LogLines(spec.metric) if not quiet and fmt == Format.table and not show_bar else None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -214,9 +243,13 @@ def _run(
 
             def on_progress(n_finished: int, budget: int, best: Optional[float]) -> None:
                 progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                if log_lines is not None and workers > 1:
+                    log_lines.counts(n_finished, budget, best)
 
             def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
-                on_progress(n_finished, budget, best)
+                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                if log_lines is not None:
+                    log_lines.trial(trial, n_finished, budget, best)
                 if trial.state.name == "FAIL" and show_bar:
                     progress.console.print(f"trial {trial.number} failed: {fail_reason(trial.user_attrs)}", markup=False)
 
