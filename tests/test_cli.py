@@ -278,3 +278,12 @@ def test_a_run_logged_to_a_file_says_each_trial_as_it_ends(project) -> None:
     assert lines[2].endswith(")") and "(3/3 finished, best " in lines[2]
     quiet = subprocess.run([TUNER, "study", "run", "logged", "--trials", "4", "-q"], capture_output=True, text=True)
     assert "trial 3" not in quiet.stderr  # --quiet: only the result
+
+
+def test_a_typo_is_told_before_torch_is_imported(project) -> None:
+    """A mistyped sampler or space is answered at once: torch (seconds to import on a busy
+    machine) is not loaded before the settings are checked."""
+    probe = "import sys, runpy; sys.argv = ['tuner'] + sys.argv[1:]\ntry:\n    runpy.run_module('tuner', run_name='__main__')\nfinally:\n    print('torch' in sys.modules, file=sys.stderr)\n"
+    for args in (["--space", "tiny", "--sampler", "tpee"], ["--space", "tinyy"]):
+        result = subprocess.run([sys.executable, "-c", probe, "study", "run", "x", *args], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr.strip().endswith("False"), result.stderr

@@ -133,18 +133,23 @@ def run(
 ) -> None:
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
     from tuner.study import prepare_run
-    from tuner.train import resolve_device
 
-    resolve_device(device)  # a bad --device fails before anything is written
     url = resolve_url(storage)
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
     )
-    given = _spec_from(name, spec, options) if spec or space else None
+    given = _spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
     study_name = name or (given.name if given else None)
     if not study_name:
         raise SpecError("give the study a NAME (or a --spec file with `name:`)")
+    if given is not None:
+        from tuner.space import load_space
+
+        load_space(given.space, spaces_dir=spaces_dir)  # a missing or bad space too
+    from tuner.train import resolve_device  # torch: after the settings are checked
+
+    resolve_device(device)  # a bad --device fails before anything is written
     file_values = load_spec(spec).as_dict() if spec else {}
     loaded, change = prepare_run(study_name, url, given=given, settings={**file_values, **options}, spaces_dir=spaces_dir)
     _say_budget(loaded.spec.name, change)
