@@ -116,6 +116,7 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
         _positive(w[k]["trials_per_s"], f"workers.{k}")
         _positive(w[k]["with_startup_per_s"], f"workers.{k}.with_startup")
     assert w["ratio"] == pytest.approx(w["2"]["trials_per_s"] / w["1"]["trials_per_s"])
+    assert w["impossible"] == (w["ratio"] > 1.1 * min(2, machine["cores"]))
 
     c = doc["command"]
     for key in ("by_hand_s", "as_trial_s"):
@@ -170,3 +171,15 @@ def test_reference_objective_is_the_example_and_learns_digits() -> None:
     assert set(trial.params) == {"n_layers", "n_units_l0", "dropout_l0", "n_units_l1", "dropout_l1", "optimizer", "lr"}
     assert sorted(trial.intermediate_values) == list(range(10))  # accuracy reported every epoch
     assert trial.value >= 0.9
+
+
+def test_a_worker_ratio_beyond_the_cores_is_flagged_not_reported() -> None:
+    """2 workers cannot beat 1 by more than the cores allow: the table says the run was faulty."""
+    from rich.console import Console
+
+    from tuner.cli.bench import _table
+
+    doc = {"workers": {"1": {"trials_per_s": 1.0}, "2": {"trials_per_s": 28.7}, "ratio": 28.7, "impossible": True}}
+    console = Console(record=True, width=120)
+    console.print(_table(doc))
+    assert "28.70x (impossible: a faulty run)" in console.export_text()

@@ -81,16 +81,23 @@ def bench(
     console.print(_table(doc))
     for line in _notes(doc):
         console.print(line, markup=False)
+    busy = max((machine_load for machine_load in (doc["machine"].get("load_average") or [0])[:1] + (doc["machine"].get("load_average_after") or [0])[:1]), default=0)
+    if busy > 0.5 * (doc["machine"].get("cores") or 1):
+        console.print(f"note: the machine was busy (load average {busy:.2f} on {doc['machine']['cores']} cores): other work skews every figure", markup=False)
     machine = doc["machine"]
     console.print(
         f"{machine['cpu']}, {machine['cores']} cores, {machine['device_name']}; torch {machine['torch']}, optuna {machine['optuna']}; "
-        f"load average {machine['load_average'][0] if machine['load_average'] else '-'}; {doc['wall_s']:.0f}s in all; written to {out}",
+        f"load average {_load(machine.get('load_average'))} before, {_load(machine.get('load_average_after'))} after; {doc['wall_s']:.0f}s in all; written to {out}",
         markup=False,
     )
     console.print(
         "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand",
         markup=False,
     )
+
+
+def _load(averages: Any) -> str:
+    return "-" if not averages else f"{averages[0]:.2f}"
 
 
 def _num(value: Any, fmt: str = "{:.3g}") -> str:
@@ -152,7 +159,8 @@ def _table(doc: dict[str, Any]) -> Table:
         table.add_row(f"s to {s['threshold']}: grid", cell("grid"), "", "", "", "")
     if "workers" in doc:
         w = doc["workers"]
-        table.add_row("trials/s, 2 workers vs 1", _num(w["2"]["trials_per_s"]), _num(w["1"]["trials_per_s"]), _num(w["ratio"], "{:.2f}x"), "", "")
+        ratio = _num(w["ratio"], "{:.2f}x") + (" (impossible: a faulty run)" if w.get("impossible") else "")
+        table.add_row("trials/s, 2 workers vs 1", _num(w["2"]["trials_per_s"]), _num(w["1"]["trials_per_s"]), ratio, "", "")
     if "command" in doc:
         c = doc["command"]
         table.add_row("s a run: --command trial vs by hand", _num(c["as_trial_s"]), _num(c["by_hand_s"]), _num(c["ratio"], "{:.3f}x"), "", "")
