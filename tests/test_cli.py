@@ -119,7 +119,7 @@ def test_bad_space_is_one_line_exit_1_and_writes_nothing(project, cli, case):
         (["study", "run", "x", "--space", "quick", "--storage", "postgresql://u:hunter2@127.0.0.1:1/db"], "cannot open storage postgresql://u:***@127.0.0.1:1/db: connection failed"),
         (["study", "run", "x", "--spec", "studies/none.yaml"], "study spec studies/none.yaml not found"),
         (["study", "run", "bad name!", "--space", "quick"], "study name 'bad name!' is not valid"),
-        (["study", "show", "ghost"], "no studies yet: studies/tuner.db does not exist"),
+        (["study", "show", "ghost"], "studies/tuner.db does not exist"),
         (["study", "run", "ghost"], "no study 'ghost' in sqlite:///studies/tuner.db yet; to create it pass --space"),
         (["study", "run", "x", "--space", "full", "--workload", "wine"], "can pick model=cnn, but wine is not image data"),
     ],

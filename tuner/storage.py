@@ -45,9 +45,37 @@ def _parse(url: str) -> URL:
             f"storage URL {_mask_text(url)!r} is not a SQLAlchemy URL; "
             "use e.g. sqlite:///studies/tuner.db or postgresql+psycopg://user@host:5432/db"
         ) from None
+    _check_form(url, parsed)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver tuner installs
     return parsed
+
+
+_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")  # SQLAlchemy's, that Optuna supports
+
+
+def _check_form(url: str, parsed: URL) -> None:
+    """The usual slips in a storage URL, each said with the right form (SQLAlchemy would answer
+    "Can't load plugin" or open a file nobody meant)."""
+    import difflib
+
+    where = " (from TUNER_STORAGE)" if os.environ.get("TUNER_STORAGE") == url else ""
+    shown = mask(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        right = "postgresql+psycopg" + url[len("postgres") :]
+        raise StorageError(f"storage URL {shown}{where}: SQLAlchemy spells it postgresql, not postgres; use {mask(right)}")
+    if backend not in _BACKENDS:
+        close = difflib.get_close_matches(backend, _BACKENDS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise StorageError(
+            f"storage URL {shown}{where}: unknown database {backend!r}; {hint}use e.g. sqlite:///studies/tuner.db or postgresql+psycopg://user@host:5432/db"
+        )
+    if backend == "sqlite" and (parsed.host or parsed.username):
+        raise StorageError(
+            f"storage URL {shown}{where}: a SQLite path follows three slashes (sqlite:///relative/path.db) or four "
+            f"(sqlite:////absolute/path.db); this one has two, which makes {parsed.host!r} a host"
+        )
 
 
 def mask(url: str) -> str:
@@ -118,7 +146,7 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
     if path is not None:
         if not path.exists():
             if not create:
-                raise NoStorageError(f"no studies yet: {path} does not exist (`tuner study run` creates it), or pass --storage")
+                raise NoStorageError(f"no studies yet: {path.resolve()} does not exist (`tuner study run` creates it), or pass --storage")
             path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
