@@ -287,3 +287,18 @@ def test_a_typo_is_told_before_torch_is_imported(project) -> None:
     for args in (["--space", "tiny", "--sampler", "tpee"], ["--space", "tinyy"]):
         result = subprocess.run([sys.executable, "-c", probe, "study", "run", "x", *args], capture_output=True, text=True)
         assert result.returncode == 1 and result.stderr.strip().endswith("False"), result.stderr
+
+
+def test_the_dashboard_hint_can_be_pasted_as_printed(project, cli, monkeypatch, pg_url) -> None:
+    r = cli("study", "run", "h", "--space", "tiny", "--trials", "1")
+    assert "dashboard: tuner dashboard   (then open" in r.out  # the default storage: no flag
+    other = "sqlite:///studies/other.db"
+    r = cli("study", "run", "h", "--space", "tiny", "--trials", "1", "--storage", other)
+    assert f"dashboard: tuner dashboard --storage '{other}'   (then open" in r.out
+    monkeypatch.setenv("TUNER_STORAGE", other)
+    assert "dashboard: tuner dashboard   (then open" in cli("study", "run", "h", "--trials", "2").out  # it reads TUNER_STORAGE too
+    monkeypatch.delenv("TUNER_STORAGE")
+    secret = pg_url.replace("postgres@", "postgres:s3cret@")
+    r = cli("study", "run", "h", "--space", "tiny", "--trials", "1", "--storage", secret)
+    assert r.code == 0, r.err
+    assert "***" not in r.out and "s3cret" not in r.out and "TUNER_STORAGE='<this study's URL, with its password>' tuner dashboard" in r.out

@@ -287,8 +287,7 @@ def _run(
     for k, v in result.best_params.items():
         console.print(f"  {k}: {fmt_value(v)}")
     if not quiet:
-        storage_flag = "" if url == resolve_url(None) and not _env_storage() else f" --storage '{mask(url)}'"
-        console.print(f"dashboard: tuner dashboard{storage_flag}   (then open http://127.0.0.1:8080)")
+        console.print(_dashboard_hint(url), markup=False, highlight=False, soft_wrap=True)
 
 
 class _WaitNotice:
@@ -330,6 +329,17 @@ def describe_running(r: dict[str, Any]) -> str:
 
 def _env_storage() -> bool:
     return bool(os.environ.get("TUNER_STORAGE"))
+
+
+def _dashboard_hint(url: str) -> str:
+    """A dashboard command that can be pasted as printed: no --storage where the dashboard finds
+    the storage itself (the default, or TUNER_STORAGE), and never a masked password in one."""
+    open_it = "(then open http://127.0.0.1:8080)"
+    if url == resolve_url(None):
+        return f"dashboard: tuner dashboard   {open_it}"
+    if mask(url) != url:  # a password: printed, it would be in the terminal's history and logs
+        return f"dashboard: TUNER_STORAGE='<this study's URL, with its password>' tuner dashboard   {open_it}"
+    return f"dashboard: tuner dashboard --storage '{url}'   {open_it}"
 
 
 @app.command("list")
