@@ -50,3 +50,17 @@ def test_export_to_a_folder_is_refused_in_one_line_and_leaves_nothing(project, c
     r = cli("study", "export", "e", "--out", "out")
     assert r.code == 1 and r.err.strip() == "error: cannot write out: it is a folder; pass --out with a file path"
     assert list(Path("out").iterdir()) == [] and _leftovers(Path(".")) == []
+
+
+def test_export_refuses_a_format_it_does_not_write_and_csv_nests_json(project, cli):
+    import csv
+    import json
+
+    assert cli("study", "run", "x", "--space", "tiny", "--trials", "2", "-q").code == 0
+    r = cli("study", "export", "x", "--out", "out/x.xlsx")
+    assert r.code == 1 and "tuner writes CSV or JSON, not .xlsx" in r.err and not Path("out/x.xlsx").exists()
+    r = cli("study", "export", "x", "--out", "out/x.csv")
+    assert r.code == 0 and "wrote 2 trials to out/x.csv (CSV)" in r.out
+    row = next(csv.DictReader(Path("out/x.csv").open()))
+    history = json.loads(row["user_attrs_history"])  # JSON, not a Python repr
+    assert history["epoch"] == [1, 2] and json.loads(row["user_attrs_grad_norms"])

@@ -587,9 +587,12 @@ def export(
     """Export every trial to CSV or JSON (JSON adds intermediate values, the spec and the space)."""
     from tuner.study import export_trials, open_study
 
-    chosen = fmt.value if fmt else ("json" if out.suffix == ".json" else "csv")
+    suffix = out.suffix.lower()
+    if fmt is None and suffix not in (".csv", ".json", ""):
+        raise SpecError(f"--out {out}: tuner writes CSV or JSON, not {suffix}; name the file .csv or .json (or pass --format)")
+    chosen = fmt.value if fmt else ("json" if suffix == ".json" else "csv")
     n = export_trials(open_study(name, resolve_url(storage)), out, fmt=chosen)
-    console.print(f"wrote {n} trials to {out}")
+    console.print(f"wrote {_count(n, 'trial')} to {out} ({chosen.upper()})")
 
 
 @app.command()

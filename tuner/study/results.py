@@ -119,6 +119,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         for r in rows:
             w.writerow(
                 [r[h] for h in header]
-                + [r["params"].get(p, "") for p in param_names]
-                + [r["user_attrs"].get(a, "") for a in attr_names]
+                + [_cell(r["params"].get(p, "")) for p in param_names]
+                + [_cell(r["user_attrs"].get(a, "")) for a in attr_names]
             )
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: nested values (histories, gradient norms, the worker) as JSON, which any
+    spreadsheet or script reads back; not Python's repr."""
+    return json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else value
