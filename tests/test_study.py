@@ -366,3 +366,14 @@ def test_a_missing_study_gets_its_did_you_mean_and_a_long_list_says_how_many_mor
     message = str(e.value)
     assert "did you mean 'run-1" in message or "did you mean 'run-0" in message
     assert "run-09 and 4 more (`tuner study list`)" in message
+
+
+def test_a_spec_file_that_disagrees_with_the_stored_study_is_refused_naming_the_file(project, cli):
+    assert cli("study", "run", "twice", "--space", "tiny", "--workload", "wine", "--trials", "2", "-q").code == 0
+    r = cli("study", "run", "twice", "--spec", "studies/digits_grid.yaml", "--trials", "9", "-q")
+    assert r.code == 1 and "remove `space:` from studies/digits_grid.yaml" in r.err
+    assert len(optuna.load_study(study_name="twice", storage="sqlite:///studies/tuner.db").trials) == 2  # nothing ran
+    # a file stating only what agrees (its unstated settings are not its defaults) continues it
+    Path("studies/more.yaml").write_text("name: twice\nspace: tiny\nworkload: wine\ntrials: 3\n")
+    r = cli("study", "run", "twice", "--spec", "studies/more.yaml", "-q")
+    assert r.code == 0 and "budget 2 -> 3 finished trials" in r.err

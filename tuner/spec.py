@@ -17,7 +17,7 @@ import yaml
 from tuner.errors import SpecError
 from tuner.params import METRICS
 
-__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec"]
+__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
 RUN_OPTIONS = ("trials",)
@@ -137,6 +137,14 @@ class StudySpec:
             return cls(**data)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
+
+
+def spec_file_settings(path: Path) -> dict[str, Any]:
+    """The settings a spec file states (validated), without the defaults of those it leaves out:
+    what to check against a stored study."""
+    spec = load_spec(path)
+    stated = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {k: v for k, v in spec.as_dict().items() if k in stated}
 
 
 def load_spec(path: Path) -> StudySpec:

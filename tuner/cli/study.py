@@ -17,7 +17,7 @@ from tuner import attrs as A
 from tuner.attrs import fail_reason
 from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
-from tuner.spec import StudySpec, load_spec
+from tuner.spec import StudySpec, load_spec, spec_file_settings
 from tuner.storage import DEFAULT_ARTIFACTS, mask, resolve_url
 
 app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
@@ -150,8 +150,11 @@ def run(
     from tuner.train import resolve_device  # torch: after the settings are checked
 
     resolve_device(device)  # a bad --device fails before anything is written
-    file_values = load_spec(spec).as_dict() if spec else {}
-    loaded, change = prepare_run(study_name, url, given=given, settings={**file_values, **options}, spaces_dir=spaces_dir)
+    file_values = spec_file_settings(spec) if spec else {}
+    loaded, change = prepare_run(
+        study_name, url, given=given, settings={k: v for k, v in options.items() if v is not None}, spaces_dir=spaces_dir,
+        file_settings=file_values, spec_file=str(spec) if spec else None,
+    )
     _say_budget(loaded.spec.name, change)
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 

@@ -167,9 +167,14 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     return Loaded(study, spec, space, storage_url)
 
 
-def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACES_DIR) -> StudySpec:
-    """Options given to `run` for an existing study must agree with what it was created with."""
+def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACES_DIR, source: str | None = None) -> StudySpec:
+    """Settings given to `run` for an existing study (flags, or a spec file named by `source`)
+    must agree with what it was created with."""
     stored = loaded.spec
+
+    def drop(key: str) -> str:
+        return f"remove `{key}:` from {source}" if source else "drop --" + key.replace("_", "-")
+
     for key, value in given.items():
         if value is None or key in RUN_OPTIONS or key == "name":
             continue
@@ -177,14 +182,13 @@ def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACE
             if load_space(value, spaces_dir=spaces_dir).to_dict() != loaded.space.to_dict():
                 raise SpecError(
                     f"study '{stored.name}' was created with a different search space than {value}; "
-                    "drop --space to resume with the stored one, or start a new study"
+                    f"{drop('space')} to resume with the stored one, or start a new study"
                 )
             continue
         if value != getattr(stored, key):
-            flag = "--" + key.replace("_", "-")
             raise SpecError(
                 f"study '{stored.name}' was created with {key}={getattr(stored, key)!r}, not {value!r}; "
-                f"drop {flag} to continue it, or start a new study name"
+                f"{drop(key)} to continue it, or start a new study name"
             )
     trials = given.get("trials")
     return StudySpec(**{**stored.as_dict(), "trials": trials or stored.trials})
@@ -208,15 +212,24 @@ def set_budget(loaded: Loaded, trials: int | None) -> tuple[int, int] | None:
 
 
 def prepare_run(
-    name: str, storage_url: str, *, given: StudySpec | None, settings: dict[str, Any], spaces_dir: Path = SPACES_DIR
+    name: str,
+    storage_url: str,
+    *,
+    given: StudySpec | None,
+    settings: dict[str, Any],
+    spaces_dir: Path = SPACES_DIR,
+    file_settings: dict[str, Any] | None = None,
+    spec_file: str | None = None,
 ) -> tuple[Loaded, tuple[int, int] | None]:
-    """The study a `run` works on: an existing one, checked against every setting given (flags
-    and spec file alike, see reconcile) and given the budget asked for; or a new one, created from
+    """The study a `run` works on: an existing one, checked against every setting given (flags,
+    and the spec file's, see reconcile) and given the budget asked for; or a new one, created from
     `given`. Returns it and the budget change made, (old, new), if any."""
     if study_exists(name, storage_url):
         loaded = open_study(name, storage_url)
+        from_file = reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
         wanted = reconcile(loaded, settings, spaces_dir=spaces_dir)
-        return loaded, set_budget(loaded, wanted.trials)
+        trials = settings.get("trials") or (file_settings or {}).get("trials") or from_file.trials
+        return loaded, set_budget(loaded, trials if trials is not None else wanted.trials)
     if given is None:
         raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
     return create_study(given, storage_url, spaces_dir=spaces_dir), None
