@@ -302,3 +302,10 @@ def test_the_dashboard_hint_can_be_pasted_as_printed(project, cli, monkeypatch, 
     r = cli("study", "run", "h", "--space", "tiny", "--trials", "1", "--storage", secret)
     assert r.code == 0, r.err
     assert "***" not in r.out and "s3cret" not in r.out and "TUNER_STORAGE='<this study's URL, with its password>' tuner dashboard" in r.out
+
+
+def test_a_new_database_is_named_by_its_absolute_path(project, cli) -> None:
+    r = cli("study", "create", "n", "--space", "tiny")
+    assert r.code == 0 and f"new database {Path('studies/tuner.db').resolve()}" in r.err
+    r = cli("study", "run", "n2", "--space", "tiny", "--trials", "1", "-q")
+    assert "new database" not in r.err  # only when it is created

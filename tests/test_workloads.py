@@ -428,3 +428,36 @@ def test_callable_wrong_return_type(user_module: Callable[[str], str], returned:
     name = user_module(f"def build(config):\n    return {returned}\n")
     message = refused(f"{name}:build")
     assert f"{name}:build" in message and "(model, X, y) or (X, y)" in message and type_name in message
+
+
+def test_a_csv_study_finds_its_file_from_another_folder_and_refuses_a_changed_or_missing_one(project, cli) -> None:
+    """The CSV's absolute path is stored (a resume from elsewhere finds it) with its SHA-256: a
+    changed or missing file fails up front in one line, before any trial and with the budget unchanged."""
+    import os
+
+    import optuna
+
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    Path("data").mkdir()
+    lines = [",".join([f"f{i}" for i in range(13)] + ["y"])] + [",".join(map(str, [*row, t])) for row, t in zip(d.data, d.target)]
+    Path("data/wine.csv").write_text("\n".join(lines) + "\n")
+    url = f"sqlite:///{Path('studies/tuner.db').resolve()}"
+    r = cli("study", "run", "w", "--space", "tiny", "--workload", "data/wine.csv", "--target", "y", "--trials", "2", "-q", "--storage", url)
+    assert r.code == 0, r.err
+    Path("elsewhere").mkdir()
+    os.chdir("elsewhere")
+    try:
+        assert cli("study", "resume", "w", "--trials", "3", "-q", "--storage", url).code == 0  # found from another folder
+        csv_path = Path("../data/wine.csv").resolve()
+        csv_path.write_text("\n".join(lines[:100]) + "\n")  # the data changed
+        r = cli("study", "resume", "w", "--trials", "4", "-q", "--storage", url)
+        assert r.code == 1 and "has changed since the study was created" in r.err
+        csv_path.unlink()
+        r = cli("study", "resume", "w", "--trials", "4", "-q", "--storage", url)
+        assert r.code == 1 and f"trains on {csv_path}, which is not on this host" in r.err
+    finally:
+        os.chdir("..")
+    study = optuna.load_study(study_name="w", storage=url)
+    assert len(study.trials) == 3 and study.user_attrs["tuner.spec"]["trials"] == 3  # nothing written by the refusals

@@ -101,7 +101,9 @@ def create(
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
     )
     url = resolve_url(storage)
+    new_db = _new_database(url)
     loaded = create_study(_spec_from(name, spec, options), url, spaces_dir=spaces_dir)
+    _say_new_database(new_db)
     console.print(f"created study '{loaded.spec.name}' in {mask(url)}: {loaded.spec.sampler} over '{loaded.space.name}', budget {loaded.spec.trials} trials")
 
 
@@ -151,12 +153,27 @@ def run(
 
     resolve_device(device)  # a bad --device fails before anything is written
     file_values = spec_file_settings(spec) if spec else {}
+    new_db = _new_database(url)
     loaded, change = prepare_run(
         study_name, url, given=given, settings={k: v for k, v in options.items() if v is not None}, spaces_dir=spaces_dir,
         file_settings=file_values, spec_file=str(spec) if spec else None,
     )
+    _say_new_database(new_db)
     _say_budget(loaded.spec.name, change)
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
+
+
+def _new_database(url: str) -> Optional[Path]:
+    """The SQLite file a command is about to create, if it does not exist yet."""
+    from tuner.storage import sqlite_path
+
+    path = sqlite_path(url)
+    return path if path is not None and not path.exists() else None
+
+
+def _say_new_database(path: Optional[Path]) -> None:
+    if path is not None and path.exists():  # relative URLs depend on the folder: say where it went
+        console_err.print(f"new database {path.resolve()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -172,12 +189,13 @@ def resume(
     storage: StorageOpt = None,
 ) -> None:
     """Continue a study from the database with its stored space, sampler, pruner and budget."""
-    from tuner.study import open_study, set_budget
+    from tuner.study import check_data, open_study, set_budget
     from tuner.train import resolve_device
 
     resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url)
+    check_data(loaded)  # before the budget is touched
     _say_budget(name, set_budget(loaded, trials))
     _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
 
@@ -224,10 +242,11 @@ def _run(
     quiet: bool,
     fmt: Format,
 ) -> None:
-    from tuner.study import FINISHED, run_study
+    from tuner.study import FINISHED, check_data, run_study
     from tuner.workers import run_workers
 
     spec = loaded.spec
+    check_data(loaded)  # before any worker starts
     # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
     # as a redrawn bar writes nothing there until the study ends
     show_bar = not quiet and fmt == Format.table and console_err.is_terminal

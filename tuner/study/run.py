@@ -28,7 +28,7 @@ from tuner.storage import StudyLock, count_states, heartbeat_settings, progress
 from tuner.study.lost import fail_lost, requeue, running_trials
 from tuner.study.objective import make_objective
 from tuner.study.results import best_trial
-from tuner.study.store import Loaded, quiet_optuna
+from tuner.study.store import Loaded, check_data, quiet_optuna
 
 __all__ = ["FINISHED", "MAX_CONSECUTIVE_FAILURES", "Interrupted", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
 
@@ -214,6 +214,7 @@ def run_study(
 
     quiet_optuna()
     study, spec = loaded.study, loaded.spec
+    check_data(loaded)  # a missing or changed data file fails here, not in five trials
     torch_device = resolve_device(device)
     n_threads = set_threads(threads)
     objective = make_objective(loaded, torch_device, threads=n_threads)

@@ -30,6 +30,7 @@ __all__ = [
     "SPEC_ATTR",
     "Loaded",
     "check_code",
+    "check_data",
     "check_workload",
     "create_study",
     "delete_study",
@@ -43,6 +44,45 @@ __all__ = [
 
 SPEC_ATTR = "tuner.spec"
 SPACE_ATTR = "tuner.space"
+DATA_ATTR = "tuner.data_sha256"  # a CSV or npz workload's content when the study was created
+
+
+def absolute_workload(ref: str) -> str:
+    """A CSV or npz workload by its absolute path: a study resumed from another folder, or by a
+    worker started elsewhere, finds the same file. Other workloads as given."""
+    if ref.endswith((".csv", ".npz")):
+        return str(Path(ref).expanduser().resolve())
+    return ref
+
+
+def data_digest(spec: StudySpec) -> str | None:
+    """SHA-256 of a CSV or npz workload's file (None for other workloads)."""
+    import hashlib
+
+    if not spec.workload.endswith((".csv", ".npz")) or spec.user_code:
+        return None
+    digest = hashlib.sha256()
+    with open(spec.workload, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_data(loaded: "Loaded") -> None:
+    """Before a worker creates any trial: the study's data file is where it was stored, and holds
+    what it held when the study was created (a changed file would make trials incomparable)."""
+    spec = loaded.spec
+    if not spec.workload.endswith((".csv", ".npz")) or spec.user_code:
+        return
+    path = Path(spec.workload)
+    if not path.is_file():
+        raise SpecError(
+            f"study '{spec.name}' trains on {path}, which is not on this host (from {Path.cwd()}); "
+            f"copy the file to that path, or run from the host that has it"
+        )
+    stored = loaded.study.user_attrs.get(DATA_ATTR)
+    if stored is not None and data_digest(spec) != stored:
+        raise SpecError(f"study '{spec.name}': {path} has changed since the study was created (its SHA-256 differs); restore it, or start a new study on the new data")
 
 
 @dataclass
@@ -112,7 +152,7 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
             raise SpecError(f"grid search: {e}") from None
     check_code(spec, space)
     budget = spec.trials or (len(grid) if grid else DEFAULT_TRIALS)
-    spec = StudySpec(**{**spec.as_dict(), "trials": budget})
+    spec = StudySpec(**{**spec.as_dict(), "trials": budget, "workload": absolute_workload(spec.workload)})
 
     quiet_optuna()
     storage = open_storage(storage_url, create=True)
@@ -127,6 +167,9 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     )
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
+    digest = data_digest(spec)
+    if digest is not None:
+        study.set_user_attr(DATA_ATTR, digest)
     for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
         study.enqueue_trial(point)
     return open_study(spec.name, storage_url, storage=storage)  # opened once: Optuna's schema check takes ~50 ms
@@ -185,6 +228,8 @@ def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACE
                     f"{drop('space')} to resume with the stored one, or start a new study"
                 )
             continue
+        if key == "workload":
+            value = absolute_workload(value)
         if value != getattr(stored, key):
             raise SpecError(
                 f"study '{stored.name}' was created with {key}={getattr(stored, key)!r}, not {value!r}; "
@@ -226,6 +271,7 @@ def prepare_run(
     `given`. Returns it and the budget change made, (old, new), if any."""
     if study_exists(name, storage_url):
         loaded = open_study(name, storage_url)
+        check_data(loaded)  # before the budget is touched: nothing is written for a run that cannot go on
         from_file = reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
         wanted = reconcile(loaded, settings, spaces_dir=spaces_dir)
         trials = settings.get("trials") or (file_settings or {}).get("trials") or from_file.trials
