@@ -273,7 +273,7 @@ def test_a_run_logged_to_a_file_says_each_trial_as_it_ends(project) -> None:
     with open("run.log", "w") as log:
         result = subprocess.run([TUNER, "study", "run", "logged", "--space", "tiny", "--trials", "3", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
     assert result.returncode == 0
-    lines = Path("run.log").read_text().splitlines()
+    lines = [line for line in Path("run.log").read_text().splitlines() if not line.startswith("new database ")]
     assert [line.split(" val_accuracy=")[0] for line in lines[:3]] == ["trial 0", "trial 1", "trial 2"]
     assert lines[2].endswith(")") and "(3/3 finished, best " in lines[2]
     quiet = subprocess.run([TUNER, "study", "run", "logged", "--trials", "4", "-q"], capture_output=True, text=True)
@@ -309,3 +309,11 @@ def test_a_new_database_is_named_by_its_absolute_path(project, cli) -> None:
     assert r.code == 0 and f"new database {Path('studies/tuner.db').resolve()}" in r.err
     r = cli("study", "run", "n2", "--space", "tiny", "--trials", "1", "-q")
     assert "new database" not in r.err  # only when it is created
+
+
+def test_study_list_keeps_the_name_whole_at_60_columns(project, cli) -> None:
+    long_name = "a-study-with-a-rather-long-name"
+    assert cli("study", "create", long_name, "--space", "tiny").code == 0
+    result = subprocess.run([TUNER, "study", "list"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "60"})
+    assert result.returncode == 0 and long_name in result.stdout
+    assert all(len(line) <= 60 for line in result.stdout.splitlines())

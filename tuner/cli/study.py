@@ -377,9 +377,33 @@ def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
     if not rows:
         console.print(f"no studies in {mask(url)}")
         return
-    table = Table("name", "trials", "budget", "best", "direction", "sampler", "workload")
-    for r in rows:
-        table.add_row(r["name"], str(r["trials"]), fmt_value(r["budget"]), fmt_value(r["best_value"]), r["direction"], fmt_value(r["sampler"]), fmt_value(r["workload"]))
+    # the name is the one column a person must type: it is never cut; the other columns come in
+    # their order of use while they fit, and the workload (perhaps a long path) takes what is left
+    cells: dict[str, list[str]] = {
+        "name": [r["name"] for r in rows],
+        "trials": [str(r["trials"]) for r in rows],
+        "best": [f"{r['best_value']:.4g}" if isinstance(r["best_value"], float) else fmt_value(r["best_value"]) for r in rows],
+        "budget": [fmt_value(r["budget"]) for r in rows],
+        "dir": [str(r["direction"])[:3] for r in rows],
+        "sampler": [fmt_value(r["sampler"]) for r in rows],
+        "workload": [fmt_value(r["workload"]) for r in rows],
+    }
+    widths: dict[str, int] = {}
+    used = 1  # the table's left border
+    for header, column in cells.items():
+        need = max(len(header), *map(len, column))
+        room = console.width - used - 3  # a column's padding and border
+        if header == "workload" and room >= 8:
+            need = min(need, room)
+        elif header != "name" and need > room:
+            break
+        widths[header] = need
+        used += need + 3
+    table = Table()
+    for header, width in widths.items():
+        table.add_column(header, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
+    for i in range(len(rows)):
+        table.add_row(*(cells[h][i] for h in widths))
     console.print(table)
 
 

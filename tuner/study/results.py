@@ -40,7 +40,8 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
                 "trials": s.n_trials,
                 "best_value": s.best_trial.value if s.best_trial else None,
                 "sampler": spec.get("sampler"),
-                "workload": spec.get("workload"),
+                # what its trials run: tuner's loop on a workload, or the person's own code
+                "workload": f"objective {spec['objective']}" if spec.get("objective") else "command" if spec.get("command") else spec.get("workload"),
                 "budget": spec.get("trials"),
             }
         )

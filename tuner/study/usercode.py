@@ -8,9 +8,7 @@ the dashboard read the same for both.
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -31,20 +29,9 @@ GRACE_S = 5.0  # a pruned or timed-out script's time to exit on SIGTERM before S
 
 def import_objective(ref: str) -> Callable[..., Any]:
     """`module:function`, with the current directory importable (as with `python -m`)."""
-    module_name, _, func_name = ref.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # any import-time failure of user code is the user's to fix
-        raise SpecError(
-            f"--objective {ref}: cannot import module '{module_name}' ({e.__class__.__name__}: {e}); "
-            "run from the folder that holds it or put that folder on PYTHONPATH"
-        ) from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise SpecError(f"--objective {ref}: module '{module_name}' has no function '{func_name}'")
-    return func
+    from tuner.workloads.data import user_callable
+
+    return user_callable(ref, what="--objective", error=SpecError)
 
 
 def trial_value(out: Any, metric: str, where: str) -> float:

@@ -95,21 +95,22 @@ def parse_workload(ref: str, *, target: str | None = None) -> WorkloadRef:
     return WorkloadRef("builtin", ref)
 
 
-def user_callable(ref: str) -> Callable[..., Any]:
-    """Import `module:function`; the current directory is importable, as with `python -m`."""
+def user_callable(ref: str, *, what: str = "workload", error: type[Exception] = WorkloadError) -> Callable[..., Any]:
+    """Import `module:function`; the current directory is importable, as with `python -m`. Errors
+    name the setting it came from (`what`) and are raised as `error`."""
     module_name, _, func_name = ref.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any import-time failure of user code is the user's to fix
-        raise WorkloadError(
-            f"workload {ref}: cannot import module '{module_name}' ({e.__class__.__name__}: {e}); "
-            "run from its folder or put it on PYTHONPATH"
+        raise error(
+            f"{what} {ref}: cannot import module '{module_name}' ({e.__class__.__name__}: {e}); "
+            "run from the folder that holds it or put that folder on PYTHONPATH"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise WorkloadError(f"workload {ref}: module '{module_name}' has no function '{func_name}'")
+        raise error(f"{what} {ref}: module '{module_name}' has no function '{func_name}'")
     return func
 
 
