@@ -317,3 +317,16 @@ def test_study_list_keeps_the_name_whole_at_60_columns(project, cli) -> None:
     result = subprocess.run([TUNER, "study", "list"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "60"})
     assert result.returncode == 0 and long_name in result.stdout
     assert all(len(line) <= 60 for line in result.stdout.splitlines())
+
+
+def test_help_is_light(project) -> None:
+    """`tuner --help` and every command's help load neither torch, Optuna nor SQLAlchemy."""
+    probe = (
+        "import sys, runpy; sys.argv = ['tuner'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('tuner', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'sqlalchemy') if m in sys.modules), file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["study", "run", "--help"], ["space", "create", "--help"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        assert result.stderr.strip().splitlines()[-1] == "[]", (args, result.stderr)

@@ -23,18 +23,12 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner import attrs as A
 from tuner.errors import NoStorageError, StorageError
+from tuner.urls import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, mask, resolve_url
+from tuner.urls import mask_text as _mask_text
 
 __all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_rows", "sql_rdb"]
 
-DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
-# Files attached to studies (retrained models) live here, linked from the dashboard.
-DEFAULT_ARTIFACTS = Path("studies/artifacts")
 _SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock before failing
-
-
-def resolve_url(url: str | None) -> str:
-    """--storage, else TUNER_STORAGE, else the embedded SQLite file in studies/."""
-    return url or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
 
 
 def _parse(url: str) -> URL:
@@ -76,21 +70,6 @@ def _check_form(url: str, parsed: URL) -> None:
             f"storage URL {shown}{where}: a SQLite path follows three slashes (sqlite:///relative/path.db) or four "
             f"(sqlite:////absolute/path.db); this one has two, which makes {parsed.host!r} a host"
         )
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for every message and stored attribute."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return _mask_text(url)
-
-
-def _mask_text(text: str) -> str:
-    # user:secret@host in something SQLAlchemy could not parse
-    import re
-
-    return re.sub(r"(//[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -18,7 +18,7 @@ from tuner.cli import space as space_cli
 from tuner.cli import study as study_cli
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console_err, print_json
 from tuner.errors import TunerError
-from tuner.storage import DEFAULT_ARTIFACTS
+from tuner.urls import DEFAULT_ARTIFACTS
 
 try:  # typer vendors click from 0.2x; older ones use click itself
     from typer._click import exceptions as _click

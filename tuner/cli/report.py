@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, print_json
-from tuner.storage import resolve_url
+from tuner.urls import resolve_url
 
 __all__ = ["report"]
 

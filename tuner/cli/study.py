@@ -18,7 +18,7 @@ from tuner.attrs import fail_reason
 from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
 from tuner.spec import StudySpec, load_spec, spec_file_settings
-from tuner.storage import DEFAULT_ARTIFACTS, mask, resolve_url
+from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
 
 app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
 
