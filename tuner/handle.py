@@ -67,6 +67,11 @@ class TrialHandle:
             self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
             raise Pruned(reason)
 
+    def history_attrs(self) -> dict[str, Any]:
+        """What the reports add to the trial when it ends: the history and the last step reached."""
+        steps = self.history["epoch"]
+        return {A.HISTORY: self.history, **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
+
     def diagnose(self, model: Any) -> dict[str, Any]:
         """Record the model's gradient diagnostics as tuner's loop does (per-layer norms, the
         vanishing and exploding flags), from the gradients it holds now: call it after a backward.
@@ -91,19 +96,21 @@ class TrialHandle:
             self._trial.set_user_attr(key, value)
 
 
-def attach(trial: Any, path: Path, artifacts: Path, *, mimetype: str | None = None) -> str:
-    """Upload a file to the artifact store beside the study, linked to the trial."""
+def attach(study_or_trial: Any, path: Path, artifacts: Path, *, mimetype: str | None = None) -> str:
+    """Upload a file to the artifact store beside the study, linked to the study or to a running
+    trial: optuna-dashboard (`tuner dashboard --artifacts`) links it from that page."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     from tuner.errors import TunerError
 
+    owner = f"study '{study_or_trial.study_name}'" if isinstance(study_or_trial, optuna.Study) else f"trial {study_or_trial.number}"
     if not path.is_file():
-        raise TunerError(f"log_artifact: no file {path}")
+        raise TunerError(f"cannot attach {path} to {owner}: no such file")
     try:
         artifacts.mkdir(parents=True, exist_ok=True)
-        return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(path), study_or_trial=trial, mimetype=mimetype)
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(path), study_or_trial=study_or_trial, mimetype=mimetype)
     except (OSError, optuna.exceptions.OptunaError) as e:
-        raise TunerError(f"cannot attach {path} to trial {trial.number} in {artifacts}: {e}") from None
+        raise TunerError(f"cannot attach {path} to {owner} in {artifacts}: {e}") from None
 
 
 def _number(key: str, value: Any) -> float:

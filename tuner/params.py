@@ -141,8 +141,10 @@ def param_names() -> tuple[str, ...]:
 
 
 def param_bounds(name: str) -> tuple[float | None, float | None, bool, bool] | None:
-    """(low, high, open_low, open_high) of a numeric parameter's valid values, or None."""
-    return _FIELDS[name].metadata.get("bounds")
+    """(low, high, open_low, open_high) of a numeric parameter's valid values, or None (a name
+    outside the vocabulary, a free parameter of the person's code, has none)."""
+    field_ = _FIELDS.get(name)
+    return field_.metadata.get("bounds") if field_ is not None else None
 
 
 def describe_bounds(name: str) -> str:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tuner.atomic import atomic_path
+from tuner.handle import attach
 from tuner.errors import SpecError, TunerError
 from tuner.params import TrainConfig
 from tuner.storage import DEFAULT_ARTIFACTS
@@ -104,7 +105,7 @@ def retrain_best(
         "user_model": user_model is not None,
     }
     _save(payload, out)
-    artifact_id = _attach(loaded, out, artifacts_dir)
+    artifact_id = attach(loaded.study, out, artifacts_dir, mimetype="application/octet-stream")
     study.set_user_attr(
         BEST_MODEL_ATTR,
         {"trial": best.number, "file": str(out), "artifact_id": artifact_id, spec.metric: reproduced, "epoch": result.best_epoch},
@@ -115,23 +116,6 @@ def retrain_best(
 def _save(payload: dict[str, Any], out: Path) -> None:
     with atomic_path(out, hint="; pass --out with a writable path") as tmp:
         torch.save(payload, tmp)
-
-
-def _attach(loaded: Loaded, path: Path, artifacts_dir: Path) -> str | None:
-    """The file as a study artifact, so optuna-dashboard (tuner dashboard --artifacts) links it."""
-    import optuna
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-    try:
-        artifacts_dir.mkdir(parents=True, exist_ok=True)
-        return upload_artifact(
-            artifact_store=FileSystemArtifactStore(str(artifacts_dir)),
-            file_path=str(path),
-            study_or_trial=loaded.study,
-            mimetype="application/octet-stream",
-        )
-    except (OSError, optuna.exceptions.OptunaError) as e:
-        raise TunerError(f"cannot attach {path} to study '{loaded.spec.name}' in {artifacts_dir}: {e}") from None
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -279,7 +279,7 @@ def _number(where: _Where, name: str, key: str, raw: Any, kind: type) -> float |
         value = int(value)
     else:
         value = float(value)
-    if key != "step" and name in param_names() and not in_bounds(name, value):
+    if key != "step" and not in_bounds(name, value):
         raise where.fail(name, f"{key}={value} is out of range; {name} takes values in {describe_bounds(name)}")
     return value
 

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -85,10 +85,7 @@ class Diagnostics:
     @classmethod
     def of(cls, history: list[EpochResult], task: str) -> "Diagnostics":
         last = history[-1]
-        norms = list(last.grad_norms.values())
-        first, final = (norms[0], norms[-1]) if norms else (None, None)
-        vanishing = bool(norms) and final > 0 and first < VANISHING_RATIO * final
-        exploding = any(v > EXPLODING_NORM or not math.isfinite(v) for e in history for v in e.grad_norms.values())
+        first, final, vanishing, exploding = _gradient_flags(list(last.grad_norms.values()), [v for e in history for v in e.grad_norms.values()])
         if task == "classification" and last.train_accuracy is not None and last.val_accuracy is not None:
             gap = last.train_accuracy - last.val_accuracy
         else:
@@ -307,19 +304,27 @@ class _Tally:
         return self.sums
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
     """The model's loss and (classification) accuracy on (x, y), in eval mode."""
+    return _evaluate_batches(model, zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)), loss_fn, task, x.device)
+
+
+@torch.no_grad()
+def _evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module, task: str, device: torch.device
+) -> tuple[float, float | None]:
+    """Loss and accuracy summed on the device over the batches, read once at the end."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for xb, yb in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)):
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    n = 0
+    for xb, yb in batches:
         out = model(xb)
         out = out.squeeze(-1) if task == "regression" else out
         loss_sum += loss_fn(out, yb) * len(xb)
         if task == "classification":
             correct += (out.argmax(1) == yb).sum()
-    n = len(x)
+        n += len(xb)
     return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
 
 
@@ -398,16 +403,18 @@ def gradient_diagnostics(model: nn.Module) -> dict[str, Any]:
     (after a backward): per-layer norms, the first and last layers' and the vanishing/exploding
     flags by the same thresholds as Diagnostics."""
     named = [(n, w) for n, w in layer_weights(model) if w.grad is not None]
-    norms = dict(zip((n for n, _ in named), torch.stack([w.grad.detach().norm() for _, w in named]).tolist())) if named else {}
-    values = list(norms.values())
-    first, last = (values[0], values[-1]) if values else (None, None)
-    return {
-        "grad_norms": norms,
-        "grad_norm_first": first,
-        "grad_norm_last": last,
-        "vanishing_gradients": bool(values) and last > 0 and first < VANISHING_RATIO * last,
-        "exploding_gradients": any(v > EXPLODING_NORM or not math.isfinite(v) for v in values),
-    }
+    norms = dict(zip((n for n, _ in named), torch.stack([_grad_norm(w) for _, w in named]).tolist())) if named else {}
+    first, last, vanishing, exploding = _gradient_flags(list(norms.values()), norms.values())
+    return {"grad_norms": norms, "grad_norm_first": first, "grad_norm_last": last, "vanishing_gradients": vanishing, "exploding_gradients": exploding}
+
+
+def _gradient_flags(last_norms: list[float], every_norm: Iterable[float]) -> tuple[float | None, float | None, bool, bool]:
+    """The first and last layers' norms, whether the first's collapsed against the last's
+    (vanishing) and whether any norm blew up (exploding): one rule wherever diagnostics are read."""
+    first, last = (last_norms[0], last_norms[-1]) if last_norms else (None, None)
+    vanishing = bool(last_norms) and last > 0 and first < VANISHING_RATIO * last
+    exploding = any(v > EXPLODING_NORM or not math.isfinite(v) for v in every_norm)
+    return first, last, vanishing, exploding
 
 
 class Feed:
@@ -476,21 +483,8 @@ class _LoaderFeed(Feed):
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return (self._on_device(b) for b in self.train_loader)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
-        model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        n = 0
-        for batch in self.val_loader:
-            xb, yb = self._on_device(batch)
-            out = model(xb)
-            out = out.squeeze(-1) if task == "regression" else out
-            loss_sum += loss_fn(out, yb) * len(xb)
-            if task == "classification":
-                correct += (out.argmax(1) == yb).sum()
-            n += len(xb)
-        return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
+        return _evaluate_batches(model, map(self._on_device, self.val_loader), loss_fn, task, self.device)
 
 
 def make_feed(data: Dataset | TorchData, scaling: str, batch_size: int, device: torch.device, seed: int) -> Feed:

@@ -242,11 +242,10 @@ def _run(
     quiet: bool,
     fmt: Format,
 ) -> None:
-    from tuner.study import FINISHED, check_data, run_study
+    from tuner.study import FINISHED, run_study
     from tuner.workers import run_workers
 
     spec = loaded.spec
-    check_data(loaded)  # before any worker starts
     # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
     # as a redrawn bar writes nothing there until the study ends
     show_bar = not quiet and fmt == Format.table and console_err.is_terminal
@@ -349,10 +348,6 @@ def describe_running(r: dict[str, Any]) -> str:
     return f"trial {r['number']} on {r['worker'] or 'an unknown worker'}, {beat}, {lost}"
 
 
-def _env_storage() -> bool:
-    return bool(os.environ.get("TUNER_STORAGE"))
-
-
 def _dashboard_hint(url: str) -> str:
     """A dashboard command that can be pasted as printed: no --storage where the dashboard finds
     the storage itself (the default, or TUNER_STORAGE), and never a masked password in one."""
@@ -388,17 +383,17 @@ def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
         "sampler": [fmt_value(r["sampler"]) for r in rows],
         "workload": [fmt_value(r["workload"]) for r in rows],
     }
-    widths: dict[str, int] = {}
-    used = 1  # the table's left border
-    for header, column in cells.items():
-        need = max(len(header), *map(len, column))
-        room = console.width - used - 3  # a column's padding and border
-        if header == "workload" and room >= 8:
-            need = min(need, room)
-        elif header != "name" and need > room:
-            break
-        widths[header] = need
-        used += need + 3
+    workload = cells.pop("workload")
+    widths = {"name": _column_width("name", cells["name"])}
+    room = console.width - 1 - widths["name"] - 3  # the left border, then the name's column
+    rest = {h: c for h, c in cells.items() if h != "name"}
+    fitting = _fitting(rest, room)
+    for header in fitting:
+        widths[header] = _column_width(header, rest[header])
+        room -= widths[header] + 3
+    if len(fitting) == len(rest) and room - 3 >= 8:  # the workload takes what is left, cut short if it must
+        cells["workload"] = workload
+        widths["workload"] = min(_column_width("workload", workload), room - 3)
     table = Table()
     for header, width in widths.items():
         table.add_column(header, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
@@ -587,27 +582,32 @@ def _param_columns(
     if wide:
         return every, []
 
-    def cell_width(header: str, cells: list[str]) -> int:
-        return max([len(header), *map(len, cells)]) + 3  # padding and a border
-
-    used = 4 + sum(
-        cell_width(h, cells)
-        for h, cells in (
-            ("#", [str(r["number"]) for r in rows]),
-            ("state", ["complete"]),
-            (metric, [_short(r["value"]) for r in rows]),
-            ("epochs", [_short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows]),
-            ("s", [_seconds(r["duration_s"]) for r in rows]),
-        )
-    ) + 10  # the note keeps room for a word a line
-    shown: list[str] = []
-    for k in varying:
-        w = cell_width(k, [_short(r["params"].get(k)) for r in rows])
-        if used + w > width:
-            break
-        shown.append(k)
-        used += w
+    fixed = {
+        "#": [str(r["number"]) for r in rows],
+        "state": ["complete"],
+        metric: [_short(r["value"]) for r in rows],
+        "epochs": [_short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows],
+        "s": [_seconds(r["duration_s"]) for r in rows],
+    }
+    used = 4 + sum(_column_width(h, c) + 3 for h, c in fixed.items()) + 10  # the note keeps room for a word a line
+    shown = _fitting({k: [_short(r["params"].get(k)) for r in rows] for k in varying}, width - used)
     return shown, [k for k in varying if k not in shown]
+
+
+def _column_width(header: str, cells: list[str]) -> int:
+    return max([len(header), *map(len, cells)])
+
+
+def _fitting(columns: dict[str, list[str]], room: int) -> list[str]:
+    """The leading columns, in order, that fit in `room` characters (each with its padding and
+    border): a table drops the columns a narrow terminal has no room for instead of cutting them."""
+    shown: list[str] = []
+    for header, cells in columns.items():
+        room -= _column_width(header, cells) + 3
+        if room < 0:
+            break
+        shown.append(header)
+    return shown
 
 
 def _seconds(value: Any) -> str:

@@ -14,7 +14,7 @@ from tuner.params import TrainConfig
 from tuner.study.store import Loaded
 from tuner.workloads import load_workload
 
-__all__ = ["make_objective", "trial_workload"]
+__all__ = ["durable", "make_objective", "record", "trial_workload"]
 
 
 def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float]:
@@ -23,11 +23,11 @@ def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -
     if loaded.spec.objective is not None:
         from tuner.study.usercode import python_objective
 
-        return python_objective(loaded, device, record=_record)
+        return python_objective(loaded, device)
     if loaded.spec.command is not None:
         from tuner.study.usercode import command_objective
 
-        return command_objective(loaded, device, threads=threads, record=_record)
+        return command_objective(loaded, device, threads=threads)
     return _builtin_objective(loaded, device)
 
 
@@ -40,11 +40,8 @@ def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
         seed = spec.seed + trial.number
-        _record(trial, {"seed": seed, "device": str(device)})
-        if isinstance(trial.study._storage, BufferedStorage):
-            # the configuration is durable before training starts: a killed worker's trial is
-            # re-queued with exactly these parameters
-            trial.study._storage.flush(trial._trial_id)
+        record(trial, {"seed": seed, "device": str(device)})
+        durable(trial)
 
         epochs: list[Any] = []
 
@@ -53,7 +50,7 @@ def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], 
             trial.report(epoch.metric, epoch.epoch)
             if prunes and trial.should_prune():
                 reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
-                _record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(epochs)})
+                record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(epochs)})
                 raise optuna.TrialPruned(reason)
 
         try:
@@ -64,12 +61,12 @@ def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], 
         except DivergedError as e:
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
             attrs = {A.PRUNED_REASON: str(e), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: e.epoch, "exploding_gradients": True}
-            _record(trial, {**attrs, A.HISTORY: _history(epochs)})
+            record(trial, {**attrs, A.HISTORY: _history(epochs)})
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            _record(trial, {A.FAIL_REASON: f"{e.__class__.__name__}: {e}"[:500], A.FAIL_KIND: e.__class__.__name__})
+            record(trial, {A.FAIL_REASON: f"{e.__class__.__name__}: {e}"[:500], A.FAIL_KIND: e.__class__.__name__})
             if "out of memory" in str(e).lower():
                 _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
             raise
@@ -87,7 +84,7 @@ def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], 
             "grad_norms": last.grad_norms,
             A.HISTORY: _history(result.history),
         }
-        _record(trial, {k: v for k, v in attrs.items() if v is not None})
+        record(trial, {k: v for k, v in attrs.items() if v is not None})
         return result.value
 
     return objective
@@ -110,9 +107,16 @@ def _history(epochs: list[Any]) -> dict[str, list[Any]]:
     return {"epoch": [e.epoch for e in epochs], **{k: [getattr(e, k) for e in epochs] for k in keys}}
 
 
-def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+def record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():  # buffered: written with the trial's other data in one commit
         trial.set_user_attr(key, value)
+
+
+def durable(trial: optuna.Trial) -> None:
+    """The trial's configuration in the database before training starts: a killed worker's trial
+    is queued again with exactly these parameters."""
+    if isinstance(trial.study._storage, BufferedStorage):
+        trial.study._storage.flush(trial._trial_id)
 
 
 def _release_gpu_memory() -> None:

@@ -7,6 +7,8 @@ stored with it as study user attributes: the spec ("tuner.spec") and the whole s
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,22 +49,38 @@ SPACE_ATTR = "tuner.space"
 DATA_ATTR = "tuner.data_sha256"  # a CSV or npz workload's content when the study was created
 
 
+_DATA_FILES = (".csv", ".npz")  # workloads read from a file, which a study must find again
+
+
 def absolute_workload(ref: str) -> str:
     """A CSV or npz workload by its absolute path: a study resumed from another folder, or by a
     worker started elsewhere, finds the same file. Other workloads as given."""
-    if ref.endswith((".csv", ".npz")):
+    if ref.endswith(_DATA_FILES):
         return str(Path(ref).expanduser().resolve())
     return ref
 
 
+def _data_file(spec: StudySpec) -> Path | None:
+    """The file tuner's loop reads a study's data from, if it does (a CSV or npz workload)."""
+    return Path(spec.workload) if spec.workload.endswith(_DATA_FILES) and not spec.user_code else None
+
+
 def data_digest(spec: StudySpec) -> str | None:
     """SHA-256 of a CSV or npz workload's file (None for other workloads)."""
-    import hashlib
-
-    if not spec.workload.endswith((".csv", ".npz")) or spec.user_code:
+    path = _data_file(spec)
+    if path is None:
         return None
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by the file's size and modification time too: a run checks its data at each step
+    (before the budget changes, before a worker claims) and reads the file once, while an edited
+    file is read again."""
     digest = hashlib.sha256()
-    with open(spec.workload, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -72,9 +90,9 @@ def check_data(loaded: "Loaded") -> None:
     """Before a worker creates any trial: the study's data file is where it was stored, and holds
     what it held when the study was created (a changed file would make trials incomparable)."""
     spec = loaded.spec
-    if not spec.workload.endswith((".csv", ".npz")) or spec.user_code:
+    path = _data_file(spec)
+    if path is None:
         return
-    path = Path(spec.workload)
     if not path.is_file():
         raise SpecError(
             f"study '{spec.name}' trains on {path}, which is not on this host (from {Path.cwd()}); "
@@ -272,10 +290,10 @@ def prepare_run(
     if study_exists(name, storage_url):
         loaded = open_study(name, storage_url)
         check_data(loaded)  # before the budget is touched: nothing is written for a run that cannot go on
-        from_file = reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
-        wanted = reconcile(loaded, settings, spaces_dir=spaces_dir)
-        trials = settings.get("trials") or (file_settings or {}).get("trials") or from_file.trials
-        return loaded, set_budget(loaded, trials if trials is not None else wanted.trials)
+        reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
+        reconcile(loaded, settings, spaces_dir=spaces_dir)
+        # the budget asked for: the flag's, else the file's; neither leaves the stored one
+        return loaded, set_budget(loaded, settings.get("trials") or (file_settings or {}).get("trials"))
     if given is None:
         raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
     return create_study(given, storage_url, spaces_dir=spaces_dir), None

@@ -16,10 +16,10 @@ from typing import Any, Callable
 import optuna
 
 from tuner import attrs as A
-from tuner.buffered import BufferedStorage
 from tuner.errors import SpecError
 from tuner.handle import Pruned, TrialHandle
 from tuner.storage import DEFAULT_ARTIFACTS
+from tuner.study.objective import durable, record
 from tuner.study.store import Loaded
 
 __all__ = ["command_objective", "import_objective", "python_objective", "trial_value"]
@@ -46,7 +46,7 @@ def trial_value(out: Any, metric: str, where: str) -> float:
         raise ValueError(f"{where} returned {out!r}; return the {metric} as a number (or a dict holding it)") from None
 
 
-def python_objective(loaded: Loaded, device: Any, *, record: Callable[[optuna.Trial, dict[str, Any]], None]) -> Callable[[optuna.Trial], float]:
+def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
     import random
 
     import numpy as np
@@ -71,13 +71,12 @@ def python_objective(loaded: Loaded, device: Any, *, record: Callable[[optuna.Tr
         except optuna.TrialPruned as e:  # tuner's Pruned, or Optuna's own raised by the code
             if not isinstance(e, Pruned):
                 record(trial, {A.PRUNED_REASON: str(e) or "pruned by the objective", A.PRUNED_KIND: A.PRUNER})
-            record(trial, {A.HISTORY: handle.history})
+            record(trial, handle.history_attrs())
             raise
         except Exception as e:
-            record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, A.HISTORY: handle.history})
+            record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, **handle.history_attrs()})
             raise
-        steps = handle.history["epoch"]
-        record(trial, {A.HISTORY: handle.history, **({A.EPOCHS_RUN: steps[-1]} if steps else {})})
+        record(trial, handle.history_attrs())
         if not math.isfinite(value):
             record(trial, {A.FAIL_REASON: f"objective returned {value}", A.FAIL_KIND: A.NON_FINITE})
         return value
@@ -85,9 +84,7 @@ def python_objective(loaded: Loaded, device: Any, *, record: Callable[[optuna.Tr
     return objective
 
 
-def command_objective(
-    loaded: Loaded, device: Any, *, threads: int | None, record: Callable[[optuna.Trial, dict[str, Any]], None]
-) -> Callable[[optuna.Trial], float]:
+def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Callable[[optuna.Trial], float]:
     """Each trial runs the study's command as a child process; its reported metric goes through
     the pruner as it arrives, and the trial's value is the best value it reported (as tuner's own
     loop takes its best epoch). Its output is kept as the trial's log artifact."""
@@ -113,43 +110,39 @@ def command_objective(
             record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd(), "threads": threads})
             durable(trial)
             env = trial_env(os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads)
-            seen: list[float] = []
-            steps: set[int] = set()
+            steps, seen = handle.history["epoch"], handle.history[spec.metric]  # what was reported so far
 
             def on_record(metrics: dict[str, float]) -> None:
                 if spec.metric not in metrics:
                     return
-                value = metrics[spec.metric]
                 raw_step = metrics.get("step", metrics.get("epoch"))
-                step = int(raw_step) if raw_step is not None and math.isfinite(raw_step) and raw_step >= 0 else len(seen) + 1
+                step = int(raw_step) if raw_step is not None and math.isfinite(raw_step) and raw_step >= 0 else len(steps) + 1
                 if step in steps:  # the same report through both channels (the helper's file and a printed line)
                     return
-                steps.add(step)
                 extra = {k: v for k, v in metrics.items() if k not in (spec.metric, "step", "epoch")}
-                seen.append(value)
-                handle.report(step, value, **extra)
+                handle.report(step, metrics[spec.metric], **extra)
 
             log = folder / f"trial-{trial.number}.log"
             try:
                 outcome = run(argv, env=env, metrics_file=folder / "metrics.jsonl", log_path=log, on_record=on_record, timeout_s=spec.trial_timeout, grace_s=GRACE_S)
             except optuna.TrialPruned:
-                _finish(trial, record, handle, log)
+                _finish(trial, handle, log)
                 raise
             except CommandTimeout as e:
                 reason = f"command ran past --trial-timeout {e.timeout_s:g} s and was stopped (its log is attached to the trial)"
-                _finish(trial, record, handle, log, fail=(reason, A.TIMED_OUT))
+                _finish(trial, handle, log, fail=(reason, A.TIMED_OUT))
                 raise
             except CommandError as e:
-                _finish(trial, record, handle, log, fail=(str(e), e.__class__.__name__))
+                _finish(trial, handle, log, fail=(str(e), e.__class__.__name__))
                 raise
             except BaseException:  # interrupted: the run closes the trial; keep what the script said
-                _finish(trial, record, handle, log)
+                _finish(trial, handle, log)
                 raise
             if outcome.exit_code != 0:
                 how = f"killed by signal {-outcome.exit_code}" if outcome.exit_code < 0 else f"exited with code {outcome.exit_code}"
                 tail = " | ".join(line for line in outcome.stderr_tail.splitlines()[-3:] if line.strip())
                 reason = f"command {how}" + (f": {tail}" if tail else " (nothing on stderr)")
-                _finish(trial, record, handle, log, fail=(reason[:500], A.EXIT_CODE))
+                _finish(trial, handle, log, fail=(reason[:500], A.EXIT_CODE))
                 raise CommandError(reason)
             finite = [v for v in seen if math.isfinite(v)]
             if not finite:
@@ -157,10 +150,10 @@ def command_objective(
                     f"command exited 0 without reporting {spec.metric}: print `{spec.metric}=0.93` lines on stdout, "
                     f"append JSON lines to $TUNER_METRICS_FILE, or call tuner.report({spec.metric}=...)"
                 )
-                _finish(trial, record, handle, log, fail=(reason, A.NO_METRIC))
+                _finish(trial, handle, log, fail=(reason, A.NO_METRIC))
                 raise CommandError(reason)
             best = max(finite, key=lambda v: sign * v)
-            _finish(trial, record, handle, log, extra={"duration_s": round(outcome.duration_s, 4), "value_from": f"best of {len(seen)} reports"})
+            _finish(trial, handle, log, extra={"duration_s": round(outcome.duration_s, 4), "value_from": f"best of {len(seen)} reports"})
             return best
 
     return objective
@@ -168,7 +161,6 @@ def command_objective(
 
 def _finish(
     trial: optuna.Trial,
-    record: Callable[[optuna.Trial, dict[str, Any]], None],
     handle: TrialHandle,
     log: Path,
     *,
@@ -180,10 +172,7 @@ def _finish(
     from tuner.errors import TunerError
     from tuner.handle import attach
 
-    attrs: dict[str, Any] = {A.HISTORY: handle.history, **(extra or {})}
-    steps = handle.history["epoch"]
-    if steps:
-        attrs[A.EPOCHS_RUN] = steps[-1]
+    attrs: dict[str, Any] = {**handle.history_attrs(), **(extra or {})}
     if fail is not None:
         attrs[A.FAIL_REASON], attrs[A.FAIL_KIND] = fail
     if log.is_file():
@@ -192,13 +181,6 @@ def _finish(
         except TunerError as e:  # the trial's result matters more than its log
             attrs["log_error"] = str(e)
     record(trial, attrs)
-
-
-def durable(trial: optuna.Trial) -> None:
-    """The trial's configuration in the database before the code starts: a killed worker's trial
-    is queued again with exactly these parameters."""
-    if isinstance(trial.study._storage, BufferedStorage):
-        trial.study._storage.flush(trial._trial_id)
 
 
 def _reason(e: BaseException) -> str:
