@@ -1,0 +1,195 @@
+"""Trial packing: a trial trained in a pack gives what it gives alone (train()), member by member,
+for every optimizer, schedule and regularizer in the pack vocabulary; pruning, divergence and
+early stopping end one member and leave the others as they were."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train import regression_data
+from tuner.errors import DivergedError
+from tuner.packing import FAMILIES, pack_key, plan_packs, train_packed
+from tuner.params import OPTIMIZERS, TrainConfig
+from tuner.train import train
+from tuner.workloads.data import Dataset, load_workload, parse_workload
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_workload(parse_workload("digits"), seed=0)[0]
+
+
+def cfg(**overrides: object) -> TrainConfig:
+    settings: dict[str, object] = {"epochs": 3, "batch_size": 64, "n_layers": 2, "hidden_units": 24, "lr": 3e-3, "weight_decay": 1e-3}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def assert_same(alone: object, packed: object, *, tol: float = 2e-5) -> None:
+    """Same epochs, losses, accuracies, learning rates, gradient norms and final weights."""
+    assert not isinstance(packed, BaseException), packed
+    assert packed.epochs_run == alone.epochs_run and packed.best_epoch == alone.best_epoch and packed.stopped == alone.stopped
+    for a, p in zip(alone.history, packed.history, strict=True):
+        assert p.lr == pytest.approx(a.lr, rel=1e-9)
+        assert p.train_loss == pytest.approx(a.train_loss, rel=tol, abs=tol)
+        assert p.val_loss == pytest.approx(a.val_loss, rel=tol, abs=tol)
+        if a.val_accuracy is not None:
+            assert p.val_accuracy == pytest.approx(a.val_accuracy, abs=1e-6)
+            assert p.train_accuracy == pytest.approx(a.train_accuracy, abs=1e-6)
+        assert list(p.grad_norms) == list(a.grad_norms)
+        assert list(p.grad_norms.values()) == pytest.approx(list(a.grad_norms.values()), rel=1e-3, abs=1e-6)
+    for name, value in alone.model.state_dict().items():
+        torch.testing.assert_close(packed.model.state_dict()[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    assert packed.diagnostics == alone.diagnostics or packed.diagnostics.vanishing_gradients == alone.diagnostics.vanishing_gradients
+
+
+def alone_and_packed(cfgs: list[TrainConfig], data: Dataset, **kwargs: object) -> tuple[list, list]:
+    seeds = [7 * i + 1 for i in range(len(cfgs))]
+    alone = [train(c, data, seed=s, **kwargs) for c, s in zip(cfgs, seeds)]
+    return alone, train_packed(cfgs, data, seeds=seeds, **kwargs)
+
+
+PACKABLE = [o for o in OPTIMIZERS if o in FAMILIES]
+
+
+def test_every_optimizer_in_one_pack_trains_as_alone(digits: Dataset) -> None:
+    """One pack holding every family (each on its own rows), with weight decay coupled or
+    decoupled as each optimizer has it: member by member the same as trained alone."""
+    assert set(PACKABLE) == set(OPTIMIZERS) - {"lbfgs"}
+    cfgs = [cfg(optimizer=o, lr=1.0 if o == "adadelta" else 3e-3, momentum=0.8, rho=0.95) for o in PACKABLE]
+    alone, packed = alone_and_packed(cfgs, digits)
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle", "plateau"])
+def test_every_schedule_trains_as_alone(digits: Dataset, scheduler: str) -> None:
+    cfgs = [
+        cfg(optimizer="adam", scheduler=scheduler, step_size=1, gamma=0.5, plateau_patience=0, epochs=4),
+        cfg(optimizer="nesterov", lr=0.02, scheduler=scheduler, warmup_epochs=1, epochs=4),
+        cfg(optimizer="rmsprop", lr=1e-3, scheduler=scheduler, epochs=3),
+    ]
+    alone, packed = alone_and_packed(cfgs, digits)
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_mixed_widths_and_activations_are_padded_without_effect(digits: Dataset, norm: str) -> None:
+    """Narrower members padded to the widest (zeros whose gradients are masked), activations
+    differing by row: each member still trains exactly as its own narrower MLP; batch norm's
+    running statistics come back with the weights.
+
+    Under batch norm a layer's bias has no gradient but rounding noise, which the adaptive
+    optimizers scale up to full steps (alone as much as packed): there, SGD's family is compared."""
+    adaptive = [("adamw", 3e-3), ("adagrad", 0.01)] if norm != "batch" else [("nesterov", 0.02), ("sgd", 0.05)]
+    cfgs = [
+        cfg(hidden_units=40, activation="relu", norm=norm, init="kaiming_uniform", optimizer="momentum", lr=0.02),
+        cfg(hidden_units=9, activation="tanh", norm=norm, init="xavier_normal", optimizer=adaptive[0][0], lr=adaptive[0][1]),
+        cfg(hidden_units=17, activation="sigmoid", norm=norm, init="orthogonal", optimizer="momentum", lr=0.05),
+        cfg(hidden_units=40, activation="gelu", norm=norm, init="scaled_normal", optimizer=adaptive[1][0], lr=adaptive[1][1]),
+    ]
+    alone, packed = alone_and_packed(cfgs, digits)
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+def test_regularizers_and_clipping_per_member(digits: Dataset) -> None:
+    """L1, label smoothing and gradient clipping are per-member columns: a member without them is
+    untouched by its neighbours' (clipped at 0.5 vs unclipped, smoothed vs not)."""
+    cfgs = [
+        cfg(l1=1e-4, label_smoothing=0.1, grad_clip=0.5),
+        cfg(optimizer="sgd", lr=0.05),
+        cfg(optimizer="adadelta", lr=1.0, l1=1e-3, grad_clip=2.0, weight_decay=0.0),
+    ]
+    alone, packed = alone_and_packed(cfgs, digits)
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+def test_regression_and_no_hidden_layer() -> None:
+    data = regression_data()
+    cfgs = [cfg(optimizer="adam", epochs=4, batch_size=32), cfg(optimizer="sgd", lr=0.01, epochs=4, batch_size=32, hidden_units=8)]
+    alone, packed = alone_and_packed(cfgs, data, metric="val_rmse")
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+    linear = [cfg(n_layers=0, epochs=2), cfg(n_layers=0, epochs=2, optimizer="rmsprop", lr=1e-3)]
+    alone, packed = alone_and_packed(linear, data, metric="val_loss")
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+def test_own_epochs_and_early_stopping(digits: Dataset) -> None:
+    """Members end at their own epoch counts or patience; those that go on are unaffected."""
+    cfgs = [cfg(epochs=2), cfg(epochs=6, lr=0.05, optimizer="sgd", patience=1), cfg(epochs=4, optimizer="nesterov", lr=0.02)]
+    alone, packed = alone_and_packed(cfgs, digits, metric="val_loss")
+    assert [p.epochs_run for p in packed] == [a.epochs_run for a in alone]
+    for a, p in zip(alone, packed):
+        assert_same(a, p)
+
+
+def test_a_pruned_member_stops_and_the_others_go_on(digits: Dataset) -> None:
+    calls: list[list[int]] = [[], [], []]
+
+    class Pruned(Exception):
+        pass
+
+    def watch(i: int):  # noqa: ANN202
+        def on_epoch(result: object) -> None:
+            calls[i].append(result.epoch)
+            if i == 1 and result.epoch == 2:
+                raise Pruned()
+
+        return on_epoch
+
+    cfgs = [cfg(epochs=4), cfg(epochs=4, optimizer="adamw"), cfg(epochs=4, optimizer="nesterov", lr=0.02)]
+    seeds = [1, 8, 15]
+    alone = [train(c, digits, seed=s) for c, s in zip(cfgs, seeds)]
+    packed = train_packed(cfgs, digits, seeds=seeds, on_epoch=[watch(i) for i in range(3)])
+    assert calls == [[1, 2, 3, 4], [1, 2], [1, 2, 3, 4]]
+    assert isinstance(packed[1], Pruned)
+    assert_same(alone[0], packed[0])
+    assert_same(alone[2], packed[2])
+
+
+def test_a_diverging_member_ends_alone(digits: Dataset) -> None:
+    """A learning rate of 1e6 blows one member up: it ends with DivergedError at the epoch it
+    would alone, and its NaNs reach none of its neighbours."""
+    cfgs = [cfg(), cfg(optimizer="sgd", lr=1e6, weight_decay=0.0), cfg(optimizer="rmsprop", lr=1e-3)]
+    seeds = [3, 4, 5]
+    with pytest.raises(DivergedError) as alone_error:
+        train(cfgs[1], digits, seed=4)
+    packed = train_packed(cfgs, digits, seeds=seeds)
+    assert isinstance(packed[1], DivergedError) and packed[1].epoch == alone_error.value.epoch
+    assert_same(train(cfgs[0], digits, seed=3), packed[0])
+    assert_same(train(cfgs[2], digits, seed=5), packed[2])
+
+
+def test_dropout_accuracy_is_indistinguishable_from_alone(digits: Dataset) -> None:
+    """With dropout the masks are drawn differently, so results differ run by run; over seeds,
+    packed and alone final accuracies are the same distribution (Welch's t below 3, means within
+    two points)."""
+    seeds = list(range(8))
+    cfgs = [cfg(dropout=0.3, epochs=4, hidden_units=64) for _ in seeds]
+    alone = np.array([train(c, digits, seed=s).value for c, s in zip(cfgs, seeds)])
+    packed = np.array([r.value for r in train_packed(cfgs, digits, seeds=seeds)])
+    t = abs(alone.mean() - packed.mean()) / math.sqrt(alone.var(ddof=1) / len(seeds) + packed.var(ddof=1) / len(seeds) + 1e-12)
+    assert t < 3 and abs(alone.mean() - packed.mean()) < 0.02, (alone, packed)
+    assert not np.allclose(alone, packed)  # the masks did differ: this is not the dropout-free case
+
+
+def test_pack_keys_and_plans(digits: Dataset) -> None:
+    base = cfg()
+    assert pack_key(base, digits) == pack_key(replace(base, hidden_units=200, optimizer="rmsprop", activation="tanh", epochs=9, lr=0.1), digits)
+    for other in (replace(base, n_layers=1), replace(base, batch_size=32), replace(base, scaling="minmax"), replace(base, norm="batch")):
+        assert pack_key(base, digits) != pack_key(other, digits)
+    assert pack_key(replace(base, optimizer="lbfgs"), digits) is None
+    assert pack_key(replace(base, model="cnn"), digits) is None
+    assert plan_packs([("a",), ("b",), ("a",), None, ("a",), ("a",)], 2) == [[0, 2], [1], [3], [4, 5]]
+    with pytest.raises(ValueError, match="cannot share a pack"):
+        train_packed([base, replace(base, n_layers=1)], digits, seeds=[0, 1])

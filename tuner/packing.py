@@ -1,0 +1,539 @@
+"""Trial packing: many MLP trainings as one batched model.
+
+A small model's step is mostly fixed costs (kernel launches, Python, the optimizer's loop), not
+arithmetic. K trials trained side by side pay those costs once: each layer's weights are stacked
+over a pack dimension and multiplied with one batched matmul, each trial's hyperparameters are
+(K, 1) tensors the optimizers broadcast, and every trial still sees its own seed's initial weights
+and batch order, so a packed trial trains as it would alone (tests/test_packing.py compares them).
+
+What cannot differ inside a pack (HFTA's non-fusible settings) makes the pack key: the number of
+layers, batch size (steps per epoch), input scaling (the data), normalization. Widths may differ:
+narrower trials are padded to the pack's widest with zeros whose gradients are masked, so they stay
+zero and change nothing. Optimizers and activations may differ too: rows are kept in order of
+(optimizer family, activation), and each family's update runs on its own contiguous rows. L-BFGS
+(closures re-evaluating a batch) and the CNN are never packed; neither is a user's model or Dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tuner.errors import DivergedError
+from tuner.params import METRICS, TrainConfig
+from tuner.train import (
+    _EVAL_CHUNK,
+    Diagnostics,
+    EpochResult,
+    TrainResult,
+    _Best,
+    _gradient_flags,
+    _metric,
+    _Schedule,
+    _seed,
+    device_tensors,
+)
+from tuner.workloads.data import Dataset
+from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
+
+__all__ = ["FAMILIES", "pack_key", "plan_packs", "train_packed"]
+
+# optimizer -> the update rule it shares with others in a pack (per-row flags tell them apart)
+FAMILIES = {"sgd": "sgd", "momentum": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad", "adadelta": "adadelta"}
+_BN_MOMENTUM, _NORM_EPS = 0.1, 1e-5  # nn.BatchNorm1d's and nn.LayerNorm's defaults
+# A layer's gradient is a strided view of the pack's flat gradient (see _PackedMLP._bind), not laid
+# out as autograd would choose; it still accumulates in place, which is the point.
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:
+    """What trials must share to train in one pack, or None where this one trains alone."""
+    if cfg.optimizer not in FAMILIES or cfg.model != "mlp" or not isinstance(data, Dataset):
+        return None
+    return (cfg.n_layers, cfg.batch_size, cfg.scaling, cfg.norm)
+
+
+def plan_packs(keys: list[tuple[Any, ...] | None], n_max: int) -> list[list[int]]:
+    """Indices grouped into packs of at most n_max by key, in order of first appearance; a trial
+    with no key, or alone under its key, is a pack of one."""
+    groups: dict[Any, list[list[int]]] = {}
+    packs: list[list[int]] = []
+    for i, key in enumerate(keys):
+        if key is None:
+            packs.append([i])
+            continue
+        open_ = groups.setdefault(key, [])
+        if not open_ or len(open_[-1]) >= n_max:
+            open_.append([])
+            packs.append(open_[-1])
+        open_[-1].append(i)
+    return packs
+
+
+def _row_order(cfgs: list[TrainConfig]) -> list[int]:
+    """Members sorted so that each optimizer family, and each activation within it, holds
+    contiguous rows: its update and its activation then run on a view."""
+    return sorted(range(len(cfgs)), key=lambda i: (FAMILIES[cfgs[i].optimizer], cfgs[i].activation, i))
+
+
+def _runs(labels: list[str]) -> list[tuple[str, int, int]]:
+    """(label, start, stop) of each run of equal labels."""
+    runs: list[tuple[str, int, int]] = []
+    for i, label in enumerate(labels):
+        if runs and runs[-1][0] == label:
+            runs[-1] = (label, runs[-1][1], i + 1)
+        else:
+            runs.append((label, i, i + 1))
+    return runs
+
+
+@dataclass
+class _Slot:
+    """Where one tensor of a member's MLP lives in a row of the flat parameters."""
+
+    name: str  # "hidden.0.weight", "head.bias", "norm.1.weight", ...
+    offset: int
+    shape: tuple[int, ...]  # padded to the pack's width
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class _PackedMLP:
+    """K MLPs (Linear -> norm -> activation -> dropout, then a linear head) as one: a (K, n) flat
+    parameter whose rows are the members, viewed per layer as (K, out, in) weights."""
+
+    def __init__(self, cfgs: list[TrainConfig], models: list[nn.Module], *, n_features: int, n_outputs: int, device: torch.device) -> None:
+        cfg0 = cfgs[0]
+        self.n_layers, self.norm = cfg0.n_layers, cfg0.norm
+        self.width = max(c.hidden_units for c in cfgs) if self.n_layers else 0
+        self.n_outputs = n_outputs
+        slots: list[_Slot] = []
+
+        def add(name: str, *shape: int) -> None:
+            slots.append(_Slot(name, sum(s.size for s in slots), tuple(shape)))
+
+        width_in = n_features
+        for layer in range(self.n_layers):
+            add(f"hidden.{layer}.weight", self.width, width_in)
+            add(f"hidden.{layer}.bias", self.width)
+            if self.norm != "none":
+                add(f"norm.{layer}.weight", self.width)
+                add(f"norm.{layer}.bias", self.width)
+            width_in = self.width
+        add("head.weight", n_outputs, width_in)
+        add("head.bias", n_outputs)
+        self.slots = slots
+        n = sum(s.size for s in slots)
+        flat = torch.zeros(len(cfgs), n, device=device)
+        mask = torch.zeros(len(cfgs), n, device=device)
+        for row, model in enumerate(models):
+            for slot, tensor in zip(slots, _mlp_tensors(model, self.n_layers, self.norm)):
+                view = flat[row, slot.offset : slot.offset + slot.size].view(slot.shape)
+                region = tuple(slice(0, d) for d in tensor.shape)
+                view[region] = tensor.detach().to(device)
+                mask[row, slot.offset : slot.offset + slot.size].view(slot.shape)[region] = 1.0
+        self.flat = flat
+        self.grad_mask = None if bool(mask.all()) else mask  # None: no member is padded
+        widths = torch.tensor([float(c.hidden_units) for c in cfgs], device=device)
+        self.unit_mask = (torch.arange(max(self.width, 1), device=device) < widths[:, None]).float() if self.grad_mask is not None else None
+        self.n_units = widths.view(-1, 1, 1)
+        self.running = [(torch.zeros(len(cfgs), self.width, device=device), torch.ones(len(cfgs), self.width, device=device)) for _ in range(self.n_layers)] if self.norm == "batch" else []
+        self.activations = _runs([c.activation for c in cfgs])
+        self.dropout = torch.tensor([c.dropout for c in cfgs], device=device).view(-1, 1, 1)
+        self.dropping = any(c.dropout > 0 for c in cfgs)
+        self.n_batches = 0  # training batches seen (batch norm's num_batches_tracked)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Each tensor a leaf viewing its columns of the flat rows, its gradient a view of the flat
+        gradient: backward accumulates straight into one (K, n) buffer the optimizers update."""
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.params: dict[str, nn.Parameter] = {}
+        for slot in self.slots:
+            p = nn.Parameter(self.flat[:, slot.offset : slot.offset + slot.size].view(-1, *slot.shape))
+            p.grad = self.flat_grad[:, slot.offset : slot.offset + slot.size].view(-1, *slot.shape)
+            self.params[slot.name] = p
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only these members from now on (the others stopped)."""
+        self.flat = self.flat.index_select(0, rows)
+        if self.grad_mask is not None:
+            self.grad_mask = self.grad_mask.index_select(0, rows)
+            self.unit_mask = self.unit_mask.index_select(0, rows)
+        self.n_units = self.n_units.index_select(0, rows)
+        self.running = [(m.index_select(0, rows), v.index_select(0, rows)) for m, v in self.running]
+        self.dropout = self.dropout.index_select(0, rows)
+        kept = rows.tolist()
+        labels = [label for label, a, b in self.activations for _ in range(a, b)]
+        self.activations = _runs([labels[i] for i in kept])
+        self._bind()
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        """The weight matrices, first layer to head: what L1 and the gradient diagnostics read."""
+        return [self.params[f"hidden.{i}.weight"] for i in range(self.n_layers)] + [self.params["head.weight"]]
+
+    def _normalize(self, layer: int, h: torch.Tensor, training: bool) -> torch.Tensor:
+        if self.norm == "none":
+            return h
+        gamma = self.params[f"norm.{layer}.weight"].unsqueeze(1)
+        beta = self.params[f"norm.{layer}.bias"].unsqueeze(1)
+        if self.norm == "batch":  # statistics over each member's batch, per unit
+            running_mean, running_var = self.running[layer]
+            if training:
+                mean = h.mean(1, keepdim=True)
+                var = h.var(1, unbiased=False, keepdim=True)
+                with torch.no_grad():
+                    n = h.shape[1]
+                    running_mean.mul_(1 - _BN_MOMENTUM).add_(mean.squeeze(1), alpha=_BN_MOMENTUM)
+                    running_var.mul_(1 - _BN_MOMENTUM).add_(var.squeeze(1) * (n / (n - 1)), alpha=_BN_MOMENTUM)
+            else:
+                mean, var = running_mean.unsqueeze(1), running_var.unsqueeze(1)
+            return (h - mean) * torch.rsqrt(var + _NORM_EPS) * gamma + beta
+        if self.unit_mask is None:  # layer norm over each example's units
+            return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=_NORM_EPS) * gamma + beta
+        # over a padded member's real units only
+        m = self.unit_mask.unsqueeze(1)
+        mean = (h * m).sum(-1, keepdim=True) / self.n_units
+        centred = (h - mean) * m
+        var = (centred * centred).sum(-1, keepdim=True) / self.n_units
+        return centred * torch.rsqrt(var + _NORM_EPS) * gamma + beta
+
+    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+        if len(self.activations) == 1:
+            return _ACTIVATE[self.activations[0][0]](h)
+        return torch.cat([_ACTIVATE[name](h[a:b]) for name, a, b in self.activations])
+
+    def forward(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
+        """(K, B, features) -> (K, B, outputs)."""
+        h = x
+        self.n_batches += training
+        for layer in range(self.n_layers):
+            w, b = self.params[f"hidden.{layer}.weight"], self.params[f"hidden.{layer}.bias"]
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = self._activate(self._normalize(layer, h, training))
+            if training and self.dropping:  # a Bernoulli(1 - p) mask scaled by 1 / (1 - p), p per member
+                with torch.no_grad():
+                    mask = torch.rand(h.shape, dtype=h.dtype, device=h.device).ge_(self.dropout).div_(1 - self.dropout)
+                h = h * mask
+        w, b = self.params["head.weight"], self.params["head.bias"]
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    def unpack(self, row: int, model: nn.Module) -> nn.Module:
+        """Member `row`'s weights copied into its own MLP (built as it would be alone)."""
+        with torch.no_grad():
+            for slot, tensor in zip(self.slots, _mlp_tensors(model, self.n_layers, self.norm)):
+                view = self.flat[row, slot.offset : slot.offset + slot.size].view(slot.shape)
+                tensor.copy_(view[tuple(slice(0, d) for d in tensor.shape)])
+            if self.norm == "batch":
+                norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+                for (mean, var), bn in zip(self.running, norms):
+                    bn.running_mean.copy_(mean[row, : bn.num_features])
+                    bn.running_var.copy_(var[row, : bn.num_features])
+                    bn.num_batches_tracked.fill_(self.n_batches)
+        return model
+
+
+_ACTIVATE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {name: make() for name, make in ACTIVATION_LAYERS.items()}
+
+
+def _mlp_tensors(model: nn.Module, n_layers: int, norm: str) -> list[torch.Tensor]:
+    """An MLP's tensors in _PackedMLP's slot order."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))]
+    tensors: list[torch.Tensor] = []
+    for layer in range(n_layers):
+        tensors += [linears[layer].weight, linears[layer].bias]
+        if norm != "none":
+            tensors += [norms[layer].weight, norms[layer].bias]
+    return tensors + [linears[-1].weight, linears[-1].bias]
+
+
+def _column(cfgs: list[TrainConfig], value: Callable[[TrainConfig], float], device: torch.device) -> torch.Tensor:
+    return torch.tensor([float(value(c)) for c in cfgs], device=device).view(-1, 1)
+
+
+class _PackedOptimizer:
+    """Each family's update, as torch.optim's single-tensor code does it, on its members' rows,
+    with every hyperparameter a (K, 1) column; state rows follow the members."""
+
+    def __init__(self, cfgs: list[TrainConfig], device: torch.device) -> None:
+        self.cfgs = cfgs
+        self.runs = _runs([FAMILIES[c.optimizer] for c in cfgs])
+        col = lambda f: _column(cfgs, f, device)  # noqa: E731
+        self.hp = {
+            "momentum": col(lambda c: c.momentum if c.optimizer in ("momentum", "nesterov", "rmsprop") else 0.0),
+            "nesterov": col(lambda c: c.optimizer == "nesterov"),
+            "beta1": col(lambda c: c.beta1),
+            "beta2": col(lambda c: c.beta2),
+            "eps": col(lambda c: c.eps),
+            "rho": col(lambda c: c.rho),
+            "coupled_wd": col(lambda c: c.weight_decay if c.optimizer != "adamw" else 0.0),
+            "decoupled_wd": col(lambda c: c.weight_decay if c.optimizer == "adamw" else 0.0),
+        }
+        self.any_wd = any(c.weight_decay > 0 for c in cfgs)
+        self.state: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def keep(self, rows: torch.Tensor) -> None:
+        kept = rows.tolist()
+        self.cfgs = [self.cfgs[i] for i in kept]
+        self.runs = _runs([FAMILIES[c.optimizer] for c in self.cfgs])
+        self.hp = {k: v.index_select(0, rows) for k, v in self.hp.items()}
+        self.state = {k: v.index_select(0, rows) for k, v in self.state.items()}
+
+    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if name not in self.state:
+            self.state[name] = torch.zeros_like(like)
+        return self.state[name]
+
+    @torch.no_grad()
+    def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> None:
+        self.steps += 1
+        for family, a, b in self.runs:
+            p, g = flat[a:b], grad[a:b]
+            hp = {k: v[a:b] for k, v in self.hp.items()}
+            if self.any_wd:
+                g = g + hp["coupled_wd"] * p
+            state = {name: self._buffer(name, flat)[a:b] for name in _STATE[family]}
+            _UPDATES[family](p, g, lr[a:b], hp, state, self.steps)
+
+
+def _sgd(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+    # plain SGD is momentum 0: its buffer is then the gradient itself, as torch's step uses it
+    buf, momentum = state["momentum_buffer"], hp["momentum"]
+    if step == 1:
+        buf.copy_(g)
+    else:
+        buf.mul_(momentum).add_(g)
+    update = torch.where(hp["nesterov"] > 0, g + momentum * buf, buf)
+    p.sub_(lr * update)
+
+
+def _adam(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+    beta1, beta2 = hp["beta1"], hp["beta2"]
+    p.mul_(1 - lr * hp["decoupled_wd"])  # AdamW's decay; 1 for Adam's rows
+    state["exp_avg"].lerp_(g, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).add_((1 - beta2) * g * g)
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    denom = (state["exp_avg_sq"].sqrt() / bias2.sqrt()).add_(hp["eps"])
+    p.sub_(lr / bias1 * state["exp_avg"] / denom)
+
+
+def _rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+    alpha = hp["rho"]  # tuner's rho is RMSprop's smoothing constant alpha
+    state["square_avg"].mul_(alpha).add_((1 - alpha) * g * g)
+    avg = state["square_avg"].sqrt().add_(hp["eps"])
+    buf = state["momentum_buffer"]
+    buf.mul_(hp["momentum"]).add_(g / avg)  # momentum 0: the plain step
+    p.sub_(lr * buf)
+
+
+def _adagrad(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+    state["sum"].add_(g * g)
+    p.sub_(lr * (g / state["sum"].sqrt().add_(hp["eps"])))
+
+
+def _adadelta(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+    rho, eps = hp["rho"], hp["eps"]
+    state["square_avg"].mul_(rho).add_((1 - rho) * g * g)
+    std = state["square_avg"].add(eps).sqrt_()
+    delta = state["acc_delta"].add(eps).sqrt_().div_(std).mul_(g)
+    state["acc_delta"].mul_(rho).add_((1 - rho) * delta * delta)
+    p.sub_(lr * delta)
+
+
+_UPDATES = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta}
+_STATE = {
+    "sgd": ("momentum_buffer",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "rmsprop": ("square_avg", "momentum_buffer"),
+    "adagrad": ("sum",),
+    "adadelta": ("square_avg", "acc_delta"),
+}
+assert set(_UPDATES) == set(FAMILIES.values()) == set(_STATE)
+
+
+class _Member:
+    """One trial of the pack: its settings, schedule, batch order, best epoch and history."""
+
+    def __init__(self, cfg: TrainConfig, seed: int, model: nn.Module, on_epoch: Callable[[EpochResult], Any] | None, maximize: bool, device: torch.device, steps_per_epoch: int) -> None:
+        self.cfg, self.seed, self.model, self.on_epoch = cfg, seed, model, on_epoch
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)  # carries the schedule's rate
+        self.schedule = _Schedule(cfg, dummy, steps_per_epoch)
+        dummy.step()  # a no-op (no gradient) that tells a per-batch schedule the optimizer has stepped
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # the batch order alone would use
+        self.best = _Best(maximize, False)
+        self.history: list[EpochResult] = []
+        self.outcome: TrainResult | BaseException | None = None
+        self.stopped = "completed"
+
+    def rates(self, n_steps: int) -> list[float]:
+        """The learning rate at each of the epoch's steps."""
+        if self.schedule.onecycle is None:
+            return [self.schedule.lr] * n_steps
+        rates = []
+        for _ in range(n_steps):
+            rates.append(self.schedule.lr)
+            self.schedule.after_batch()
+        return rates
+
+
+def _members_loss(out: torch.Tensor, y: torch.Tensor, task: str, smoothing: torch.Tensor | None) -> torch.Tensor:
+    """Each member's mean loss on its batch: (K,)."""
+    if task == "regression":
+        return (out.squeeze(-1) - y).pow(2).mean(1)
+    logp = torch.log_softmax(out, -1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if smoothing is None:
+        return nll.mean(1)
+    return ((1 - smoothing) * nll + smoothing * -logp.mean(-1)).mean(1)  # CrossEntropyLoss(label_smoothing)
+
+
+def train_packed(
+    cfgs: list[TrainConfig],
+    data: Dataset,
+    *,
+    seeds: list[int],
+    metric: str = "val_accuracy",
+    device: torch.device | str = "cpu",
+    on_epoch: list[Callable[[EpochResult], Any] | None] | None = None,
+) -> list[TrainResult | BaseException]:
+    """Train each configuration as `train` would alone, all at once; all must share a pack_key.
+    Each member's `on_epoch` may raise to stop that member only (pruning); a member whose loss
+    turns NaN or infinite ends with DivergedError. Returns, per member, its TrainResult or the
+    exception that ended it."""
+    device = torch.device(device)
+    started = time.perf_counter()
+    keys = {pack_key(c, data) for c in cfgs}
+    if len(keys) != 1 or None in keys:
+        raise ValueError(f"trials that cannot share a pack: keys {sorted(map(str, keys))}")
+    x_train, y_train, x_val, y_val = device_tensors(data, cfgs[0].scaling, device)
+    batch_size, n_train, task = cfgs[0].batch_size, len(x_train), data.task
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    callbacks = on_epoch or [None] * len(cfgs)
+    maximize = METRICS[metric] == "maximize"
+    order = _row_order(cfgs)
+    members: list[_Member] = []
+    for i in order:  # each member's initial weights are those it would have alone
+        _seed(seeds[i], device)
+        model = build_model(cfgs[i], n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=None)
+        apply_init(model, cfgs[i])
+        members.append(_Member(cfgs[i], seeds[i], model, callbacks[i], maximize, device, steps_per_epoch))
+    active = list(members)
+    net = _PackedMLP([m.cfg for m in active], [m.model for m in active], n_features=data.n_features, n_outputs=data.n_classes or 1, device=device)
+    optimizer = _PackedOptimizer([m.cfg for m in active], device)
+    col = lambda f: _column([m.cfg for m in active], f, device)  # noqa: E731
+    smoothing = col(lambda c: c.label_smoothing) if task == "classification" and any(m.cfg.label_smoothing > 0 for m in active) else None
+    l1 = col(lambda c: c.l1).view(-1) if any(m.cfg.l1 > 0 for m in active) else None
+    clip = col(lambda c: c.grad_clip).view(-1) if any(m.cfg.grad_clip > 0 for m in active) else None
+    skip_single = cfgs[0].norm == "batch"  # batch norm cannot normalize a batch of one
+    epoch = 0
+    while active:
+        epoch += 1
+        # train: each member's batches in its own order, one step for all
+        for m in active:
+            m.schedule.start_epoch(epoch)
+        epoch_lr = [m.schedule.lr for m in active]
+        perms = torch.stack([torch.randperm(n_train, device=device, generator=m.generator) for m in active])
+        xs, ys = x_train[perms], y_train[perms]
+        bounds = [(a, min(a + batch_size, n_train)) for a in range(0, n_train, batch_size)]
+        bounds = [(a, b) for a, b in bounds if not (skip_single and b - a < 2)]
+        rates = torch.tensor([m.rates(len(bounds)) for m in active], device=device)  # (K, steps)
+        sums = torch.zeros(2, len(active), device=device)  # loss * rows, correct rows
+        norms = torch.zeros(len(net.weights), len(active), device=device)
+        seen = 0
+        for s, (a, b) in enumerate(bounds):
+            xb, yb = xs[:, a:b], ys[:, a:b]
+            net.flat_grad.zero_()
+            out = net.forward(xb, training=True)
+            losses = _members_loss(out, yb, task, smoothing)
+            if l1 is not None:  # the L1 penalty is part of each member's loss, as alone
+                losses = losses + l1 * sum(w.abs().sum((1, 2)) for w in net.weights)
+            losses.sum().backward()
+            with torch.no_grad():
+                if net.grad_mask is not None:  # padding stays zero
+                    net.flat_grad.mul_(net.grad_mask)
+                if s >= steps_per_epoch - 2:  # per-layer norms near the epoch's end, before clipping
+                    norms = torch.stack([torch.linalg.vector_norm(w.grad, dim=(1, 2)) for w in net.weights])
+                if clip is not None:  # clip_grad_norm_ per member; 0 = off
+                    coef = torch.where(clip > 0, (clip / (net.flat_grad.norm(dim=1) + 1e-6)).clamp(max=1.0), 1.0)
+                    net.flat_grad.mul_(coef.unsqueeze(1))
+                sums[0] += losses.detach() * (b - a)
+                if task == "classification":
+                    sums[1] += (out.argmax(-1) == yb).sum(1)
+            optimizer.step(net.flat, net.flat_grad, rates[:, s : s + 1])
+            seen += b - a
+        train_loss, train_correct = (sums / max(seen, 1)).tolist()
+        norms_list = norms.t().tolist()
+        # evaluate every member on the validation split
+        val_loss, val_accuracy = _evaluate(net, x_val, y_val, task)
+        # report, then decide who stops
+        ending: list[int] = []
+        for i, m in enumerate(active):
+            try:
+                if not math.isfinite(train_loss[i]):
+                    raise DivergedError(epoch, train_loss[i])
+                if not math.isfinite(val_loss[i]):
+                    raise DivergedError(epoch, val_loss[i])
+                m.schedule.end_epoch(epoch, val_loss[i])
+                accuracy = val_accuracy[i] if val_accuracy is not None else None
+                result = EpochResult(
+                    epoch, train_loss[i], val_loss[i], accuracy, _metric(metric, val_loss[i], accuracy), epoch_lr[i],
+                    train_correct[i] if task == "classification" else None,
+                    dict(zip(_layer_names(net.n_layers), norms_list[i])),
+                )  # fmt: skip
+                m.history.append(result)
+                if m.on_epoch is not None:
+                    m.on_epoch(result)
+                improved = m.best.update(result, m.model)
+                if not improved and m.cfg.patience and epoch - m.best.epoch >= m.cfg.patience:
+                    m.stopped = "early_stopping"
+                elif epoch < m.cfg.epochs:
+                    continue
+                m.outcome = m.best.result(m.history, m.stopped, str(device), time.perf_counter() - started, net.unpack(i, m.model), task)
+            except Exception as e:  # pruned, diverged or failed: this member only
+                m.outcome = e
+            ending.append(i)
+        if ending:
+            rows = torch.tensor([i for i in range(len(active)) if i not in ending], dtype=torch.long, device=device)
+            active = [m for i, m in enumerate(active) if i not in ending]
+            if active:
+                net.keep(rows)
+                optimizer.keep(rows)
+                smoothing = smoothing.index_select(0, rows) if smoothing is not None else None
+                l1 = l1.index_select(0, rows) if l1 is not None else None
+                clip = clip.index_select(0, rows) if clip is not None else None
+    outcomes: list[Any] = [None] * len(cfgs)
+    for i, m in zip(order, members):
+        outcomes[i] = m.outcome
+    return outcomes
+
+
+def _layer_names(n_layers: int) -> list[str]:
+    """The names `layer_weights` gives the same MLP's weights alone."""
+    return [f"{4 * i} Linear" for i in range(n_layers)] + [f"{4 * n_layers} Linear"]
+
+
+@torch.no_grad()
+def _evaluate(net: _PackedMLP, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[list[float], list[float] | None]:
+    """Every member's validation loss and accuracy (the loss without label smoothing)."""
+    k = net.flat.shape[0]
+    loss_sum = torch.zeros(k, device=x.device)
+    correct = torch.zeros(k, device=x.device)
+    for xb, yb in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)):
+        out = net.forward(xb.expand(k, *xb.shape), training=False)
+        yk = yb.expand(k, *yb.shape)
+        loss_sum += _members_loss(out, yk, task, None) * len(xb)
+        if task == "classification":
+            correct += (out.argmax(-1) == yk).sum(1)
+    n = len(x)
+    return (loss_sum / n).tolist(), (correct / n).tolist() if task == "classification" else None
