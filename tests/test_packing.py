@@ -193,3 +193,86 @@ def test_pack_keys_and_plans(digits: Dataset) -> None:
     assert plan_packs([("a",), ("b",), ("a",), None, ("a",), ("a",)], 2) == [[0, 2], [1], [3], [4, 5]]
     with pytest.raises(ValueError, match="cannot share a pack"):
         train_packed([base, replace(base, n_layers=1)], digits, seeds=[0, 1])
+
+
+# ---------------------------------------------------------------- packed studies
+
+# learning rates where training is not chaotic: above them (rmsprop at 0.03), float rounding alone
+# moves a trial's accuracy by an example, alone or packed
+PACK_SPACE = """\
+params:
+  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true, grid: 3}
+  optimizer: {type: categorical, choices: [adam, nesterov, rmsprop]}
+  momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
+  hidden_units: {type: categorical, choices: [16, 48]}
+  epochs: 3
+  n_layers: 1
+"""
+
+
+def _study_trials(url: str, name: str) -> list:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_a_packed_grid_study_stores_every_trial_as_an_unpacked_one(project, cli) -> None:
+    """The same 18-point grid run with --pack 1 and --pack 6: each point's value, per-epoch values
+    and attributes agree; only the packed trials carry `pack`, naming the trials beside them."""
+    from optuna.trial import TrialState
+
+    Path = __import__("pathlib").Path
+    Path("search_spaces/pack.yaml").write_text(PACK_SPACE)
+    url = "sqlite:///studies/tuner.db"
+    for name, pack in (("alone", "1"), ("packed", "6")):
+        r = cli("study", "run", name, "--space", "pack", "--sampler", "grid", "--pruner", "none", "--pack", pack, "-q")
+        assert r.code == 0, r.err
+    alone = {tuple(sorted(t.params.items())): t for t in _study_trials(url, "alone")}
+    packed = {tuple(sorted(t.params.items())): t for t in _study_trials(url, "packed")}
+    assert len(alone) == len(packed) == 18 and set(alone) == set(packed)
+    packs = set()
+    for point, a in alone.items():
+        p = packed[point]
+        assert a.state == p.state == TrialState.COMPLETE
+        assert p.value == pytest.approx(a.value, abs=1e-6)
+        assert sorted(p.intermediate_values) == sorted(a.intermediate_values) == [1, 2, 3]
+        assert list(p.intermediate_values.values()) == pytest.approx(list(a.intermediate_values.values()), abs=1e-6)
+        assert "pack" not in a.user_attrs
+        assert set(p.user_attrs) - {"pack"} == set(a.user_attrs)
+        assert p.user_attrs["history"]["val_loss"] == pytest.approx(a.user_attrs["history"]["val_loss"], rel=1e-3)
+        assert p.user_attrs["seed"] == p.number  # its own seed, as alone
+        packs.add(tuple(p.user_attrs["pack"]))
+        assert p.number in p.user_attrs["pack"]
+    assert max(map(len, packs)) == 6  # 18 trials claimed 6 at a time, each claim one pack (same shape key)
+
+
+def test_packed_trials_are_pruned_one_by_one(project, cli) -> None:
+    """Median pruning in packs of 8: pruned trials stop at their own epoch with the reason; the
+    others of their pack train on to the end; the budget is exact."""
+    from optuna.trial import TrialState
+
+    r = cli("study", "run", "p", "--space", "quick", "--sampler", "random", "--pruner", "median", "--trials", "16", "--pack", "8", "-q")
+    assert r.code == 0, r.err
+    trials = _study_trials("sqlite:///studies/tuner.db", "p")
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 16
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete
+    for t in pruned:
+        assert t.user_attrs["pruned_reason"].startswith("median pruner at epoch")
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"] < 12
+    assert any(len(t.intermediate_values) == 12 and "pack" in t.user_attrs for t in complete)
+    mates = {n for t in pruned if "pack" in t.user_attrs for n in t.user_attrs["pack"]}
+    assert any(t.number in mates for t in complete), "a pruned trial's pack-mates went on"
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "x", "1.5"])
+def test_a_bad_pack_is_one_line_and_nothing_is_written(project, cli, bad) -> None:
+    r = cli("study", "run", "b", "--space", "tiny", "--pack", bad)
+    assert r.code != 0 and "pack" in r.err and "auto" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (project / "studies" / "tuner.db").exists()
+    Path = __import__("pathlib").Path
+    Path("studies/bad.yaml").write_text(f"name: b\nspace: tiny\npack: {bad}\n")
+    r = cli("study", "run", "--spec", "studies/bad.yaml")
+    assert r.code != 0 and "pack" in r.err and len(r.err.strip().splitlines()) == 1

@@ -82,7 +82,7 @@ class Heartbeat:
         # the claim wrote the first beat with the trial (tuner's storage); else beat at once
         self._first = interval if first_beat_written else 0.0
         self._cv = threading.Condition()
-        self._trial_id: int | None = None
+        self._trial_ids: tuple[int, ...] = ()
         self._due = math.inf
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -90,18 +90,20 @@ class Heartbeat:
     def _run(self) -> None:
         with self._cv:  # held while beating: a trial cannot end in the middle of its beat
             while not self._closed:
-                wait = self._due - time.monotonic() if self._trial_id is not None else None
+                wait = self._due - time.monotonic() if self._trial_ids else None
                 if wait is None or wait > 0:
                     self._cv.wait(wait)
                     continue
-                with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
-                    self._storage.record_heartbeat(self._trial_id)
+                for trial_id in self._trial_ids:
+                    with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
+                        self._storage.record_heartbeat(trial_id)
                 self._due = time.monotonic() + self._interval
 
     @contextlib.contextmanager
-    def running(self, trial_id: int) -> Iterator[None]:
+    def running(self, *trial_ids: int) -> Iterator[None]:
+        """Beat for these trials (one, or a pack's) until the block ends."""
         with self._cv:
-            self._trial_id, self._due = trial_id, time.monotonic() + self._first
+            self._trial_ids, self._due = trial_ids, time.monotonic() + self._first
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
                 self._thread.start()
@@ -110,7 +112,13 @@ class Heartbeat:
             yield
         finally:
             with self._cv:
-                self._trial_id, self._due = None, math.inf
+                self._trial_ids, self._due = (), math.inf
+
+    def release(self, trial_id: int) -> None:
+        """Stop beating for one trial of those `running` beats for (its pack-mates go on); returns
+        once no beat for it is in progress, so it can be closed."""
+        with self._cv:
+            self._trial_ids = tuple(t for t in self._trial_ids if t != trial_id)
 
     def close(self) -> None:
         with self._cv:

@@ -27,13 +27,12 @@ from torch import nn
 
 from tuner.errors import DivergedError
 from tuner.params import METRICS, TrainConfig
+from tuner.spec import parse_pack
 from tuner.train import (
     _EVAL_CHUNK,
-    Diagnostics,
     EpochResult,
     TrainResult,
     _Best,
-    _gradient_flags,
     _metric,
     _Schedule,
     _seed,
@@ -42,7 +41,12 @@ from tuner.train import (
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
 
-__all__ = ["FAMILIES", "pack_key", "plan_packs", "train_packed"]
+__all__ = ["FAMILIES", "PACK_CPU", "PACK_CUDA", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
+
+# `--pack auto`: trials claimed at once. On a CPU core the gain flattens past this (tuner bench's
+# packing section shows the figures); on a GPU a pack of small MLPs stays far from its memory.
+PACK_CPU = 8
+PACK_CUDA = 32
 
 # optimizer -> the update rule it shares with others in a pack (per-row flags tell them apart)
 FAMILIES = {"sgd": "sgd", "momentum": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad", "adadelta": "adadelta"}
@@ -50,6 +54,14 @@ _BN_MOMENTUM, _NORM_EPS = 0.1, 1e-5  # nn.BatchNorm1d's and nn.LayerNorm's defau
 # A layer's gradient is a strided view of the pack's flat gradient (see _PackedMLP._bind), not laid
 # out as autograd would choose; it still accumulates in place, which is the point.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def resolve_pack(value: int | str | None, device: torch.device) -> int:
+    """Trials a worker claims and packs at once: the number given, or auto's for the device."""
+    n = parse_pack(value)
+    if n is not None:
+        return n
+    return PACK_CUDA if device.type == "cuda" else PACK_CPU
 
 
 def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:

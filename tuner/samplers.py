@@ -56,7 +56,9 @@ class FastRandomSampler(optuna.samplers.RandomSampler):
 # atomically, by whichever worker gets it), so the grid "sampler" only backs up the queue.
 # Each factory takes the seed and the number of random start-up trials (for those that model).
 SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
-    "tpe": lambda seed, n_startup: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup),
+    # constant_liar: trials still running (a pack, other workers) count as bad results, so the
+    # trials asked together spread out instead of crowding one promising spot
+    "tpe": lambda seed, n_startup: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup, constant_liar=True),
     "random": lambda seed, _: FastRandomSampler(seed=seed),
     "grid": lambda seed, _: FastRandomSampler(seed=seed),
     "gp": lambda seed, n_startup: optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup),

@@ -17,10 +17,10 @@ import yaml
 from tuner.errors import SpecError
 from tuner.params import METRICS
 
-__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec", "spec_file_settings"]
+__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec", "parse_pack", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
-RUN_OPTIONS = ("trials",)
+RUN_OPTIONS = ("trials", "pack")
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 DIRECTIONS = ("maximize", "minimize")
 _OPTIONAL_TEXT = ("target", "direction", "objective", "command")
@@ -45,6 +45,7 @@ class StudySpec:
     val_fraction: float = 0.2  # share of the data held out for validation
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
     startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
+    pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: auto
 
     @property
     def n_startup(self) -> int:
@@ -76,6 +77,7 @@ class StudySpec:
             raise SpecError(f"retries must be 0 or more, got {self.retries}")
         if self.startup_trials is not None and self.startup_trials < 1:
             raise SpecError(f"startup_trials must be at least 1, got {self.startup_trials}")
+        parse_pack(self.pack)
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
 
@@ -137,6 +139,18 @@ class StudySpec:
             return cls(**data)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
+
+
+def parse_pack(value: int | str | None) -> int | None:
+    """--pack / `pack:` as given: a number of trials (1: off), or auto (None)."""
+    if value is None or value == "auto":
+        return None
+    n = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        n = int(value)
+    if n is None or n < 1:
+        raise SpecError(f"pack {value!r} is not valid; give the number of trials trained at once (1: off) or auto")
+    return n
 
 
 def spec_file_settings(path: Path) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def run_workers(
     device: str = "auto",
     timeout: float | None = None,
     threads: int | None = None,
+    pack: int | str | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
 ) -> RunResult:
     """Start `n_workers` worker processes on the study, report progress until they end, and return
@@ -83,6 +84,8 @@ def run_workers(
             cmd += ["--timeout", str(timeout)]
         if threads:
             cmd += ["--threads", str(threads)]
+        if pack is not None:
+            cmd += ["--pack", str(pack)]
         out = (logs / f"worker-{i}.out").open("w")
         err = (logs / f"worker-{i}.err").open("w")
         # Own session: a terminal's Ctrl-C reaches the parent, which passes it on once.

@@ -17,7 +17,7 @@ from tuner import attrs as A
 from tuner.attrs import fail_reason
 from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
-from tuner.spec import StudySpec, load_spec, spec_file_settings
+from tuner.spec import StudySpec, load_spec, parse_pack, spec_file_settings
 from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
 
 app = typer.Typer(help="Studies: run a search and read its results.", no_args_is_help=True)
@@ -55,6 +55,10 @@ TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", metavar="SECON
 WorkersOpt = Annotated[int, typer.Option("--workers", metavar="N", min=1, max=256, help="Worker processes on this machine sharing the study.")]
 ThreadsOpt = Annotated[
     Optional[int], typer.Option("--threads", metavar="N", min=1, help="Torch threads per worker \\[default: cores / workers].")
+]
+PackOpt = Annotated[
+    Optional[str],
+    typer.Option("--pack", metavar="K|auto", help="Trials trained at once as one batched model (tuner's loop, MLPs): a number, 1 for off, or auto \\[default: auto: 8 on a CPU, 32 on a GPU]."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
 SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help="Folder of space files.")]
@@ -128,6 +132,7 @@ def run(
     timeout: TimeoutOpt = None,
     workers: WorkersOpt = 1,
     threads: ThreadsOpt = None,
+    pack: PackOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -140,7 +145,9 @@ def run(
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+        pack=pack,
     )
+    parse_pack(pack)
     given = _spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
     study_name = name or (given.name if given else None)
     if not study_name:
@@ -160,7 +167,8 @@ def run(
     )
     _say_new_database(new_db)
     _say_budget(loaded.spec.name, change)
-    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
+    pack = pack or (given.pack if given else None) or loaded.spec.pack
+    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, pack=pack, quiet=quiet, fmt=fmt)
 
 
 def _new_database(url: str) -> Optional[Path]:
@@ -184,6 +192,7 @@ def resume(
     timeout: TimeoutOpt = None,
     workers: WorkersOpt = 1,
     threads: ThreadsOpt = None,
+    pack: PackOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -192,12 +201,13 @@ def resume(
     from tuner.study import check_data, open_study, set_budget
     from tuner.train import resolve_device
 
+    parse_pack(pack)
     resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url)
     check_data(loaded)  # before the budget is touched
     _say_budget(name, set_budget(loaded, trials))
-    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)
 
 
 class _LogLines:
@@ -239,6 +249,7 @@ def _run(
     timeout: Optional[float],
     workers: int = 1,
     threads: Optional[int] = None,
+    pack: Optional[str] = None,
     quiet: bool,
     fmt: Format,
 ) -> None:
@@ -280,10 +291,10 @@ def _run(
                     progress.console.print(f"trial {trial.number} failed: {fail_reason(trial.user_attrs)}", markup=False)
 
             if workers > 1:
-                result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, on_progress=on_progress)
+                result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress)
             else:
                 on_wait = _WaitNotice(progress.console if show_bar else console_err)
-                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads)
+                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack)
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
         console_err.print(
@@ -698,6 +709,7 @@ def worker(
     threads: ThreadsOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", min=0, help="This worker's number (seeds its sampler).")] = 0,
     workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
+    pack: PackOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -706,8 +718,9 @@ def worker(
     from tuner.study import open_study
     from tuner.train import resolve_device
 
+    parse_pack(pack)
     resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url, worker_index=worker_index)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)  # this worker's share of the cores
-    _run(loaded, url, device=device, timeout=timeout, threads=threads, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)

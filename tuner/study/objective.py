@@ -14,7 +14,7 @@ from tuner.params import TrainConfig
 from tuner.study.store import Loaded
 from tuner.workloads import load_workload
 
-__all__ = ["durable", "make_objective", "record", "trial_workload"]
+__all__ = ["BuiltinObjective", "durable", "make_objective", "record", "trial_workload"]
 
 
 def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float]:
@@ -31,45 +31,131 @@ def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -
     return _builtin_objective(loaded, device)
 
 
-def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
-    from tuner.train import train
+def _builtin_objective(loaded: Loaded, device: Any) -> "BuiltinObjective":
+    return BuiltinObjective(loaded, device)
 
-    spec, space = loaded.spec, loaded.space
-    prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)  # asking a NopPruner costs a trial copy an epoch
 
-    def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial)
-        seed = spec.seed + trial.number
-        record(trial, {"seed": seed, "device": str(device)})
+class BuiltinObjective:
+    """tuner's own loop: a trial's configuration trained by `train`, alone, or by `train_packed`
+    beside others (run_pack); either way each trial reports, prunes and records the same."""
+
+    def __init__(self, loaded: Loaded, device: Any) -> None:
+        self.loaded, self.device = loaded, device
+        self.prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)  # asking a NopPruner costs a trial copy an epoch
+
+    def begin(self, trial: optuna.Trial) -> "_TrialRun":
+        """The trial's configuration drawn, stored before training (durable), and its data."""
+        params = self.loaded.space.suggest(trial)
+        seed = self.loaded.spec.seed + trial.number
+        record(trial, {"seed": seed, "device": str(self.device)})
         durable(trial)
+        return _TrialRun(self, trial, params, seed)
 
-        epochs: list[Any] = []
+    def __call__(self, trial: optuna.Trial) -> float:
+        run = self.begin(trial)
+        try:
+            data, model = run.workload()
+        except BaseException as e:
+            run.ended(e)
+            raise
+        return self._alone(run, data, model)
 
-        def report(epoch: Any) -> None:
-            epochs.append(epoch)
-            trial.report(epoch.metric, epoch.epoch)
-            if prunes and trial.should_prune():
-                reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
-                record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(epochs)})
-                raise optuna.TrialPruned(reason)
+    def _alone(self, run: "_TrialRun", data: Any, model: Any) -> float:
+        from tuner.train import train
 
         try:
-            data, model = trial_workload(loaded, params, seed)
-            result = train(
-                TrainConfig.from_params(params), data, metric=spec.metric, device=device, seed=seed, model=model, on_epoch=report
-            )
-        except DivergedError as e:
+            result = train(run.config, data, metric=self.loaded.spec.metric, device=self.device, seed=run.seed, model=model, on_epoch=run.report)
+        except BaseException as e:
+            run.ended(e)
+            raise
+        return run.finish(result)
+
+    def run_pack(self, trials: list[optuna.Trial], *, n_pack: int, on_ended: Callable[[int, float | BaseException], None]) -> None:
+        """Several claimed trials, those that can share a pack (tuner.packing.pack_key) trained
+        together, n_pack at most, the others alone. As each pack ends, `on_ended` is given each
+        of its trials' index and value, or the exception that ended it (TrialPruned for a pruned
+        or diverged one)."""
+        from tuner.packing import pack_key, plan_packs, train_packed
+
+        outcomes: list[Any] = [None] * len(trials)
+        runs, workloads, keys = [], [], []
+        for i, trial in enumerate(trials):
+            run = self.begin(trial)
+            try:
+                data, model = run.workload()
+            except Exception as e:
+                outcomes[i] = _ending(run, e)
+                on_ended(i, outcomes[i])
+                data, model = None, None
+            runs.append(run)
+            workloads.append((data, model))
+            keys.append(pack_key(run.config, data) if outcomes[i] is None and model is None else None)
+        for group in plan_packs(keys, n_pack):
+            group = [i for i in group if outcomes[i] is None]
+            if len(group) == 1:
+                i = group[0]
+                try:
+                    outcomes[i] = self._alone(runs[i], *workloads[i])
+                except Exception as e:  # recorded by _alone
+                    outcomes[i] = e
+                on_ended(i, outcomes[i])
+            elif group:
+                numbers = [trials[i].number for i in group]
+                results = train_packed(
+                    [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
+                    metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
+                )  # fmt: skip
+                for i, result in zip(group, results):
+                    record(trials[i], {A.PACK: numbers})
+                    outcomes[i] = _ending(runs[i], result) if isinstance(result, BaseException) else runs[i].finish(result)
+                    on_ended(i, outcomes[i])
+
+
+def _ending(run: "_TrialRun", error: BaseException) -> BaseException:
+    """What ended the trial, recorded: TrialPruned for a divergence, else the error itself."""
+    try:
+        run.ended(error)
+    except optuna.TrialPruned as pruned:
+        return pruned
+    return error
+
+
+class _TrialRun:
+    """One trial of tuner's loop between its start and its result."""
+
+    def __init__(self, objective: BuiltinObjective, trial: optuna.Trial, params: dict[str, Any], seed: int) -> None:
+        self.objective, self.trial, self.params, self.seed = objective, trial, params, seed
+        self.config = TrainConfig.from_params(params)
+        self.epochs: list[Any] = []
+
+    def workload(self) -> tuple[Any, Any]:
+        return trial_workload(self.objective.loaded, self.params, self.seed)
+
+    def report(self, epoch: Any) -> None:
+        """Each epoch's metric to the study; raises TrialPruned where the pruner says so."""
+        spec, trial = self.objective.loaded.spec, self.trial
+        self.epochs.append(epoch)
+        trial.report(epoch.metric, epoch.epoch)
+        if self.objective.prunes and trial.should_prune():
+            reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
+            record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(self.epochs)})
+            raise optuna.TrialPruned(reason)
+
+    def ended(self, error: BaseException) -> None:
+        """Record why training ended without a result; divergence becomes TrialPruned (raised)."""
+        trial = self.trial
+        if isinstance(error, DivergedError):
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
-            attrs = {A.PRUNED_REASON: str(e), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: e.epoch, "exploding_gradients": True}
-            record(trial, {**attrs, A.HISTORY: _history(epochs)})
-            raise optuna.TrialPruned(str(e)) from None
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:
-            record(trial, {A.FAIL_REASON: f"{e.__class__.__name__}: {e}"[:500], A.FAIL_KIND: e.__class__.__name__})
-            if "out of memory" in str(e).lower():
+            attrs = {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, "exploding_gradients": True}
+            record(trial, {**attrs, A.HISTORY: _history(self.epochs)})
+            raise optuna.TrialPruned(str(error)) from None
+        if isinstance(error, Exception) and not isinstance(error, optuna.TrialPruned):
+            record(trial, {A.FAIL_REASON: f"{error.__class__.__name__}: {error}"[:500], A.FAIL_KIND: error.__class__.__name__})
+            if "out of memory" in str(error).lower():
                 _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
-            raise
+
+    def finish(self, result: Any) -> float:
+        """Record what a finished training gives a person to judge it; its value."""
         last, diag = result.last, result.diagnostics
         attrs = {
             "duration_s": round(result.duration_s, 4),
@@ -84,10 +170,8 @@ def _builtin_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], 
             "grad_norms": last.grad_norms,
             A.HISTORY: _history(result.history),
         }
-        record(trial, {k: v for k, v in attrs.items() if v is not None})
+        record(self.trial, {k: v for k, v in attrs.items() if v is not None})
         return result.value
-
-    return objective
 
 
 def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[Any, Any]:

@@ -26,7 +26,7 @@ from tuner.heartbeat import Heartbeat, worker_identity
 from tuner.spec import DEFAULT_TRIALS
 from tuner.storage import StudyLock, count_states, heartbeat_settings, progress
 from tuner.study.lost import fail_lost, requeue, running_trials
-from tuner.study.objective import make_objective
+from tuner.study.objective import BuiltinObjective, make_objective
 from tuner.study.results import best_trial
 from tuner.study.store import Loaded, check_data, quiet_optuna
 
@@ -126,19 +126,39 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
 
 def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
-    study = loaded.study
     with heartbeat.running(trial._trial_id):
         try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            return _tell(study, trial, state=TrialState.PRUNED)
-        except Exception:  # the objective stored the reason
-            return _tell(study, trial, state=TrialState.FAIL)
-    if not math.isfinite(value):
-        trial.set_user_attr(A.FAIL_REASON, f"objective returned {value}")
+            outcome: float | BaseException = objective(trial)
+        except Exception as e:  # pruned, or failed: the objective stored the reason
+            outcome = e
+    return _close(loaded.study, trial, outcome)
+
+
+def _execute_pack(
+    loaded: Loaded, trials: list[optuna.Trial], objective: BuiltinObjective, heartbeat: Heartbeat, n_pack: int, closed: list[FrozenTrial]
+) -> None:
+    """Run claimed trials packed where they can be (tuner.packing), all with a heartbeat until
+    each one's pack ends; then it is closed (into `closed`), and beats for it have stopped."""
+
+    def on_ended(i: int, outcome: float | BaseException) -> None:
+        heartbeat.release(trials[i]._trial_id)
+        closed.append(_close(loaded.study, trials[i], outcome))
+
+    with heartbeat.running(*(t._trial_id for t in trials)):
+        objective.run_pack(trials, n_pack=n_pack, on_ended=on_ended)
+
+
+def _close(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
+    """The trial told with the state its outcome gives."""
+    if isinstance(outcome, optuna.TrialPruned):
+        return _tell(study, trial, state=TrialState.PRUNED)
+    if isinstance(outcome, BaseException):
+        return _tell(study, trial, state=TrialState.FAIL)
+    if not math.isfinite(outcome):
+        trial.set_user_attr(A.FAIL_REASON, f"objective returned {outcome}")
         trial.set_user_attr(A.FAIL_KIND, A.NON_FINITE)
         return _tell(study, trial, state=TrialState.FAIL)
-    return _tell(study, trial, value)
+    return _tell(study, trial, outcome)
 
 
 @contextlib.contextmanager
@@ -203,13 +223,17 @@ def run_study(
     on_trial: Callable[[FrozenTrial, int, int, float | None], None] | None = None,
     on_wait: Callable[[list[dict[str, Any]]], None] | None = None,
     threads: int | None = None,
+    pack: int | str | None = None,
 ) -> RunResult:
     """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
     workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
     count toward the budget; a run of identical failures stops the worker with the reason.
 
     While the rest of the budget is other workers' running trials, the worker waits (one of them
-    may fail or be lost) and calls `on_wait` with those trials at each look (see running_trials)."""
+    may fail or be lost) and calls `on_wait` with those trials at each look (see running_trials).
+
+    With `pack` (a number, or auto: tuner.packing.resolve_pack) above 1, the worker claims that
+    many trials at once and trains those that can share a pack as one batched model."""
     from tuner.train import resolve_device
 
     quiet_optuna()
@@ -218,6 +242,9 @@ def run_study(
     torch_device = resolve_device(device)
     n_threads = set_threads(threads)
     objective = make_objective(loaded, torch_device, threads=n_threads)
+    from tuner.packing import resolve_pack
+
+    n_pack = resolve_pack(pack, torch_device) if isinstance(objective, BuiltinObjective) else 1
     from tuner.train import warm_up
 
     warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
@@ -243,13 +270,17 @@ def run_study(
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "timeout"
                     break
-                trial = None
+                claimed: list[optuna.Trial] = []
                 try:
                     # dead workers' trials only turn stale after a grace period: one look per
                     # interval, or at every poll while nothing else is left to do
                     look = waiting or time.monotonic() - stale_checked >= interval
                     with lock.held():
                         decision, trial = _claim(loaded, budget, look_for_stale=look)
+                        claimed += [trial] if trial is not None else []
+                        while trial is not None and len(claimed) < n_pack:  # the rest of a pack, as the budget allows
+                            _, trial = _claim(loaded, budget, look_for_stale=False)
+                            claimed += [trial] if trial is not None else []
                     if look:
                         stale_checked = time.monotonic()
                     waiting = decision == "wait"
@@ -258,28 +289,33 @@ def run_study(
                             on_wait(running_trials(study))
                         time.sleep(POLL_S)
                         continue
-                    if trial is None:
+                    if not claimed:
                         stopped = decision
                         break
-                    frozen = _execute(loaded, trial, objective, heartbeat)
+                    ended: list[FrozenTrial] = []
+                    if len(claimed) == 1:
+                        ended.append(_execute(loaded, claimed[0], objective, heartbeat))
+                    else:
+                        _execute_pack(loaded, claimed, objective, heartbeat, n_pack, ended)  # type: ignore[arg-type]
                 except KeyboardInterrupt as e:
-                    if trial is not None:
+                    for trial in claimed:  # those already closed are left as they are
                         _close_interrupted(study, trial, getattr(e, "signal_name", "SIGINT"))
                     raise
-                ran += 1
-                if frozen.state == TrialState.FAIL:
-                    failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
-                    recent = failures[-MAX_CONSECUTIVE_FAILURES:]
-                    if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
-                        raise TunerError(
-                            f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: "
-                            f"{recent[0]} (fix it, then `tuner study resume {spec.name}`)"
-                        )
-                else:
-                    failures.clear()
-                if on_trial is not None:
-                    n_finished, best = tracker.after(frozen)
-                    on_trial(frozen, n_finished, budget, best)
+                for frozen in ended:
+                    ran += 1
+                    if frozen.state == TrialState.FAIL:
+                        failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
+                        recent = failures[-MAX_CONSECUTIVE_FAILURES:]
+                        if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
+                            raise TunerError(
+                                f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: "
+                                f"{recent[0]} (fix it, then `tuner study resume {spec.name}`)"
+                            )
+                    else:
+                        failures.clear()
+                    if on_trial is not None:
+                        n_finished, best = tracker.after(frozen)
+                        on_trial(frozen, n_finished, budget, best)
     finally:
         heartbeat.close()
         lock.close()
