@@ -30,7 +30,7 @@ __all__ = [
 
 REFERENCE_SPACE = "bench_ref"  # search_spaces/bench_ref.yaml: the reference's space in tuner's terms
 # The targets; None where it asks to report a figure, not to meet one.
-TARGETS = {"throughput_cpu": 2.0, "throughput_cuda": 5.0, "service_share_sqlite": 0.05, "search_speedup": 3.0}
+TARGETS = {"throughput_cpu": 2.0, "throughput_cuda": 5.0, "service_share_sqlite": 0.05, "search_speedup": 3.0, "packing_cpu": 10.0, "packing_cuda": 20.0}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class BenchSettings:
     search_cap: int = 60  # trials per study before a strategy is reported as not reaching the threshold
     n_workers_trials: int = 60  # trials per worker-scaling study
     n_command: int = 6  # runs of the example script per repeat, by hand and as trials
+    n_packing: int = 48  # trials per path per repeat of the packing section
+    pack: int = 16  # trials packed at once there (the worker's --pack)
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -68,6 +70,8 @@ class BenchSettings:
             search_cap=4,
             n_workers_trials=6,
             n_command=2,
+            n_packing=6,
+            pack=3,
         )
 
 

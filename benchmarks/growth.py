@@ -46,7 +46,7 @@ def _timed_window(loaded: Any, device: Any, threads: int, clock: Clock) -> list[
 
     time_sampler(loaded.study.sampler, clock)
     with timed_training(clock):
-        run_study(loaded, device=str(device), threads=threads, on_trial=on_trial)
+        run_study(loaded, device=str(device), threads=threads, on_trial=on_trial, pack=1)
     return rows[1:]  # the first also holds run_study's start-up
 
 

@@ -64,7 +64,7 @@ def _run_tuner_study(spec: StudySpec, url: str, device: Any, threads: int, clock
     time_sampler(loaded.study.sampler, clock)
     with timed_training(clock):
         started = time.perf_counter()
-        run_study(loaded, device=str(device), threads=threads, on_trial=lambda *a: None)  # the CLI always passes one
+        run_study(loaded, device=str(device), threads=threads, on_trial=lambda *a: None, pack=1)  # the CLI always passes one
         wall = time.perf_counter() - started
     check_timed(clock, spec.trials or 0, "overhead")
     return wall

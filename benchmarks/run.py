@@ -18,6 +18,7 @@ from benchmarks.command import measure_command
 from benchmarks.common import REFERENCE_SPACE, Bench, BenchSettings, torch_threads
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import POSTGRES_ADMIN, measure_overhead
+from benchmarks.packing import measure_packing
 from benchmarks.search import measure_search
 from benchmarks.throughput import measure_throughput
 from benchmarks.workers import measure_workers
@@ -35,6 +36,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "search": measure_search,
     "workers": measure_workers,
     "command": measure_command,
+    "packing": measure_packing,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
 PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half

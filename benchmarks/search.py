@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from benchmarks.common import TARGETS, Bench, BenchSettings, quiet, space_path
 from tuner.spec import StudySpec
 
-__all__ = ["STRATEGIES", "THRESHOLD", "measure_search"]
+__all__ = ["STRATEGIES", "THRESHOLD", "measure_search", "time_to_threshold"]
 
 THRESHOLD = 0.97  # validation accuracy on digits the search strategies race to
 STRATEGIES = {"tpe+hyperband": ("tpe", "hyperband"), "random": ("random", "none"), "grid": ("grid", "none")}
@@ -25,12 +25,13 @@ class _Reached(Exception):
     """The threshold was reached: the study has answered the question, stop it."""
 
 
-def _time_to_threshold(
-    space: str, sampler: str, pruner: str, seed: int, settings: BenchSettings, device: Any, url: str, *, spaces_dir: Path
+def time_to_threshold(
+    space: str, sampler: str, pruner: str, seed: int, settings: BenchSettings, device: Any, url: str, *, spaces_dir: Path, pack: int = 1
 ) -> dict[str, Any]:
     """Wall time from creating the study (grid points are queued then) to the end of the first
     complete trial whose value reaches THRESHOLD, with tuner's real path; None if no trial does
-    within `search_cap` trials."""
+    within `search_cap` trials. Trials run `pack` at a time (1: unpacked, each strategy as it
+    compares with the others)."""
     from tuner.study import create_study, run_study
 
     started = time.perf_counter()
@@ -47,7 +48,7 @@ def _time_to_threshold(
             raise _Reached
 
     with contextlib.suppress(_Reached):
-        run_study(loaded, device=str(device), threads=settings.threads, on_trial=on_trial)
+        run_study(loaded, device=str(device), threads=settings.threads, on_trial=on_trial, pack=pack)
     n_pruned = len(loaded.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     return {"seconds": hit.get("seconds"), "trials": hit.get("trials", n_done[0]), "pruned": n_pruned, "create_s": created, "reached": bool(hit)}
 
@@ -62,12 +63,12 @@ def measure_search(bench: Bench) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         # warm-up: the first study of the process pays first-use costs (data, kernels) no strategy should
         warm_up = dataclasses.replace(settings, search_cap=1)
-        _time_to_threshold(space, "random", "none", settings.seed, warm_up, device, f"sqlite:///{Path(tmp) / 'warm-up.db'}", spaces_dir=spaces_dir)
+        time_to_threshold(space, "random", "none", settings.seed, warm_up, device, f"sqlite:///{Path(tmp) / 'warm-up.db'}", spaces_dir=spaces_dir)
         for label, (sampler, pruner) in STRATEGIES.items():
             runs = []
             for seed in seeds:
                 url = f"sqlite:///{Path(tmp) / f'{sampler}-{seed}.db'}"
-                runs.append(_time_to_threshold(space, sampler, pruner, seed, settings, device, url, spaces_dir=spaces_dir))
+                runs.append(time_to_threshold(space, sampler, pruner, seed, settings, device, url, spaces_dir=spaces_dir))
                 got = f"{runs[-1]['seconds']:.1f}s" if runs[-1]["reached"] else "not reached"
                 bench.log(f"search {label} seed {seed}: {got} ({runs[-1]['trials']} trials)")
             reached = [r["seconds"] for r in runs if r["reached"]]

@@ -14,12 +14,12 @@ from benchmarks.reference import as_reference_params, reference_arrays, referenc
 from tuner.space import load_space
 from tuner.spec import StudySpec
 
-__all__ = ["measure_throughput"]
+__all__ = ["draw_configs", "measure_throughput"]
 
 _BLOCK = 5  # trials a path runs before the other takes its turn
 
 
-def _configs(spaces_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
+def draw_configs(spaces_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
     """n configurations of the reference space, drawn once with a seeded RandomSampler."""
     space = load_space(REFERENCE_SPACE, spaces_dir=spaces_dir)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -42,7 +42,7 @@ def measure_throughput(bench: Bench) -> dict[str, Any]:
     quiet()
     n = settings.n_throughput
     arrays = reference_arrays(settings.seed)
-    configs = _configs(spaces_dir, n, settings.seed)
+    configs = draw_configs(spaces_dir, n, settings.seed)
     space = load_space(REFERENCE_SPACE, spaces_dir=spaces_dir)
     spec = StudySpec(name="bench-throughput", space=space_path(REFERENCE_SPACE, spaces_dir), sampler="random", pruner="none", seed=settings.seed)
 

@@ -61,9 +61,9 @@ def measure_workers(bench: Bench) -> dict[str, Any]:
                 loaded = create_study(spec, url, spaces_dir=spaces_dir)
                 started = time.perf_counter()
                 if k == 1:
-                    run_study(loaded, device=str(device))
+                    run_study(loaded, device=str(device), pack=1)
                 else:
-                    run_workers(loaded, n_workers=k, device=str(device))
+                    run_workers(loaded, n_workers=k, device=str(device), pack=1)
                 wall = time.perf_counter() - started
                 trials = loaded.study.get_trials(deepcopy=False)
                 runs[k].append({"trials_per_s": _rate_at_full_concurrency(trials, k), "with_startup_per_s": n / wall})
@@ -71,7 +71,7 @@ def measure_workers(bench: Bench) -> dict[str, Any]:
     one, two = _median_dicts(runs[1]), _median_dicts(runs[2])
     return {
         "how": (
-            "digits trials of search_spaces/bench_ref.yaml, RandomSampler, no pruning, one SQLite study; "
+            "digits trials of search_spaces/bench_ref.yaml, RandomSampler, no pruning, unpacked (--pack 1), one SQLite study; "
             "trials/s while every worker was running a trial, from the trials' start and end times (worker "
             "start-up not counted; with_startup_per_s counts it); tuner's default threads: all cores for 1 worker, "
             "cores/2 each for 2"

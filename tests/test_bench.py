@@ -124,17 +124,28 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     assert c["ratio"] == pytest.approx(c["as_trial_s"] / c["by_hand_s"]) and c["n_runs"] == 2
     assert c["overhead_ms"] == pytest.approx(1000 * (c["as_trial_s"] - c["by_hand_s"]))
 
+    p = doc["packing"]
+    for key in ("reference", "unpacked", "packed"):
+        _positive(p[key], f"packing.{key}")
+    assert p["ratio_reference"] == pytest.approx(p["packed"] / p["reference"])
+    assert p["ratio_unpacked"] == pytest.approx(p["packed"] / p["unpacked"])
+    assert p["met"] == (p["ratio_reference"] >= p["target"]) and p["target"] == 10.0 and p["pack"] == 3
+    assert 1 <= p["mean_pack_size"] <= 3 and len(p["repeats"]) == 1
+    for label in ("unpacked", "packed"):
+        assert len(p["search"][label]["runs"]) == 1
+    assert "--pack 3" in p["how"]
+
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()
 
 
 def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli) -> None:
     out = project / "bench.json"
-    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers,command", "--format", "json")
+    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers,command,packing", "--format", "json")
     assert result.code == 0, result.err
     doc = json.loads(out.read_text())
     assert json.loads(result.out) == doc
-    assert not {"throughput", "overhead", "growth", "search", "workers", "command"} & set(doc)
+    assert not {"throughput", "overhead", "growth", "search", "workers", "command", "packing"} & set(doc)
     assert doc["machine"]["cores"] >= 1
 
     bad = cli("bench", "--quick", "--out", str(project / "other.json"), "--skip", "speed")

@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -57,7 +57,8 @@ def bench(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Benchmark tuner against Optuna's PyTorch example: trial throughput, service overhead (and its
-    growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling."""
+    growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling, command trials
+    and trial packing."""
     harness = _load_benchmarks()
     settings = harness.BenchSettings.quick(repeats) if quick else harness.BenchSettings(**({"repeats": repeats} if repeats else {}))
     names = tuple(s.strip() for s in (skip or "").split(",") if s.strip())
@@ -91,7 +92,7 @@ def bench(
         markup=False,
     )
     console.print(
-        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand",
+        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand; packing: packed/other, search unpacked/packed",
         markup=False,
     )
 
@@ -164,6 +165,16 @@ def _table(doc: dict[str, Any]) -> Table:
     if "command" in doc:
         c = doc["command"]
         table.add_row("s a run: --command trial vs by hand", _num(c["as_trial_s"]), _num(c["by_hand_s"]), _num(c["ratio"], "{:.3f}x"), "", "")
+    if "packing" in doc:
+        p = doc["packing"]
+        table.add_row(f"trials/s packed by {p['pack']} vs reference", _num(p["packed"]), _num(p["reference"]), _num(p["ratio_reference"], "{:.2f}x"), f">={p['target']:g}x", _met(p["met"]))
+        table.add_row("trials/s packed vs unpacked", _num(p["packed"]), _num(p["unpacked"]), _num(p["ratio_unpacked"], "{:.2f}x"), "", "")
+        s = p["search"]
+
+        def reached(part: dict[str, Any]) -> str:
+            return f"{_num(part['median_s'], '{:.1f}')} ({part['reached']}/{len(part['runs'])})"
+
+        table.add_row(f"s to {s['threshold']} tpe+hb: unpacked vs packed", reached(s["unpacked"]), reached(s["packed"]), _num(s["speedup"], "{:.2f}x"), "", "")
     return table
 
 

@@ -1,0 +1,128 @@
+"""Packing: trials per second packed (tuner.packing) against tuner unpacked and the reference, on
+the same configurations and seeds; and time to 0.97 for tpe+hyperband packed against unpacked."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from benchmarks.common import REFERENCE_SPACE, TARGETS, Bench, quiet, space_path, torch_threads
+from benchmarks.reference import as_reference_params, reference_arrays, reference_objective
+from benchmarks.search import THRESHOLD, time_to_threshold
+from benchmarks.throughput import draw_configs
+from tuner.space import load_space
+from tuner.spec import StudySpec
+
+__all__ = ["measure_packing"]
+
+
+def _study(queued: list[dict[str, Any]], seed: int) -> optuna.Study:
+    study = optuna.create_study(
+        storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=seed), pruner=optuna.pruners.NopPruner(), direction="maximize"
+    )
+    for params in queued:
+        study.enqueue_trial(params)
+    return study
+
+
+def measure_packing(bench: Bench) -> dict[str, Any]:
+    """Three paths over the same configurations (drawn once from the reference space) and seeds,
+    each in a fresh in-memory study with the configurations queued: the reference objective and
+    tuner's objective one trial at a time (study.optimize), and tuner's objective given the trials
+    `pack` at a time (run_pack, as a worker does with --pack). Then the search race's tpe+hyperband
+    on tuner's real path with --pack 1 and --pack `pack`."""
+    from tuner.study import Loaded, make_objective
+
+    settings, device, spaces_dir = bench.settings, bench.device, bench.spaces_dir
+    quiet()
+    n, k = settings.n_packing, settings.pack
+    arrays = reference_arrays(settings.seed)
+    configs = draw_configs(spaces_dir, n, settings.seed)
+    space = load_space(REFERENCE_SPACE, spaces_dir=spaces_dir)
+    spec = StudySpec(name="bench-packing", space=space_path(REFERENCE_SPACE, spaces_dir), sampler="random", pruner="none", seed=settings.seed)
+
+    def run_reference(queued: list[dict[str, Any]]) -> float:
+        study = _study([as_reference_params(c) for c in queued], settings.seed)
+        objective = reference_objective(arrays, device, seed=settings.seed)
+        started = time.perf_counter()
+        study.optimize(objective, n_trials=len(queued))
+        return time.perf_counter() - started
+
+    def run_unpacked(queued: list[dict[str, Any]]) -> float:
+        study = _study(queued, settings.seed)
+        objective = make_objective(Loaded(study, spec, space, "in-memory"), device)
+        started = time.perf_counter()
+        study.optimize(objective, n_trials=len(queued))
+        return time.perf_counter() - started
+
+    sizes: list[int] = []
+
+    def run_packed(queued: list[dict[str, Any]]) -> float:
+        study = _study(queued, settings.seed)
+        objective = make_objective(Loaded(study, spec, space, "in-memory"), device)
+        started = time.perf_counter()
+        for start in range(0, len(queued), k):
+            trials = [study.ask() for _ in queued[start : start + k]]
+            ended: dict[int, Any] = {}
+            objective.run_pack(trials, n_pack=k, on_ended=ended.__setitem__)
+            for i, trial in enumerate(trials):
+                outcome = ended[i]
+                study.tell(trial, None if isinstance(outcome, BaseException) else outcome, state=None if not isinstance(outcome, BaseException) else optuna.trial.TrialState.FAIL)
+            sizes.extend(len(t.user_attrs.get("pack", [0])) for t in study.get_trials(deepcopy=False)[-len(trials) :])
+        return time.perf_counter() - started
+
+    runs = []
+    paths = {"reference": run_reference, "unpacked": run_unpacked, "packed": run_packed}
+    with torch_threads(settings.threads):
+        for fn in paths.values():  # warm-up: first-call costs counted in none
+            fn(configs[: min(2, n)])
+        sizes.clear()
+        for r in range(settings.repeats):
+            # the paths run by turns, in a rotating order, so a shared machine's slow spells fall on all
+            names = list(paths)[r % 3 :] + list(paths)[: r % 3]
+            seconds = {name: paths[name](configs) for name in names}
+            runs.append({name: n / s for name, s in seconds.items()})
+            bench.log("packing {}/{}: ".format(r + 1, settings.repeats) + ", ".join(f"{name} {runs[-1][name]:.2f} trials/s" for name in paths))
+    tps = {name: statistics.median(run[name] for run in runs) for name in paths}
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    target = TARGETS["packing_cuda" if cuda else "packing_cpu"]
+
+    search: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        space_file = space_path(settings.search_space, spaces_dir)
+        for label, pack in (("unpacked", 1), ("packed", k)):
+            results = []
+            for seed in range(settings.seed, settings.seed + settings.search_seeds):
+                url = f"sqlite:///{Path(tmp) / f'{label}-{seed}.db'}"
+                results.append(time_to_threshold(space_file, "tpe", "hyperband", seed, settings, device, url, spaces_dir=spaces_dir, pack=pack))
+                bench.log(f"packing search {label} seed {seed}: " + (f"{results[-1]['seconds']:.1f}s" if results[-1]["reached"] else "not reached"))
+            ordered = sorted(results, key=lambda r: (not r["reached"], r["seconds"] or 0.0))
+            mid = ordered[(len(ordered) - 1) // 2]
+            search[label] = {"median_s": mid["seconds"] if mid["reached"] else None, "reached": sum(r["reached"] for r in results), "runs": results}
+    unpacked_s, packed_s = search["unpacked"]["median_s"], search["packed"]["median_s"]
+    return {
+        "unit": "trials/s",
+        "pack": k,
+        **tps,
+        "ratio_reference": tps["packed"] / tps["reference"],
+        "ratio_unpacked": tps["packed"] / tps["unpacked"],
+        "mean_pack_size": statistics.mean(sizes) if sizes else None,
+        "target": target,
+        "met": tps["packed"] / tps["reference"] >= target,
+        "n_trials": n,
+        "repeats": runs,
+        "search": {**search, "threshold": THRESHOLD, "speedup": unpacked_s / packed_s if unpacked_s and packed_s else None},
+        "how": (
+            f"{n} configurations drawn once from search_spaces/{REFERENCE_SPACE}.yaml (RandomSampler(seed)), queued in a fresh "
+            "InMemoryStorage study per path, NopPruner; reference and unpacked: study.optimize; packed: the trials asked "
+            f"{k} at a time and given to the objective's run_pack (as a worker with --pack {k}: those sharing a pack key "
+            "train as one model, the others alone); the three run by turns; 2 warm-up trials each first; "
+            f"torch threads {settings.threads}. Search: tpe+hyperband to val_accuracy >= {THRESHOLD} on "
+            f"search_spaces/{settings.search_space}.yaml, --pack 1 vs --pack {k}, seeds {settings.seed}..{settings.seed + settings.search_seeds - 1}"
+        ),
+    }
