@@ -71,20 +71,50 @@ def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:
     return (cfg.n_layers, cfg.batch_size, cfg.scaling, cfg.norm)
 
 
-def plan_packs(keys: list[tuple[Any, ...] | None], n_max: int) -> list[list[int]]:
-    """Indices grouped into packs of at most n_max by key, in order of first appearance; a trial
-    with no key, or alone under its key, is a pack of one."""
-    groups: dict[Any, list[list[int]]] = {}
+# A step's fixed cost (launches, Python, the optimizer's loop), in floating-point operations that
+# take as long, on a CPU core and on a GPU: what padding a narrow trial to a wide pack-mate's width
+# is weighed against (see plan_packs).
+STEP_OVERHEAD_FLOPS = {"cpu": 3e6, "cuda": 3e8}
+
+
+def step_flops(cfg: TrainConfig, *, width: int, n_features: int, n_outputs: int) -> float:
+    """Multiply-adds of one training step (forward and backward) of an MLP of this width."""
+    if cfg.n_layers == 0:
+        return 6.0 * cfg.batch_size * n_features * n_outputs
+    return 6.0 * cfg.batch_size * width * (n_features + (cfg.n_layers - 1) * width + n_outputs)
+
+
+def plan_packs(keys: list[tuple[Any, ...] | None], n_max: int, *, cost: Callable[[int, int], float] | None = None, widths: list[int] | None = None, overhead: float = 0.0) -> list[list[int]]:
+    """Indices grouped into packs of at most n_max by key; a trial with no key, or alone under
+    its key, is a pack of one. With `cost(i, width)` (trial i's step at that width) and `widths`,
+    each key's trials are sorted by width and cut where a pack padded to its widest member would
+    cost more than packs apart, each pack's step paying `overhead` once (a dynamic programme over
+    the cut points); without, trials pack in their order."""
+    groups: dict[Any, list[int]] = {}
     packs: list[list[int]] = []
     for i, key in enumerate(keys):
         if key is None:
             packs.append([i])
+        else:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        if cost is None or widths is None:
+            packs += [members[a : a + n_max] for a in range(0, len(members), n_max)]
             continue
-        open_ = groups.setdefault(key, [])
-        if not open_ or len(open_[-1]) >= n_max:
-            open_.append([])
-            packs.append(open_[-1])
-        open_[-1].append(i)
+        members = sorted(members, key=lambda i: widths[i])
+        best = [0.0] + [math.inf] * len(members)  # best[j]: cheapest packing of the j narrowest
+        cut = [0] * (len(members) + 1)
+        for j in range(1, len(members) + 1):
+            widest = widths[members[j - 1]]
+            for a in range(max(0, j - n_max), j):
+                total = best[a] + overhead + sum(cost(i, widest) for i in members[a:j])
+                if total < best[j]:
+                    best[j], cut[j] = total, a
+        j, segments = len(members), []
+        while j > 0:
+            segments.append(members[cut[j] : j])
+            j = cut[j]
+        packs += segments[::-1]
     return packs
 
 
@@ -160,6 +190,7 @@ class _PackedMLP:
         self.running = [(torch.zeros(len(cfgs), self.width, device=device), torch.ones(len(cfgs), self.width, device=device)) for _ in range(self.n_layers)] if self.norm == "batch" else []
         self.activations = _runs([c.activation for c in cfgs])
         self.dropout = torch.tensor([c.dropout for c in cfgs], device=device).view(-1, 1, 1)
+        self.dropout_scale = 1 / (1 - self.dropout)
         self.dropping = any(c.dropout > 0 for c in cfgs)
         self.n_batches = 0  # training batches seen (batch norm's num_batches_tracked)
         self._bind()
@@ -183,6 +214,7 @@ class _PackedMLP:
         self.n_units = self.n_units.index_select(0, rows)
         self.running = [(m.index_select(0, rows), v.index_select(0, rows)) for m, v in self.running]
         self.dropout = self.dropout.index_select(0, rows)
+        self.dropout_scale = self.dropout_scale.index_select(0, rows)
         kept = rows.tolist()
         labels = [label for label, a, b in self.activations for _ in range(a, b)]
         self.activations = _runs([labels[i] for i in kept])
@@ -234,7 +266,7 @@ class _PackedMLP:
             h = self._activate(self._normalize(layer, h, training))
             if training and self.dropping:  # a Bernoulli(1 - p) mask scaled by 1 / (1 - p), p per member
                 with torch.no_grad():
-                    mask = torch.rand(h.shape, dtype=h.dtype, device=h.device).ge_(self.dropout).div_(1 - self.dropout)
+                    mask = torch.rand(h.shape, dtype=h.dtype, device=h.device).ge_(self.dropout).mul_(self.dropout_scale)
                 h = h * mask
         w, b = self.params["head.weight"], self.params["head.bias"]
         return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -277,7 +309,7 @@ class _PackedOptimizer:
     """Each family's update, as torch.optim's single-tensor code does it, on its members' rows,
     with every hyperparameter a (K, 1) column; state rows follow the members."""
 
-    def __init__(self, cfgs: list[TrainConfig], device: torch.device) -> None:
+    def __init__(self, cfgs: list[TrainConfig], n_params: int, device: torch.device) -> None:
         self.cfgs = cfgs
         self.runs = _runs([FAMILIES[c.optimizer] for c in cfgs])
         col = lambda f: _column(cfgs, f, device)  # noqa: E731
@@ -291,9 +323,25 @@ class _PackedOptimizer:
             "coupled_wd": col(lambda c: c.weight_decay if c.optimizer != "adamw" else 0.0),
             "decoupled_wd": col(lambda c: c.weight_decay if c.optimizer == "adamw" else 0.0),
         }
-        self.any_wd = any(c.weight_decay > 0 for c in cfgs)
-        self.state: dict[str, torch.Tensor] = {}
+        self.hp["one_minus_beta1"], self.hp["one_minus_beta2"] = 1 - self.hp["beta1"], 1 - self.hp["beta2"]
+        self.state = {name: torch.zeros(len(cfgs), n_params, device=device) for family in {FAMILIES[c.optimizer] for c in cfgs} for name in _STATE[family]}
         self.steps = 0
+        self._plan()
+
+    def _plan(self) -> None:
+        """Each family's rows: its hyperparameter and state views, and which options any row uses
+        (an update skips what none does)."""
+        self.families = []
+        for family, a, b in self.runs:
+            cfgs = self.cfgs[a:b]
+            used = {
+                "coupled_wd": any(c.weight_decay > 0 and c.optimizer != "adamw" for c in cfgs),
+                "decoupled_wd": any(c.weight_decay > 0 and c.optimizer == "adamw" for c in cfgs),
+                "nesterov": "all" if all(c.optimizer == "nesterov" for c in cfgs) else any(c.optimizer == "nesterov" for c in cfgs),
+            }
+            hp = {k: v[a:b] for k, v in self.hp.items()}
+            state = {name: self.state[name][a:b] for name in _STATE[family]}
+            self.families.append((_UPDATES[family], a, b, hp, state, used))
 
     def keep(self, rows: torch.Tensor) -> None:
         kept = rows.tolist()
@@ -301,46 +349,47 @@ class _PackedOptimizer:
         self.runs = _runs([FAMILIES[c.optimizer] for c in self.cfgs])
         self.hp = {k: v.index_select(0, rows) for k, v in self.hp.items()}
         self.state = {k: v.index_select(0, rows) for k, v in self.state.items()}
-
-    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name not in self.state:
-            self.state[name] = torch.zeros_like(like)
-        return self.state[name]
+        self._plan()
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> None:
         self.steps += 1
-        for family, a, b in self.runs:
+        for update, a, b, hp, state, used in self.families:
             p, g = flat[a:b], grad[a:b]
-            hp = {k: v[a:b] for k, v in self.hp.items()}
-            if self.any_wd:
+            if used["coupled_wd"]:
                 g = g + hp["coupled_wd"] * p
-            state = {name: self._buffer(name, flat)[a:b] for name in _STATE[family]}
-            _UPDATES[family](p, g, lr[a:b], hp, state, self.steps)
+            update(p, g, lr[a:b], hp, state, self.steps, used)
 
 
-def _sgd(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+Hyper = dict[str, torch.Tensor]
+
+
+def _sgd(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
     # plain SGD is momentum 0: its buffer is then the gradient itself, as torch's step uses it
     buf, momentum = state["momentum_buffer"], hp["momentum"]
     if step == 1:
         buf.copy_(g)
     else:
         buf.mul_(momentum).add_(g)
-    update = torch.where(hp["nesterov"] > 0, g + momentum * buf, buf)
+    if used["nesterov"] == "all":
+        update = g + momentum * buf
+    else:
+        update = torch.where(hp["nesterov"] > 0, g + momentum * buf, buf) if used["nesterov"] else buf
     p.sub_(lr * update)
 
 
-def _adam(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+def _adam(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
     beta1, beta2 = hp["beta1"], hp["beta2"]
-    p.mul_(1 - lr * hp["decoupled_wd"])  # AdamW's decay; 1 for Adam's rows
-    state["exp_avg"].lerp_(g, 1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).add_((1 - beta2) * g * g)
+    if used["decoupled_wd"]:
+        p.mul_(1 - lr * hp["decoupled_wd"])  # AdamW's decay; 1 for Adam's rows
+    state["exp_avg"].lerp_(g, hp["one_minus_beta1"])
+    state["exp_avg_sq"].mul_(beta2).add_(hp["one_minus_beta2"] * g * g)
     bias1, bias2 = 1 - beta1**step, 1 - beta2**step
     denom = (state["exp_avg_sq"].sqrt() / bias2.sqrt()).add_(hp["eps"])
     p.sub_(lr / bias1 * state["exp_avg"] / denom)
 
 
-def _rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+def _rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
     alpha = hp["rho"]  # tuner's rho is RMSprop's smoothing constant alpha
     state["square_avg"].mul_(alpha).add_((1 - alpha) * g * g)
     avg = state["square_avg"].sqrt().add_(hp["eps"])
@@ -349,12 +398,12 @@ def _rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, t
     p.sub_(lr * buf)
 
 
-def _adagrad(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+def _adagrad(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
     state["sum"].add_(g * g)
     p.sub_(lr * (g / state["sum"].sqrt().add_(hp["eps"])))
 
 
-def _adadelta(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: dict[str, torch.Tensor], state: dict[str, torch.Tensor], step: int) -> None:
+def _adadelta(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
     rho, eps = hp["rho"], hp["eps"]
     state["square_avg"].mul_(rho).add_((1 - rho) * g * g)
     std = state["square_avg"].add(eps).sqrt_()
@@ -403,7 +452,7 @@ def _members_loss(out: torch.Tensor, y: torch.Tensor, task: str, smoothing: torc
     """Each member's mean loss on its batch: (K,)."""
     if task == "regression":
         return (out.squeeze(-1) - y).pow(2).mean(1)
-    logp = torch.log_softmax(out, -1)
+    logp = out - out.logsumexp(-1, keepdim=True)  # log_softmax, which is ~4x slower for few classes on a CPU
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     if smoothing is None:
         return nll.mean(1)
@@ -442,7 +491,7 @@ def train_packed(
         members.append(_Member(cfgs[i], seeds[i], model, callbacks[i], maximize, device, steps_per_epoch))
     active = list(members)
     net = _PackedMLP([m.cfg for m in active], [m.model for m in active], n_features=data.n_features, n_outputs=data.n_classes or 1, device=device)
-    optimizer = _PackedOptimizer([m.cfg for m in active], device)
+    optimizer = _PackedOptimizer([m.cfg for m in active], net.flat.shape[1], device)
     col = lambda f: _column([m.cfg for m in active], f, device)  # noqa: E731
     smoothing = col(lambda c: c.label_smoothing) if task == "classification" and any(m.cfg.label_smoothing > 0 for m in active) else None
     l1 = col(lambda c: c.l1).view(-1) if any(m.cfg.l1 > 0 for m in active) else None
@@ -460,9 +509,8 @@ def train_packed(
         bounds = [(a, min(a + batch_size, n_train)) for a in range(0, n_train, batch_size)]
         bounds = [(a, b) for a, b in bounds if not (skip_single and b - a < 2)]
         rates = torch.tensor([m.rates(len(bounds)) for m in active], device=device)  # (K, steps)
-        sums = torch.zeros(2, len(active), device=device)  # loss * rows, correct rows
+        tally = _PackTally(len(active), task, device)
         norms = torch.zeros(len(net.weights), len(active), device=device)
-        seen = 0
         for s, (a, b) in enumerate(bounds):
             xb, yb = xs[:, a:b], ys[:, a:b]
             net.flat_grad.zero_()
@@ -479,12 +527,9 @@ def train_packed(
                 if clip is not None:  # clip_grad_norm_ per member; 0 = off
                     coef = torch.where(clip > 0, (clip / (net.flat_grad.norm(dim=1) + 1e-6)).clamp(max=1.0), 1.0)
                     net.flat_grad.mul_(coef.unsqueeze(1))
-                sums[0] += losses.detach() * (b - a)
-                if task == "classification":
-                    sums[1] += (out.argmax(-1) == yb).sum(1)
+                tally.add(losses.detach(), out.detach(), yb)
             optimizer.step(net.flat, net.flat_grad, rates[:, s : s + 1])
-            seen += b - a
-        train_loss, train_correct = (sums / max(seen, 1)).tolist()
+        train_loss, train_correct = tally.means()
         norms_list = norms.t().tolist()
         # evaluate every member on the validation split
         val_loss, val_accuracy = _evaluate(net, x_val, y_val, task)
@@ -528,6 +573,39 @@ def train_packed(
     for i, m in zip(order, members):
         outcomes[i] = m.outcome
     return outcomes
+
+
+class _PackTally:
+    """train._Tally over the pack: each member's summed loss and correct predictions, the steps'
+    results held and summed a group at a time (no bookkeeping operations a step, bounded memory)."""
+
+    GROUP = 64
+
+    def __init__(self, k: int, task: str, device: torch.device) -> None:
+        self.task, self.n = task, 0
+        self.sums = torch.zeros(2, k, device=device)
+        self.held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.held.append((losses, out, y))
+        self.n += y.shape[1]
+        if len(self.held) >= self.GROUP:
+            self._sum()
+
+    def _sum(self) -> None:
+        if not self.held:
+            return
+        losses, outs, ys = zip(*self.held)
+        sizes = torch.tensor([float(y.shape[1]) for y in ys], device=self.sums.device)
+        self.sums[0] += (torch.stack(losses, 1) * sizes).sum(1)
+        if self.task == "classification":
+            self.sums[1] += (torch.cat(outs, 1).argmax(-1) == torch.cat(ys, 1)).sum(1)
+        self.held.clear()
+
+    def means(self) -> tuple[list[float], list[float]]:
+        self._sum()
+        loss, correct = (self.sums / max(self.n, 1)).tolist()
+        return loss, correct
 
 
 def _layer_names(n_layers: int) -> list[str]:

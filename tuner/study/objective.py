@@ -75,7 +75,7 @@ class BuiltinObjective:
         together, n_pack at most, the others alone. As each pack ends, `on_ended` is given each
         of its trials' index and value, or the exception that ended it (TrialPruned for a pruned
         or diverged one)."""
-        from tuner.packing import pack_key, plan_packs, train_packed
+        from tuner.packing import STEP_OVERHEAD_FLOPS, pack_key, plan_packs, step_flops, train_packed
 
         outcomes: list[Any] = [None] * len(trials)
         runs, workloads, keys = [], [], []
@@ -90,7 +90,13 @@ class BuiltinObjective:
             runs.append(run)
             workloads.append((data, model))
             keys.append(pack_key(run.config, data) if outcomes[i] is None and model is None else None)
-        for group in plan_packs(keys, n_pack):
+        def cost(i: int, width: int) -> float:
+            data = workloads[i][0]
+            return step_flops(runs[i].config, width=width, n_features=data.n_features, n_outputs=data.n_classes or 1)
+
+        widths = [r.config.hidden_units for r in runs]
+        overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        for group in plan_packs(keys, n_pack, cost=cost, widths=widths, overhead=overhead):
             group = [i for i in group if outcomes[i] is None]
             if len(group) == 1:
                 i = group[0]
