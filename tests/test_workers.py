@@ -114,7 +114,8 @@ def _run(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
 def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
     rng = random.Random(seed)
     budget = 7
-    proc = _run("study", "run", "k", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--seed", str(seed), "-q", env=env)
+    # one trial at a time: the kill lands in exactly one (a packed worker's kill: below)
+    proc = _run("study", "run", "k", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--seed", str(seed), "--pack", "1", "-q", env=env)
     min_finished = rng.randint(0, 3)
     _wait_for(lambda: _mid_trial(SQLITE, "k", min_finished=min_finished), what="a trial in progress")
     time.sleep(rng.uniform(0.0, 0.3))
@@ -140,7 +141,7 @@ def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_close_the_trial_and_resume_cleanly(env, sig, code):
-    proc = _run("study", "run", "t", "--space", "slow", "--trials", "4", "--pruner", "none", env=env)
+    proc = _run("study", "run", "t", "--space", "slow", "--trials", "4", "--pruner", "none", "--pack", "1", env=env)
     _wait_for(lambda: _mid_trial(SQLITE, "t", min_finished=1), what="a trial in progress")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -330,7 +331,7 @@ def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(e
     assert created.returncode == 0, created.stderr
     seen: set[int] = set()
     for phase, retry in (("first claim", False), ("the retry's claim", True)):
-        proc = _run("study", "resume" if phase != "first claim" else "run", "gz", "-q", env=env)
+        proc = _run("study", "resume" if phase != "first claim" else "run", "gz", "--pack", "1", "-q", env=env)
         _wait_for(lambda: _just_claimed(SQLITE, "gz", seen=seen, retry=retry), what=phase)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -440,3 +441,24 @@ def test_a_grid_on_postgresql_with_2_workers_killed_at_random_runs_each_point_on
     points = _grid_points(trials)
     assert len(points) == 12 and len(set(points)) == 12
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_kill_9_of_a_packed_worker_retries_every_trial_of_its_pack(env):
+    """A worker training 4 trials as one pack is killed: all 4 are left RUNNING, and the next run
+    fails each as lost, queues each again with its parameters, and ends with the budget exact."""
+    budget = 6
+    proc = _run("study", "run", "kp", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--pack", "4", "-q", env=env)
+    _wait_for(lambda: sum(t.state == TrialState.RUNNING for t in _trials(SQLITE, "kp")) == 4 and _mid_trial(SQLITE, "kp", min_finished=0), what="a pack in progress")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    zombies = [t for t in _trials(SQLITE, "kp") if t.state == TrialState.RUNNING]
+    assert len(zombies) == 4 and all(t.params for t in zombies)  # each pack member's configuration was stored first
+    again = subprocess.run([TUNER, "study", "run", "kp", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _check_complete(SQLITE, "kp", budget, {})
+    for zombie in zombies:
+        assert trials[zombie.number].state == TrialState.FAIL
+        retry = [t for t in trials if t.user_attrs.get("retry_of") == zombie.number]
+        assert len(retry) == 1 and retry[0].params == zombie.params
+    assert any("pack" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)

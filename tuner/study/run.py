@@ -135,14 +135,14 @@ def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Tr
 
 
 def _execute_pack(
-    loaded: Loaded, trials: list[optuna.Trial], objective: BuiltinObjective, heartbeat: Heartbeat, n_pack: int, closed: list[FrozenTrial]
+    loaded: Loaded, trials: list[optuna.Trial], objective: BuiltinObjective, heartbeat: Heartbeat, n_pack: int, on_closed: Callable[[FrozenTrial], None]
 ) -> None:
     """Run claimed trials packed where they can be (tuner.packing), all with a heartbeat until
-    each one's pack ends; then it is closed (into `closed`), and beats for it have stopped."""
+    each one's pack ends; then it is closed (and given to `on_closed`), its beats stopped first."""
 
     def on_ended(i: int, outcome: float | BaseException) -> None:
         heartbeat.release(trials[i]._trial_id)
-        closed.append(_close(loaded.study, trials[i], outcome))
+        on_closed(_close(loaded.study, trials[i], outcome))
 
     with heartbeat.running(*(t._trial_id for t in trials)):
         objective.run_pack(trials, n_pack=n_pack, on_ended=on_ended)
@@ -292,16 +292,22 @@ def run_study(
                     if not claimed:
                         stopped = decision
                         break
-                    ended: list[FrozenTrial] = []
+                    # each closed trial with the study's progress as it closed (the callbacks, which may
+                    # raise to stop the run, are called once every claimed trial is closed)
+                    ended: list[tuple[FrozenTrial, int, float | None]] = []
+
+                    def closed(frozen: FrozenTrial) -> None:
+                        ended.append((frozen, *tracker.after(frozen)))
+
                     if len(claimed) == 1:
-                        ended.append(_execute(loaded, claimed[0], objective, heartbeat))
+                        closed(_execute(loaded, claimed[0], objective, heartbeat))
                     else:
-                        _execute_pack(loaded, claimed, objective, heartbeat, n_pack, ended)  # type: ignore[arg-type]
+                        _execute_pack(loaded, claimed, objective, heartbeat, n_pack, closed)  # type: ignore[arg-type]
                 except KeyboardInterrupt as e:
                     for trial in claimed:  # those already closed are left as they are
                         _close_interrupted(study, trial, getattr(e, "signal_name", "SIGINT"))
                     raise
-                for frozen in ended:
+                for frozen, n_finished, best in ended:
                     ran += 1
                     if frozen.state == TrialState.FAIL:
                         failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
@@ -314,7 +320,6 @@ def run_study(
                     else:
                         failures.clear()
                     if on_trial is not None:
-                        n_finished, best = tracker.after(frozen)
                         on_trial(frozen, n_finished, budget, best)
     finally:
         heartbeat.close()
