@@ -166,7 +166,7 @@ def test_resume_in_a_new_process_after_the_first_one_dies(project):
         url = "sqlite:///studies/tuner.db"
         if sys.argv[1] == "first":
             loaded = create_study(StudySpec(name="r", space="tiny", pruner="none", trials=6), url)
-            run_study(loaded, device="cpu", on_trial=lambda t, n, b, best: n == 2 and os._exit(3))
+            run_study(loaded, device="cpu", on_trial=lambda t, n, b, best: n == 2 and os._exit(3), pack=1)
         else:
             print(run_study(open_study("r", url), device="cpu").n_finished)
         """
@@ -230,7 +230,7 @@ def test_repeated_identical_failures_stop_the_study_with_the_reason(project):
     )
     loaded = create_study(_spec(workload="broken_workload:build", trials=20), SQLITE)
     with pytest.raises(TunerError, match=f"stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: .*CUDA out of memory"):
-        run_study(loaded, device="cpu")
+        run_study(loaded, device="cpu", pack=1)  # packed, the claim that holds the fifth failure ends first
     failed = open_study("s", SQLITE).study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == MAX_CONSECUTIVE_FAILURES
     assert all("CUDA out of memory" in t.user_attrs["fail_reason"] for t in failed)
