@@ -462,3 +462,79 @@ def test_kill_9_of_a_packed_worker_retries_every_trial_of_its_pack(env):
         retry = [t for t in trials if t.user_attrs.get("retry_of") == zombie.number]
         assert len(retry) == 1 and retry[0].params == zombie.params
     assert any("pack" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)
+
+
+# -- the GPU slot pool: pinning is CUDA_VISIBLE_DEVICES, so fake ids work on CPU --------------------
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_gpu_slots_are_filled_per_gpu_and_each_worker_sees_only_its_gpu(env):
+    seen: dict[int, str | None] = {}
+
+    def pinned() -> bool:
+        for pid, _ in _live(" worker pin "):
+            with contextlib.suppress(OSError):
+                seen.setdefault(pid, _environ(pid).get("CUDA_VISIBLE_DEVICES"))
+        return len(seen) == 4
+
+    proc = _run("study", "run", "pin", "--space", "slow", "--trials", "8", "--pruner", "none",
+                "--gpus", "0,1", "--per-gpu", "2", "--device", "cpu", "--format", "json", env=env)
+    _wait_for(pinned, what="four pinned workers")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert sorted(seen.values()) == ["0", "0", "1", "1"]  # two slots on each GPU, one GPU a worker
+    assert json.loads(out)["n_finished"] == 8
+    trials = _check_complete(SQLITE, "pin", 8, {})
+    for t in trials:  # every trial was run by one of those workers, which recorded the GPU it saw
+        assert t.user_attrs["worker"]["gpu"] == seen[t.user_attrs["worker"]["pid"]] and t.user_attrs["device"] == "cpu"
+
+
+def _running_worker(url: str, name: str) -> dict | None:
+    running = [t for t in _trials(url, name) if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
+    return running[0].user_attrs["worker"] | {"trial": running[0].number} if running else None
+
+
+def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
+    proc = _run("study", "run", "rep", "--space", "slow", "--trials", "8", "--pruner", "none",
+                "--gpus", "0,1", "--device", "cpu", "--format", "json", env=env)
+    _wait_for(lambda: _mid_trial(SQLITE, "rep", min_finished=1), what="a trial in progress")
+    first = {pid for pid, _ in _live(" worker rep ")}
+    victim = _running_worker(SQLITE, "rep")
+    os.kill(victim["pid"], signal.SIGKILL)
+    replacement: list[int] = []
+
+    def replaced() -> bool:
+        replacement[:] = [pid for pid, _ in _live(" worker rep ") if pid not in first and _environ(pid).get("CUDA_VISIBLE_DEVICES") == victim["gpu"]]
+        return bool(replacement)
+
+    _wait_for(replaced, what="a new worker on the dead worker's GPU")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["n_finished"] == 8
+    [death] = doc["worker_deaths"]
+    assert death == {"slot": death["slot"], "gpu": victim["gpu"], "pid": victim["pid"], "exit": "killed by SIGKILL", "last_stderr": "", "replaced": True}
+    trials = _check_complete(SQLITE, "rep", 8, {})
+    killed = trials[victim["trial"]]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"].startswith("lost its worker")
+    assert [t.params for t in trials if t.user_attrs.get("retry_of") == killed.number] == [killed.params]
+
+
+def test_a_death_past_max_restarts_is_one_error_with_its_reason(env):
+    proc = _run("study", "run", "mr", "--space", "slow", "--trials", "6", "--pruner", "none",
+                "--gpus", "0,1", "--device", "cpu", "--max-restarts", "0", env=env)
+    _wait_for(lambda: _mid_trial(SQLITE, "mr", min_finished=1), what="a trial in progress")
+    victim = _running_worker(SQLITE, "mr")
+    os.kill(victim["pid"], signal.SIGTERM)  # it closes its trial, says so on stderr, exits 143
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    [line] = err.strip().splitlines()[-1:]
+    assert line.startswith("error: 1 of 2 worker slots stopped (--max-restarts 0 spent): ")
+    assert f"worker pid {victim['pid']} on GPU {victim['gpu']} exit code 143 (last stderr: interrupted by SIGTERM" in line
+    assert "raise --max-restarts, then `tuner study resume mr`" in line
+    finished = [t for t in _trials(SQLITE, "mr") if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6  # the other slot's worker finished the budget

@@ -44,10 +44,13 @@ def _namespace() -> str | None:
 
 
 def worker_identity() -> dict[str, Any]:
-    """What is stored with each trial this process claims: host and pid for people, and for
-    tuner the boot, the PID namespace and the process's start time, so that a dead worker on the
-    same host is told apart from a live one (pids are reused)."""
+    """What is stored with each trial this process claims: host and pid (and the GPUs it was
+    pinned to) for people, and for tuner the boot, the PID namespace and the process's start
+    time, so that a dead worker on the same host is told apart from a live one (pids are reused)."""
     identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu is not None:  # pinned (--gpus, a scheduler): the GPU(s) this worker could see
+        identity["gpu"] = gpu
     namespace, started = _namespace(), _proc_start(os.getpid())
     if namespace and started:
         identity["proc"] = f"{namespace}/{started}"

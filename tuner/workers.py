@@ -7,6 +7,7 @@ URL`) or both, shares one budget and one grid. This module only starts, watches 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,12 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tuner.errors import TunerError
+from tuner.slots import DEFAULT_MAX_RESTARTS, Slot, describe_exit
 from tuner.study import Loaded, RunResult, signals_interrupt, summarize
 
-__all__ = ["run_workers", "worker_device"]
+__all__ = ["describe_death", "run_workers", "worker_device"]
 
 _WATCH_S = 0.5  # how often the parent reads progress from the database
 
@@ -52,80 +54,140 @@ def worker_device(device: str, index: int) -> str:
 def run_workers(
     loaded: Loaded,
     *,
-    n_workers: int,
+    n_workers: int | None = None,
+    slots: list[Slot] | None = None,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
     device: str = "auto",
     timeout: float | None = None,
     threads: int | None = None,
     pack: int | str | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
 ) -> RunResult:
-    """Start `n_workers` worker processes on the study, report progress until they end, and return
-    the study's result. Ctrl-C or SIGTERM is passed on to every worker, which closes its trial."""
+    """Start a worker process on every slot (or `n_workers` plain ones), report progress until
+    they end, and return the study's result. A worker that dies (a non-zero exit, a kill) is
+    replaced on its slot while the study has work left, up to `max_restarts` times in all; each
+    death is kept with its reason. Ctrl-C or SIGTERM is passed on to every worker, which closes
+    its trial."""
     from tuner.storage import progress
 
     spec = loaded.spec
+    budget = int(spec.trials or 0)
+    slots = slots if slots is not None else [Slot(i, None) for i in range(n_workers or 1)]
+    n_slots = len(slots)
 
-    def report() -> None:
-        n_finished, best = progress(loaded.study._storage, loaded.study._study_id, loaded.study.direction)
-        on_progress(n_finished, int(spec.trials or 0), best)  # type: ignore[misc]
+    def finished() -> tuple[int, float | None]:
+        return progress(loaded.study._storage, loaded.study._study_id, loaded.study.direction)
 
     # The storage URL travels in the environment, not on the command line, where `ps` shows it.
-    env = {**os.environ, "TUNER_STORAGE": loaded.url}
+    base_env = {**os.environ, "TUNER_STORAGE": loaded.url}
     logs = Path(tempfile.mkdtemp(prefix=f"tuner-{spec.name}-"))
-    procs: list[subprocess.Popen] = []
     started = time.monotonic()
-    for i in range(n_workers):
+    running: dict[int, _Worker] = {}  # slot index -> its worker now
+    n_started = 0
+
+    def start(slot: Slot) -> None:
+        nonlocal n_started
+        index, n_started = n_started, n_started + 1  # a replacement samples with a seed of its own
         cmd = [
             sys.executable, "-m", "tuner", "worker", spec.name,
-            "--worker-index", str(i), "--workers", str(n_workers),
-            "--device", worker_device(device, i), "--format", "json", "--quiet",
+            "--worker-index", str(index), "--workers", str(n_slots),
+            "--device", _slot_device(device, slot), "--format", "json", "--quiet",
         ]
         if timeout:
-            cmd += ["--timeout", str(timeout)]
+            cmd += ["--timeout", str(max(1.0, timeout - (time.monotonic() - started)))]
         if threads:
             cmd += ["--threads", str(threads)]
         if pack is not None:
             cmd += ["--pack", str(pack)]
-        out = (logs / f"worker-{i}.out").open("w")
-        err = (logs / f"worker-{i}.err").open("w")
-        # Own session: a terminal's Ctrl-C reaches the parent, which passes it on once.
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True, preexec_fn=_die_with_parent)
-        )
+        env = base_env if slot.gpu is None else {**base_env, "CUDA_VISIBLE_DEVICES": slot.gpu}
+        out, err = logs / f"worker-{index}.out", logs / f"worker-{index}.err"
+        with out.open("w") as o, err.open("w") as e:
+            # Own session: a terminal's Ctrl-C reaches the parent, which passes it on once.
+            proc = subprocess.Popen(cmd, env=env, stdout=o, stderr=e, start_new_session=True, preexec_fn=_die_with_parent)
+        running[slot.index] = _Worker(slot, proc, out, err)
 
     def stop_all(signum: int) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        for w in running.values():
+            if w.proc.poll() is None:
+                w.proc.send_signal(signum)
 
+    ran, stops, deaths, n_restarts = 0, set(), [], 0
+    for slot in slots:
+        start(slot)
     try:
         with signals_interrupt():
-            while any(p.poll() is None for p in procs):
+            while running:
                 if on_progress is not None:
-                    report()
+                    on_progress(*_with_budget(finished(), budget))
+                for w in [w for w in running.values() if w.proc.poll() is not None]:
+                    del running[w.slot.index]
+                    if w.proc.returncode == 0:
+                        doc = json.loads(w.out.read_text())
+                        ran += doc["ran"]
+                        stops.add(doc["stopped"])
+                        continue
+                    death = w.death()
+                    # work left: no worker has ended well (budget, grid or timeout) and the budget is not met
+                    work_left = not stops and finished()[0] < budget and not (timeout and time.monotonic() - started >= timeout)
+                    if work_left and n_restarts < max_restarts:
+                        n_restarts += 1
+                        death["replaced"] = True
+                        start(w.slot)
+                    deaths.append(death)
                 time.sleep(_WATCH_S)
     except KeyboardInterrupt as e:
         stop_all(signal.SIGTERM if getattr(e, "signal_name", "") == "SIGTERM" else signal.SIGINT)
-        for p in procs:
-            p.wait()
+        for w in running.values():
+            w.proc.wait()
         raise
     if on_progress is not None:
-        report()
+        on_progress(*_with_budget(finished(), budget))
 
-    ran, stops, problems = 0, set(), []
-    for i, p in enumerate(procs):
-        out_text = (logs / f"worker-{i}.out").read_text()
-        err_text = (logs / f"worker-{i}.err").read_text().strip()
-        if p.returncode == 0:
-            doc = json.loads(out_text)
-            ran += doc["ran"]
-            stops.add(doc["stopped"])
-        else:
-            last = err_text.splitlines()[-1] if err_text else f"exit code {p.returncode}"
-            problems.append(f"worker {i}: {last.removeprefix('error: ')}")
-    if not problems:
-        shutil.rmtree(logs, ignore_errors=True)
-    else:
-        raise TunerError(f"{len(problems)} of {n_workers} workers failed; " + "; ".join(problems) + f" (logs in {logs})")
+    lost = [d for d in deaths if not d["replaced"]]
+    if lost:
+        spent = f"--max-restarts {max_restarts} spent" if n_restarts >= max_restarts else "after the study's work was done"
+        raise TunerError(
+            f"{len(lost)} of {n_slots} worker slots stopped ({spent}): " + "; ".join(map(describe_death, lost))
+            + f" (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
+        )
+    shutil.rmtree(logs, ignore_errors=True)
     stopped = "grid_exhausted" if "grid_exhausted" in stops else ("timeout" if stops == {"timeout"} else "budget")
-    return summarize(loaded, budget=int(spec.trials or 0), ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=[])
+    result = summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=[])
+    return dataclasses.replace(result, worker_deaths=deaths)
+
+
+def _with_budget(counts: tuple[int, float | None], budget: int) -> tuple[int, int, float | None]:
+    return counts[0], budget, counts[1]
+
+
+def _slot_device(device: str, slot: Slot) -> str:
+    """The --device a slot's worker gets: pinned to a GPU, it sees that GPU alone, as cuda:0."""
+    if slot.gpu is None:
+        return worker_device(device, slot.index)
+    return "cuda" if device.startswith("cuda") else device
+
+
+class _Worker:
+    """A local worker process on its slot, with the files its output goes to."""
+
+    def __init__(self, slot: Slot, proc: subprocess.Popen, out: Path, err: Path) -> None:
+        self.slot, self.proc, self.out, self.err = slot, proc, out, err
+
+    def death(self) -> dict[str, Any]:
+        """Why it died: how it ended and the last line it wrote to stderr."""
+        lines = self.err.read_text(errors="replace").strip().splitlines()
+        return {
+            "slot": self.slot.index,
+            "gpu": self.slot.gpu,
+            "pid": self.proc.pid,
+            "exit": describe_exit(self.proc.returncode),
+            "last_stderr": lines[-1].removeprefix("error: ") if lines else "",
+            "replaced": False,
+        }
+
+
+def describe_death(death: dict[str, Any]) -> str:
+    """One death in one phrase: `worker pid 123 on GPU 1 killed by SIGKILL (last stderr: ...)`."""
+    where = f" on GPU {death['gpu']}" if death.get("gpu") is not None else f" in slot {death['slot']}"
+    last = f" (last stderr: {death['last_stderr']})" if death.get("last_stderr") else ""
+    return f"worker pid {death['pid']}{where} {death['exit']}{last}"

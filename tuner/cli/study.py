@@ -16,6 +16,7 @@ from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err
 from tuner import attrs as A
 from tuner.attrs import fail_reason
 from tuner.errors import SpecError
+from tuner.slots import DEFAULT_MAX_RESTARTS
 from tuner.space import SPACES_DIR
 from tuner.spec import StudySpec, load_spec, parse_pack, spec_file_settings
 from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
@@ -52,7 +53,18 @@ TrialsOpt = Annotated[
 ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", metavar="FRACTION", help="Share held out for validation \\[default: 0.2].")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS", min=1, help="Stop starting trials after this many seconds.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", metavar="N", min=1, max=256, help="Worker processes on this machine sharing the study.")]
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option("--workers", metavar="N", min=1, max=256, help="Worker processes on this machine sharing the study \\[default: 1, with --gpus: its slots]."),
+]
+GpusOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpus", metavar="IDS", help="Pin the workers to these GPUs (CUDA_VISIBLE_DEVICES): all, 0-7 or 0,2,5."),
+]
+PerGpuOpt = Annotated[int, typer.Option("--per-gpu", metavar="N", help="Workers on each GPU of --gpus \\[default: 1].")]
+MaxRestartsOpt = Annotated[
+    int, typer.Option("--max-restarts", metavar="N", min=0, help="Dead workers replaced on their slot, in all, while work is left \\[default: 3].")
+]
 ThreadsOpt = Annotated[
     Optional[int], typer.Option("--threads", metavar="N", min=1, help="Torch threads per worker \\[default: cores / workers].")
 ]
@@ -130,7 +142,10 @@ def run(
     val_fraction: ValOpt = None,
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = None,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    per_gpu: PerGpuOpt = 1,
+    max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
     threads: ThreadsOpt = None,
     pack: PackOpt = None,
     quiet: QuietOpt = False,
@@ -141,6 +156,7 @@ def run(
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
     from tuner.study import prepare_run
 
+    pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     url = resolve_url(storage)
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
@@ -168,7 +184,31 @@ def run(
     _say_new_database(new_db)
     _say_budget(loaded.spec.name, change)
     pack = pack or (given.pack if given else None) or loaded.spec.pack
-    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, pack=pack, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+    """Local worker processes: their slots (GPU-pinned or not) and how many deaths are replaced."""
+
+    slots: list[Any]
+    max_restarts: int
+    label: str
+
+
+def _pool(*, workers: Optional[int], gpus: Optional[str], per_gpu: int, max_restarts: int, device: str) -> Optional[_Pool]:
+    """--workers, --gpus and --per-gpu as slots, checked before anything is written; None for
+    one worker in this process."""
+    from tuner.slots import parse_gpus, plan_slots
+
+    if gpus is not None and device not in ("auto", "cpu", "cuda", "cuda:0"):
+        raise SpecError(f"--device {device} with --gpus: each worker sees only its own GPU, as cuda:0; pass --device cuda (or auto, or cpu)")
+    ids = parse_gpus(gpus) if gpus is not None else None
+    slots = plan_slots(ids, per_gpu=per_gpu, n_workers=workers)
+    if ids is None and len(slots) == 1:
+        return None
+    label = f"{len(slots)} workers" if ids is None else f"{len(slots)} workers on GPU {','.join(ids)}"
+    return _Pool(slots=slots, max_restarts=max_restarts, label=label)
 
 
 def _new_database(url: str) -> Optional[Path]:
@@ -190,7 +230,10 @@ def resume(
     trials: TrialsOpt = None,
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = None,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    per_gpu: PerGpuOpt = 1,
+    max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
     threads: ThreadsOpt = None,
     pack: PackOpt = None,
     quiet: QuietOpt = False,
@@ -201,13 +244,13 @@ def resume(
     from tuner.study import check_data, open_study, set_budget
     from tuner.train import resolve_device
 
-    parse_pack(pack)
+    pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     resolve_device(device)
     url = resolve_url(storage)
     loaded = open_study(name, url)
     check_data(loaded)  # before the budget is touched
     _say_budget(name, set_budget(loaded, trials))
-    _run(loaded, url, device=device, timeout=timeout, workers=workers, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)
 
 
 class _LogLines:
@@ -247,14 +290,14 @@ def _run(
     *,
     device: str,
     timeout: Optional[float],
-    workers: int = 1,
+    pool: Optional[_Pool] = None,
     threads: Optional[int] = None,
     pack: Optional[str] = None,
     quiet: bool,
     fmt: Format,
 ) -> None:
     from tuner.study import FINISHED, run_study
-    from tuner.workers import run_workers
+    from tuner.workers import describe_death, run_workers
 
     spec = loaded.spec
     # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
@@ -273,14 +316,14 @@ def _run(
         disable=not show_bar,
     )
     done_before = len(loaded.study.get_trials(deepcopy=False, states=FINISHED))
-    label = spec.name if workers == 1 else f"{spec.name} ({workers} workers)"
+    label = spec.name if pool is None else f"{spec.name} ({pool.label})"
     try:
         with progress:
             task = progress.add_task(label, total=spec.trials, completed=done_before, best=fmt_value(None))
 
             def on_progress(n_finished: int, budget: int, best: Optional[float]) -> None:
                 progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
-                if log_lines is not None and workers > 1:
+                if log_lines is not None and pool is not None:
                     log_lines.counts(n_finished, budget, best)
 
             def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
@@ -290,15 +333,17 @@ def _run(
                 if trial.state.name == "FAIL" and show_bar:
                     progress.console.print(f"trial {trial.number} failed: {fail_reason(trial.user_attrs)}", markup=False)
 
-            if workers > 1:
-                result = run_workers(loaded, n_workers=workers, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress)
+            if pool is not None:
+                result = run_workers(
+                    loaded, slots=pool.slots, max_restarts=pool.max_restarts, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress
+                )
             else:
                 on_wait = _WaitNotice(progress.console if show_bar else console_err)
                 result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack)
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
         console_err.print(
-            f"interrupted by {signal_name}: the running {'trials were' if workers > 1 else 'trial was'} closed as failed and queued again; "
+            f"interrupted by {signal_name}: the running {'trials were' if pool is not None else 'trial was'} closed as failed and queued again; "
             f"`tuner study resume {spec.name}` continues the study",
             markup=False,
         )
@@ -312,6 +357,8 @@ def _run(
         f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete + "
         f"{result.n_pruned} pruned{failed}), {why}; this run: {_count(result.ran, 'trial')} in {result.elapsed_s:.1f}s"
     )
+    for death in result.worker_deaths:
+        console.print(f"{describe_death(death)}; replaced on its slot", markup=False, highlight=False, soft_wrap=True)
     if result.best_trial is None:
         console.print("no complete trial yet")
         return

@@ -62,6 +62,8 @@ class RunResult:
     stopped: str  # budget | grid_exhausted | timeout
     ran: int  # trials this invocation ran
     failures: list[str] = field(default_factory=list)
+    # local workers that died (--workers): slot, gpu, pid, how it ended, last stderr line, replaced
+    worker_deaths: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
