@@ -88,3 +88,88 @@ def pg_url() -> str:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# fewer server connections than the tests' 8 workers: a worker waiting for the study lock must
+# not hold one of them (tuner.storage.StudyLock)
+PGBOUNCER_POOL_SIZE = 4
+
+
+@pytest.fixture
+def pgbouncer_url(pg_url: str):
+    """pg_url's database reached through a PgBouncer of this test's own (its own port, folder,
+    ini and userlist; never the system's service) in transaction pooling, as
+    `...?pgbouncer=transaction`; the PgBouncer's log path is the fixture's `.log`. Skips (with the
+    reason) where pgbouncer is not installed, unless TUNER_REQUIRE_PGBOUNCER=1 (CI): then it fails."""
+    import pwd
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    import psycopg
+    import sqlalchemy
+
+    binary = shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None)
+    if binary is None:
+        reason = "pgbouncer is not installed (apt-get install pgbouncer)"
+        if os.environ.get("TUNER_REQUIRE_PGBOUNCER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = sqlalchemy.engine.make_url(pg_url)
+    folder = Path(tempfile.mkdtemp(prefix="tuner-pgbouncer-"))
+    port = _free_port()
+    (folder / "userlist.txt").write_text(f'"{server.username}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={server.host} port={server.port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {folder / 'userlist.txt'}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {PGBOUNCER_POOL_SIZE}\nmax_client_conn = 500\n"
+        "query_wait_timeout = 60\n"  # a client waits this long for a server connection, then fails: no silent hang
+        f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n"
+    )
+    argv = [binary, str(folder / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # pgbouncer refuses to run as root: as the database's own user, in a folder it owns
+        user = pwd.getpwnam("postgres")
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        argv[1:1] = ["-u", "postgres"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = server.set(port=port).update_query_dict({"pgbouncer": "transaction"}).render_as_string(hide_password=False)
+    conninfo = f"host=127.0.0.1 port={port} user={server.username} dbname={server.database}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                psycopg.connect(conninfo, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError as e:
+                log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"pgbouncer did not start on port {port}: {e}; {proc.stderr.read() if proc.poll() is not None else ''}{log[-2000:]}")
+                time.sleep(0.1)
+        yield PgBouncer(url=url, log=folder / "pgbouncer.log")
+    finally:
+        proc.send_signal(signal.SIGINT)  # a safe shutdown: PgBouncer closes its server connections
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class PgBouncer:
+    url: str  # the study storage URL through it, ?pgbouncer=transaction
+    log: Path

@@ -1,19 +1,24 @@
-"""tuner/storage.py: the study lock."""
+"""tuner/storage.py: the study lock, storage URLs, PostgreSQL directly and behind PgBouncer."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tuner.storage import StudyLock
+from tuner.storage import StudyLock, open_storage
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "postgresql, the storage's engine", "pgbouncer", "pgbouncer, the storage's engine"])
 def test_the_study_lock_excludes_other_holders_claim_after_claim(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else request.getfixturevalue("pg_url")
-    mine, other = StudyLock(url, "s"), StudyLock(url, "s")  # as two workers hold them
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        url = request.getfixturevalue("pgbouncer_url").url if kind.startswith("pgbouncer") else request.getfixturevalue("pg_url")
+    engines = [open_storage(url, create=True).engine for _ in range(2)] if "engine" in kind else [None, None]
+    mine, other = (StudyLock(url, "s", engine=e) for e in engines)  # as two workers hold them
     try:
         for _ in range(3):  # the same lock, held claim after claim
             got = threading.Event()
@@ -31,6 +36,9 @@ def test_the_study_lock_excludes_other_holders_claim_after_claim(kind: str, tmp_
     finally:
         mine.close()
         other.close()
+        for engine in engines:
+            if engine is not None:
+                engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -53,3 +61,44 @@ def test_a_mistyped_storage_url_says_the_right_form_and_where_it_came_from(proje
 def test_no_database_says_where_tuner_looked(project, cli) -> None:
     r = cli("study", "list", "--storage", "sqlite:///elsewhere/x.db")
     assert r.code == 1 and f"no studies yet: {Path('elsewhere/x.db').resolve()} does not exist" in r.err
+
+
+def test_behind_pgbouncer_no_statement_is_prepared_and_no_startup_option_sent(pgbouncer_url) -> None:
+    """PgBouncer refuses the startup `options` (tuner's synchronous_commit=off), and in
+    transaction pooling psycopg's prepared statements (a query run 5 times on a connection) meet
+    server connections that lack them or already have them: three storages asking in turn, as
+    workers do, each statement in a transaction of its own, one of them holding a transaction
+    open meanwhile (as the study lock does), so that each lands on changing server connections."""
+    storages = [open_storage(pgbouncer_url.url, create=True) for _ in range(3)]
+
+    def ask(rdb: Any, i: int) -> None:
+        cur = conn_of[rdb].connection.dbapi_connection.cursor()
+        cur.execute("SELECT %s::int", (i,))
+        assert cur.fetchone() == (i,)
+
+    try:
+        for i in range(12):
+            holder = storages[i % 3]
+            with holder.engine.begin() as held:
+                conn_of = {holder: held}
+                ask(holder, i)
+                for rdb in storages:
+                    if rdb is not holder:
+                        with rdb.engine.begin() as conn_of[rdb]:
+                            ask(rdb, i)
+    finally:
+        for rdb in storages:
+            rdb.engine.dispose()
+    assert "prepared statement" not in pgbouncer_url.log.read_text()
+
+
+@pytest.mark.parametrize(
+    "url, said",
+    [
+        ("postgresql+psycopg://u@h/db?pgbouncer=session", "pgbouncer='session' is not known; use ?pgbouncer=transaction behind PgBouncer's pool_mode = transaction"),
+        ("sqlite:///studies/tuner.db?pgbouncer=transaction", "?pgbouncer= is for PostgreSQL URLs; remove it"),
+    ],
+)
+def test_the_pgbouncer_option_takes_transaction_on_postgresql_only(project, cli, url: str, said: str) -> None:
+    r = cli("study", "list", "--storage", url)
+    assert r.code == 1 and said in r.err and len(r.err.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -538,3 +539,73 @@ def test_a_death_past_max_restarts_is_one_error_with_its_reason(env):
     assert "raise --max-restarts, then `tuner study resume mr`" in line
     finished = [t for t in _trials(SQLITE, "mr") if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6  # the other slot's worker finished the budget
+
+
+# -- many workers behind PgBouncer in transaction pooling ------------------------------------------
+
+TINY_EPOCHS = """\
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true, grid: 3}
+  optimizer: {type: categorical, choices: [adam, nesterov]}
+  momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
+  hidden_units: {type: categorical, choices: [16, 32]}
+  epochs: 2
+  n_layers: 1
+"""
+
+
+def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, pg_url, pgbouncer_url):
+    """8 workers on a PgBouncer with 4 server connections (conftest's PGBOUNCER_POOL_SIZE): each
+    transaction may land on another server connection, so a prepared statement or a session's
+    lock would break, and a worker waiting for the study lock must not hold a connection."""
+    from tests.conftest import PGBOUNCER_POOL_SIZE
+
+    assert PGBOUNCER_POOL_SIZE < 8
+    env = {**env, "TUNER_STORAGE": pgbouncer_url.url}
+    Path("search_spaces/quick2.yaml").write_text(TINY_EPOCHS)
+    runs = {}
+    for name, extra in (("pb", ["--trials", "60", "--sampler", "random"]), ("pb_grid", ["--sampler", "grid"])):
+        runs[name] = subprocess.run(
+            [TUNER, "study", "run", name, "--space", "quick2", "--pruner", "none", *extra, "--workers", "8", "--threads", "1", "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert runs[name].returncode == 0, runs[name].stderr
+    trials = _check_complete(pg_url, "pb", 60, {})  # the same database, read directly
+    assert json.loads(runs["pb"].stdout)["n_finished"] == 60 and json.loads(runs["pb"].stdout)["ran"] == 60
+    grid = _trials(pg_url, "pb_grid")
+    points = _grid_points(grid)
+    assert len(points) == 12 and len(set(points)) == 12
+    failed = [t.user_attrs.get("fail_reason") for t in trials + grid if t.state == TrialState.FAIL]
+    assert not failed, failed
+    said = "".join(r.stdout + r.stderr for r in runs.values()) + pgbouncer_url.log.read_text()
+    assert "prepared statement" not in said and "query_wait_timeout" not in said
+
+
+def _connections(admin: Any, database: str) -> int:
+    with admin.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).scalar()
+
+
+def test_a_worker_holds_two_postgresql_connections(env, pg_url):
+    """The figure the README gives: a worker's connections while it runs trials, counted by the
+    server (pg_stat_activity): the storage's pool, which the study lock shares."""
+    import sqlalchemy
+
+    from tests.conftest import _postgres_admin_url
+
+    env = {**env, "TUNER_STORAGE": pg_url}
+    created = subprocess.run([TUNER, "study", "create", "c", "--space", "slow", "--trials", "3", "--pruner", "none"], env=env, capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    database = sqlalchemy.engine.make_url(pg_url).database
+    admin = sqlalchemy.create_engine(_postgres_admin_url(), poolclass=sqlalchemy.pool.NullPool)
+    try:
+        _wait_for(lambda: _connections(admin, database) == 0, timeout=30, what="the create's connections to close")
+        worker = _run("worker", "c", "-q", env=env)
+        counts = []
+        while worker.poll() is None:
+            counts.append(_connections(admin, database))
+            time.sleep(0.1)
+        assert worker.returncode == 0, worker.stderr.read()
+    finally:
+        admin.dispose()
+    assert max(counts) == 2 and counts.count(2) > len(counts) / 2, counts

@@ -11,7 +11,9 @@ import fcntl
 import hashlib
 import math
 import os
+import random
 import sqlite3
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -26,12 +28,19 @@ from tuner.errors import NoStorageError, StorageError
 from tuner.urls import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, mask, resolve_url
 from tuner.urls import mask_text as _mask_text
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "StudyLock", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_rows", "sql_rdb"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "PGBOUNCER_OPTION", "StudyLock", "behind_pgbouncer", "count_states", "heartbeat_settings", "fail_running", "mask", "open_storage", "progress", "rdb_of", "resolve_url", "running_rows", "sql_rdb"]
 
 _SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock before failing
+_LOCK_POLL_S = (0.002, 0.05)  # behind PgBouncer: the first and the longest wait between tries of the study lock
+
+
+# tuner's own query option in a PostgreSQL URL, never passed to the driver: the URL reaches the
+# server through PgBouncer in transaction pooling (see open_storage)
+PGBOUNCER_OPTION = "pgbouncer"
 
 
 def _parse(url: str) -> URL:
+    """The URL SQLAlchemy opens: checked, with tuner's driver, without tuner's own options."""
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
@@ -42,7 +51,28 @@ def _parse(url: str) -> URL:
     _check_form(url, parsed)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver tuner installs
-    return parsed
+    _pgbouncer(url, parsed)
+    return parsed.difference_update_query([PGBOUNCER_OPTION])
+
+
+def behind_pgbouncer(url: str) -> bool:
+    """Whether the URL says `?pgbouncer=transaction`: every transaction may land on another
+    server connection, so nothing may live in a session (prepared statements, settings, locks)."""
+    return _pgbouncer(url, make_url(url))
+
+
+def _pgbouncer(url: str, parsed: URL) -> bool:
+    value = parsed.query.get(PGBOUNCER_OPTION)
+    if value is None:
+        return False
+    if parsed.get_backend_name() != "postgresql":
+        raise StorageError(f"storage URL {mask(url)}: ?{PGBOUNCER_OPTION}= is for PostgreSQL URLs; remove it")
+    if value != "transaction":
+        raise StorageError(
+            f"storage URL {mask(url)}: {PGBOUNCER_OPTION}={value!r} is not known; use ?{PGBOUNCER_OPTION}=transaction behind PgBouncer's "
+            "pool_mode = transaction, and nothing behind session pooling (statement pooling cannot run tuner's transactions)"
+        )
+    return True
 
 
 _BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")  # SQLAlchemy's, that Optuna supports
@@ -129,6 +159,13 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
             path.parent.mkdir(parents=True, exist_ok=True)
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    elif behind_pgbouncer(url):
+        # PgBouncer in transaction pooling: each transaction may run on another server
+        # connection. psycopg prepares a statement run 5 times on a connection, and the next
+        # transaction's server would not know it (PgBouncer < 1.21, or without
+        # max_prepared_statements): never prepare. PgBouncer refuses the startup `options` too,
+        # so synchronous_commit is the database's own setting there (see the README).
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
     elif parsed.get_backend_name() == "postgresql":
         # Commits return before the server flushes its log to disk (~1.5 ms each, 3 a trial): a
         # server crash may lose the last fraction of a second of results, never consistency, and
@@ -178,22 +215,33 @@ def _sqlite_connection_pragmas(dbapi_connection, _record) -> None:  # type: igno
 class StudyLock:
     """A lock per study, held only while a worker claims its next trial, so that the budget check
     and the claim are one step across processes and hosts: SQLite (one host) locks a file beside
-    the database; PostgreSQL takes an advisory lock, released by the server if the worker dies."""
+    the database; PostgreSQL takes an advisory lock for one transaction, on a connection of the
+    storage's own engine, released by the server when the transaction ends or the worker dies."""
 
-    def __init__(self, url: str, study_name: str) -> None:
+    def __init__(self, url: str, study_name: str, *, engine: sqlalchemy.Engine | None = None) -> None:
         self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         self._path: Path | None = None
         self._file: IO[str] | None = None
         self._engine: sqlalchemy.Engine | None = None
+        self._own_engine = False
+        self._polling = False
         path = sqlite_path(url)
         if path is not None:
             self._path = path.with_name(path.name + ".lock")
         elif _parse(url).get_backend_name() == "postgresql":
-            # one connection kept for the worker's life: a new one per claim costs the server a
-            # backend process (~5 ms); the ping notices one the server has dropped meanwhile
-            self._engine = sqlalchemy.create_engine(
-                _parse(url).render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=True
-            )
+            # the storage's engine where it is given: its pool keeps the connection between
+            # claims (a new one costs the server a backend process, ~5 ms), and a worker holds
+            # no connection of the lock's own
+            self._engine, self._own_engine = engine, engine is None
+            if engine is None:
+                self._engine = sqlalchemy.create_engine(
+                    _parse(url).render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=True,
+                    connect_args={"prepare_threshold": None} if behind_pgbouncer(url) else {},
+                )
+            # Behind PgBouncer a worker waiting on the lock would hold one of its few server
+            # connections, and the holder needs a second one for its claim: with more waiting
+            # workers than the pool has connections, nobody moves. So it tries and waits outside.
+            self._polling = behind_pgbouncer(url)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -205,6 +253,15 @@ class StudyLock:
                 yield
             finally:
                 fcntl.flock(self._file, fcntl.LOCK_UN)
+        elif self._engine is not None and self._polling:
+            wait = _LOCK_POLL_S[0]
+            while True:
+                with self._engine.begin() as conn:
+                    if conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({self._key})").scalar():
+                        yield
+                        return
+                time.sleep(wait * random.uniform(0.5, 1.0))  # jittered: waiting workers do not try in step
+                wait = min(2 * wait, _LOCK_POLL_S[1])
         elif self._engine is not None:
             # a transaction's lock: released at its end however it ends, or when the worker dies
             with self._engine.begin() as conn:
@@ -217,7 +274,7 @@ class StudyLock:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._engine is not None:
+        if self._engine is not None and self._own_engine:
             self._engine.dispose()
 
 

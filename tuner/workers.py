@@ -174,14 +174,16 @@ class _Worker:
         self.slot, self.proc, self.out, self.err = slot, proc, out, err
 
     def death(self) -> dict[str, Any]:
-        """Why it died: how it ended and the last line it wrote to stderr."""
-        lines = self.err.read_text(errors="replace").strip().splitlines()
+        """Why it died: how it ended and the last error it wrote to stderr (else its last line)."""
+        lines = [line for line in self.err.read_text(errors="replace").splitlines() if line.strip()]
+        # tuner's own last word is its `error:` line (a driver's message may add lines after it)
+        said = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
         return {
             "slot": self.slot.index,
             "gpu": self.slot.gpu,
             "pid": self.proc.pid,
             "exit": describe_exit(self.proc.returncode),
-            "last_stderr": lines[-1].removeprefix("error: ") if lines else "",
+            "last_stderr": said.removeprefix("error: "),
             "replaced": False,
         }
 

@@ -24,7 +24,7 @@ from tuner.buffered import BufferedStorage
 from tuner.errors import TunerError
 from tuner.heartbeat import Heartbeat, worker_identity
 from tuner.spec import DEFAULT_TRIALS
-from tuner.storage import StudyLock, count_states, heartbeat_settings, progress
+from tuner.storage import StudyLock, count_states, heartbeat_settings, progress, rdb_of
 from tuner.study.lost import fail_lost, requeue, running_trials
 from tuner.study.objective import BuiltinObjective, make_objective
 from tuner.study.results import best_trial
@@ -255,7 +255,8 @@ def run_study(
     # collection first: it would cost as much once, to free the little garbage there is.
     gc.freeze()
     budget = int(spec.trials or DEFAULT_TRIALS)
-    lock = StudyLock(loaded.url, spec.name)
+    rdb = rdb_of(study._storage)
+    lock = StudyLock(loaded.url, spec.name, engine=rdb.engine if rdb is not None else None)
     started = time.monotonic()
     deadline = started + timeout if timeout else None
     failures: list[str] = []
