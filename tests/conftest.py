@@ -98,9 +98,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# fewer server connections than the tests' 8 workers: a worker waiting for the study lock must
-# not hold one of them (tuner.storage.StudyLock)
-PGBOUNCER_POOL_SIZE = 4
+# the fewest server connections tuner needs (README), far fewer than the tests' 8 workers: a worker
+# waiting for the study lock, or opening its storage, must not hold one while it waits for another
+PGBOUNCER_POOL_SIZE = 2
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from tuner.errors import SpecError
-from tuner.slots import Slot, describe_exit, parse_gpus, plan_slots, visible_gpus
+from tuner.slots import Slot, describe_death, describe_exit, parse_gpus, plan_slots, visible_gpus
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,9 @@ def test_an_exit_is_told_as_its_code_or_its_signal():
     assert describe_exit(1) == "exit code 1"
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV"
+
+
+def test_a_death_is_told_with_its_worker_its_slot_and_its_last_words():
+    death = {"slot": 3, "gpu": "1", "pid": 4242, "exit": "exit code 1", "last_stderr": "CUDA out of memory", "replaced": True}
+    assert describe_death(death) == "worker pid 4242 on GPU 1 exit code 1 (last stderr: CUDA out of memory)"
+    assert describe_death({**death, "gpu": None, "exit": "killed by SIGKILL", "last_stderr": ""}) == "worker pid 4242 in slot 3 killed by SIGKILL"

@@ -555,7 +555,7 @@ params:
 
 
 def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, pg_url, pgbouncer_url):
-    """8 workers on a PgBouncer with 4 server connections (conftest's PGBOUNCER_POOL_SIZE): each
+    """8 workers on a PgBouncer with 2 server connections (conftest's PGBOUNCER_POOL_SIZE): each
     transaction may land on another server connection, so a prepared statement or a session's
     lock would break, and a worker waiting for the study lock must not hold a connection."""
     from tests.conftest import PGBOUNCER_POOL_SIZE

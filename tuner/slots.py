@@ -13,10 +13,11 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from tuner.errors import SpecError
 
-__all__ = ["DEFAULT_MAX_RESTARTS", "Slot", "describe_exit", "parse_gpus", "plan_slots", "visible_gpus"]
+__all__ = ["DEFAULT_MAX_RESTARTS", "Slot", "describe_death", "describe_exit", "parse_gpus", "plan_slots", "visible_gpus"]
 
 DEFAULT_MAX_RESTARTS = 3  # replacements of dead workers in one run, all slots together
 
@@ -100,3 +101,10 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def describe_death(death: dict[str, Any]) -> str:
+    """One death in one phrase: `worker pid 123 on GPU 1 killed by SIGKILL (last stderr: ...)`."""
+    where = f" on GPU {death['gpu']}" if death.get("gpu") is not None else f" in slot {death['slot']}"
+    last = f" (last stderr: {death['last_stderr']})" if death.get("last_stderr") else ""
+    return f"worker pid {death['pid']}{where} {death['exit']}{last}"

@@ -165,6 +165,9 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         # transaction's server would not know it (PgBouncer < 1.21, or without
         # max_prepared_statements): never prepare. PgBouncer refuses the startup `options` too,
         # so synchronous_commit is the database's own setting there (see the README).
+        # Optuna's own schema check holds one connection in a transaction while it opens a
+        # second: with as many workers starting as PgBouncer has server connections, each would
+        # hold one and wait for another. So tuner checks the schema one query after the other.
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
     elif parsed.get_backend_name() == "postgresql":
         # Commits return before the server flushes its log to disk (~1.5 ms each, 3 a trial): a
@@ -174,6 +177,7 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         options = " ".join(filter(None, [given if isinstance(given, str) else None, "-c synchronous_commit=off"]))
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "options": options}}
     _read_migrations_once()
+    pooled = behind_pgbouncer(url)
     try:
         interval, grace = heartbeat_settings()
         with warnings.catch_warnings():
@@ -183,6 +187,12 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
+                skip_compatibility_check=pooled,
+            )
+        if pooled and storage.get_current_version() != storage.get_head_version():
+            raise RuntimeError(
+                f"its tables are Optuna's schema {storage.get_current_version()}, this Optuna {optuna.__version__} needs "
+                f"{storage.get_head_version()}; run `optuna storage upgrade --storage URL` (without ?{PGBOUNCER_OPTION}=)"
             )
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as ImportError
         missing = getattr(e, "name", None) or getattr(e.__cause__, "name", None) or parsed.drivername

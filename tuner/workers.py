@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner.errors import TunerError
-from tuner.slots import DEFAULT_MAX_RESTARTS, Slot, describe_exit
+from tuner.slots import DEFAULT_MAX_RESTARTS, Slot, describe_death, describe_exit
 from tuner.study import Loaded, RunResult, signals_interrupt, summarize
 
-__all__ = ["describe_death", "run_workers", "worker_device"]
+__all__ = ["run_workers", "worker_device"]
 
 _WATCH_S = 0.5  # how often the parent reads progress from the database
 
@@ -186,10 +186,3 @@ class _Worker:
             "last_stderr": said.removeprefix("error: "),
             "replaced": False,
         }
-
-
-def describe_death(death: dict[str, Any]) -> str:
-    """One death in one phrase: `worker pid 123 on GPU 1 killed by SIGKILL (last stderr: ...)`."""
-    where = f" on GPU {death['gpu']}" if death.get("gpu") is not None else f" in slot {death['slot']}"
-    last = f" (last stderr: {death['last_stderr']})" if death.get("last_stderr") else ""
-    return f"worker pid {death['pid']}{where} {death['exit']}{last}"

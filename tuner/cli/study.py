@@ -297,7 +297,8 @@ def _run(
     fmt: Format,
 ) -> None:
     from tuner.study import FINISHED, run_study
-    from tuner.workers import describe_death, run_workers
+    from tuner.slots import describe_death
+    from tuner.workers import run_workers
 
     spec = loaded.spec
     # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
