@@ -61,9 +61,9 @@ GpusOpt = Annotated[
     Optional[str],
     typer.Option("--gpus", metavar="IDS", help="Pin the workers to these GPUs (CUDA_VISIBLE_DEVICES): all, 0-7 or 0,2,5."),
 ]
-PerGpuOpt = Annotated[int, typer.Option("--per-gpu", metavar="N", help="Workers on each GPU of --gpus \\[default: 1].")]
+PerGpuOpt = Annotated[int, typer.Option("--per-gpu", metavar="N", help="Workers on each GPU of --gpus.")]
 MaxRestartsOpt = Annotated[
-    int, typer.Option("--max-restarts", metavar="N", min=0, help="Dead workers replaced on their slot, in all, while work is left \\[default: 3].")
+    int, typer.Option("--max-restarts", metavar="N", min=0, help="Dead workers replaced on their slot, in all, while work is left.")
 ]
 ThreadsOpt = Annotated[
     Optional[int], typer.Option("--threads", metavar="N", min=1, help="Torch threads per worker \\[default: cores / workers].")
