@@ -165,9 +165,6 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         # transaction's server would not know it (PgBouncer < 1.21, or without
         # max_prepared_statements): never prepare. PgBouncer refuses the startup `options` too,
         # so synchronous_commit is the database's own setting there (see the README).
-        # Optuna's own schema check holds one connection in a transaction while it opens a
-        # second: with as many workers starting as PgBouncer has server connections, each would
-        # hold one and wait for another. So tuner checks the schema one query after the other.
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
     elif parsed.get_backend_name() == "postgresql":
         # Commits return before the server flushes its log to disk (~1.5 ms each, 3 a trial): a
@@ -177,6 +174,10 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         options = " ".join(filter(None, [given if isinstance(given, str) else None, "-c synchronous_commit=off"]))
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "options": options}}
     _read_migrations_once()
+    # Behind PgBouncer, Optuna's own schema check would hold one connection in a transaction
+    # while it opens a second: with as many workers starting as PgBouncer has server
+    # connections, each would hold one and wait for another. So tuner checks it one query after
+    # the other.
     pooled = behind_pgbouncer(url)
     try:
         interval, grace = heartbeat_settings()
