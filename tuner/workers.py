@@ -129,7 +129,9 @@ def run_workers(
                     death = w.death()
                     # work left: no worker has ended well (budget, grid or timeout) and the budget is not met
                     work_left = not stops and finished()[0] < budget and not (timeout and time.monotonic() - started >= timeout)
-                    if work_left and n_restarts < max_restarts:
+                    # exit 1 is tuner's own error (five identical failures, a changed data file):
+                    # a new worker would meet it again, so it is reported, not replaced
+                    if work_left and w.proc.returncode != 1 and n_restarts < max_restarts:
                         n_restarts += 1
                         death["replaced"] = True
                         start(w.slot)
@@ -145,7 +147,8 @@ def run_workers(
 
     lost = [d for d in deaths if not d["replaced"]]
     if lost:
-        spent = f"--max-restarts {max_restarts} spent" if n_restarts >= max_restarts else "after the study's work was done"
+        errors = any(d["exit"] == describe_exit(1) for d in lost)
+        spent = "with an error a new worker would meet again" if errors else f"--max-restarts {max_restarts} spent" if n_restarts >= max_restarts else "after the study's work was done"
         raise TunerError(
             f"{len(lost)} of {n_slots} worker slots stopped ({spent}): " + "; ".join(map(describe_death, lost))
             + f" (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"

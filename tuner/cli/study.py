@@ -244,6 +244,7 @@ def resume(
     from tuner.study import check_data, open_study, set_budget
     from tuner.train import resolve_device
 
+    parse_pack(pack)
     pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     resolve_device(device)
     url = resolve_url(storage)
