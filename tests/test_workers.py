@@ -482,7 +482,7 @@ def test_gpu_slots_are_filled_per_gpu_and_each_worker_sees_only_its_gpu(env):
                 seen.setdefault(pid, _environ(pid).get("CUDA_VISIBLE_DEVICES"))
         return len(seen) == 4
 
-    proc = _run("study", "run", "pin", "--space", "slow", "--trials", "8", "--pruner", "none",
+    proc = _run("study", "run", "pin", "--space", "slow", "--trials", "8", "--pruner", "none", "--pack", "1",
                 "--gpus", "0,1", "--per-gpu", "2", "--device", "cpu", "--format", "json", env=env)
     _wait_for(pinned, what="four pinned workers")
     out, err = proc.communicate(timeout=300)
@@ -500,7 +500,7 @@ def _running_worker(url: str, name: str) -> dict | None:
 
 
 def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
-    proc = _run("study", "run", "rep", "--space", "slow", "--trials", "8", "--pruner", "none",
+    proc = _run("study", "run", "rep", "--space", "slow", "--trials", "8", "--pruner", "none", "--pack", "1",
                 "--gpus", "0,1", "--device", "cpu", "--format", "json", env=env)
     _wait_for(lambda: _mid_trial(SQLITE, "rep", min_finished=1), what="a trial in progress")
     first = {pid for pid, _ in _live(" worker rep ")}
@@ -526,7 +526,7 @@ def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
 
 
 def test_a_death_past_max_restarts_is_one_error_with_its_reason(env):
-    proc = _run("study", "run", "mr", "--space", "slow", "--trials", "6", "--pruner", "none",
+    proc = _run("study", "run", "mr", "--space", "slow", "--trials", "6", "--pruner", "none", "--pack", "1",
                 "--gpus", "0,1", "--device", "cpu", "--max-restarts", "0", env=env)
     _wait_for(lambda: _mid_trial(SQLITE, "mr", min_finished=1), what="a trial in progress")
     victim = _running_worker(SQLITE, "mr")
@@ -539,6 +539,27 @@ def test_a_death_past_max_restarts_is_one_error_with_its_reason(env):
     assert "raise --max-restarts, then `tuner study resume mr`" in line
     finished = [t for t in _trials(SQLITE, "mr") if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6  # the other slot's worker finished the budget
+
+
+def test_a_worker_stopped_by_its_own_error_is_not_replaced(env):
+    """Exit 1 is tuner's own error (here: five trials in a row failed the same way): every new
+    worker would meet it again, so each slot's worker is reported with its reason, not replaced."""
+    Path("broken_workload.py").write_text(
+        "import numpy as np\ncalls = 0\n"
+        "def build(config):\n    global calls\n    calls += 1\n"
+        "    if calls > 1:\n        raise RuntimeError('CUDA out of memory (simulated)')\n"
+        "    rng = np.random.default_rng(0)\n    return rng.normal(size=(60, 4)), rng.integers(0, 2, 60)\n"
+    )
+    proc = subprocess.run(
+        [TUNER, "study", "run", "oom", "--space", "tiny", "--workload", "broken_workload:build", "--trials", "30", "--pruner", "none",
+         "--gpus", "0,1", "--device", "cpu", "--max-restarts", "5", "--pack", "1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: 2 of 2 worker slots stopped (with an error a new worker would meet again): "), line
+    assert line.count("exit code 1") == 2 and line.count("failed the same way") == 2
+    assert "replaced" not in line
 
 
 # -- many workers behind PgBouncer in transaction pooling ------------------------------------------
