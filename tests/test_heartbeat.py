@@ -5,6 +5,7 @@ and PostgreSQL, real processes that really die."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -105,6 +106,20 @@ def test_another_host_or_namespace_or_no_identity_cannot_be_judged():
     assert process_gone(None) is None and process_gone({"host": me["host"], "pid": 1}) is None
 
 
+def test_a_slurm_array_task_names_itself_in_the_worker_identity(monkeypatch):
+    from tuner.heartbeat import describe, worker_identity
+
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert "slurm" not in worker_identity()
+    monkeypatch.setenv("SLURM_JOB_ID", "815")  # a plain job, as squeue names it
+    assert worker_identity()["slurm"] == "815"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")  # task 2 of array 812 (its own job id is 815)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    me = worker_identity()
+    assert me["slurm"] == "812_2" and describe(me) == f"{me['host']}:{me['pid']} (Slurm 812_2)"
+
+
 # -- every way a trial becomes RUNNING is detectable -------------------------------------------
 
 
@@ -203,6 +218,19 @@ def test_show_lists_running_trials_with_worker_and_heartbeat_age(url):
     [r] = study_summary(open_study("s", url), url)["running"]
     assert r["number"] == 0 and r["worker"] == describe(worker_identity()) and r["worker_gone"] is False
     assert 11 <= r["heartbeat_age_s"] <= 20 and 10 <= r["lost_in_s"] <= 19  # grace 30 s
+
+
+def test_show_names_the_slurm_array_task_of_each_running_trial(url, cli, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")  # as `tuner launch slurm`'s task 2 would claim it
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    loaded = _study(url)
+    loaded.study.ask()
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    doc = json.loads(cli("study", "show", "s", "--storage", url, "--format", "json").out)
+    [r] = doc["running"]
+    assert r["slurm"] == "812_2" and r["worker"].endswith(f":{os.getpid()} (Slurm 812_2)")
+    table = cli("study", "show", "s", "--storage", url).out
+    assert f"running: trial 0 on {socket.gethostname()}:{os.getpid()} (Slurm 812_2), last beat" in table
 
 
 # -- release by hand -----------------------------------------------------------------------------

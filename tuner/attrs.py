@@ -51,7 +51,7 @@ RETRY_ROOT = "retry_root"  # the first trial of the chain of copies
 RETRY_COUNT = "retry_count"  # how many times the configuration has been queued again
 RETRY_REASON = "retry_reason"  # why the trial it repeats ended
 PACK = "pack"  # a packed trial: the numbers of the trials it trained beside (tuner.packing)
-WORKER = "worker"  # the process that claimed the trial: {"host", "pid", "proc"} (tuner.heartbeat)
+WORKER = "worker"  # the process that claimed the trial: {"host", "pid", "proc"; "gpu" when pinned, "slurm" in a Slurm job} (tuner.heartbeat)
 
 # kinds of failure
 LOST_WORKER = "lost worker"  # its worker stopped beating, or its process is gone

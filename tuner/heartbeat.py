@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Heartbeat", "describe", "process_gone", "worker_identity"]
+__all__ = ["Heartbeat", "describe", "process_gone", "slurm_task", "worker_identity"]
 
 
 def _proc_start(pid: int) -> str | None:
@@ -54,7 +54,19 @@ def worker_identity() -> dict[str, Any]:
     namespace, started = _namespace(), _proc_start(os.getpid())
     if namespace and started:
         identity["proc"] = f"{namespace}/{started}"
+    slurm = slurm_task()
+    if slurm:
+        identity["slurm"] = slurm
     return identity
+
+
+def slurm_task() -> str | None:
+    """The Slurm task this process runs in, as squeue and scancel name it: JOBID_TASKID for a task
+    of a job array (`tuner launch slurm`), the job id for a plain job; None outside Slurm."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def process_gone(identity: dict[str, Any] | None) -> bool | None:
@@ -70,8 +82,11 @@ def process_gone(identity: dict[str, Any] | None) -> bool | None:
 
 
 def describe(identity: dict[str, Any] | None) -> str:
-    """host:pid, as people read a worker's identity."""
-    return f"{identity.get('host')}:{identity.get('pid')}" if identity else "unknown worker"
+    """host:pid, and the Slurm task that runs it if any, as people read a worker's identity."""
+    if not identity:
+        return "unknown worker"
+    slurm = f" (Slurm {identity['slurm']})" if identity.get("slurm") else ""
+    return f"{identity.get('host')}:{identity.get('pid')}{slurm}"
 
 
 class Heartbeat:

@@ -80,6 +80,7 @@ def running_trials(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "number": r.number,
                 "worker": describe(r.worker) if r.worker else None,
+                "slurm": (r.worker or {}).get("slurm"),  # the Slurm task holding it (JOBID_TASKID), for scancel
                 "worker_gone": gone,
                 "started": r.started.isoformat() if r.started else None,
                 "heartbeat_age_s": None if r.beat_age_s is None else round(r.beat_age_s, 1),
