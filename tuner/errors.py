@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "NoStorageError", "WorkloadError", "DivergedError", "ReportError"]
+__all__ = ["TunerError", "SpaceError", "SpecError", "StorageError", "NoStorageError", "WorkloadError", "DivergedError", "ReportError", "LaunchError"]
 
 
 class TunerError(Exception):
@@ -40,3 +40,7 @@ class DivergedError(TunerError):
 
 class ReportError(TunerError):
     """A report cannot be written where it was asked to go."""
+
+
+class LaunchError(TunerError):
+    """A cluster's own tool (sbatch, kubectl) is missing or refused to start the workers."""

@@ -17,7 +17,7 @@ import yaml
 from tuner.errors import SpecError
 from tuner.params import METRICS
 
-__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "load_spec", "parse_pack", "spec_file_settings"]
+__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
 RUN_OPTIONS = ("trials", "pack")
@@ -25,6 +25,12 @@ DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its s
 DIRECTIONS = ("maximize", "minimize")
 _OPTIONAL_TEXT = ("target", "direction", "objective", "command")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_study_name(name: object) -> None:
+    """A study's name: what a spec, a worker's command line and a launcher's job all carry."""
+    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or len(name) > 100:
+        raise SpecError(f"study name {name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,7 @@ class StudySpec:
             value = getattr(self, key)
             if not isinstance(value, str) and not (key in _OPTIONAL_TEXT and value is None):
                 raise SpecError(f"{key} must be text, got {value!r}"[:300])
-        if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 100:
-            raise SpecError(f"study name {self.name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
+        check_study_name(self.name)
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
         self._check_code()

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "mask", "mask_text", "resolve_url"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_STORAGE", "backend", "mask", "mask_text", "resolve_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 # Files attached to studies and trials (retrained models, command trials' logs) live here,
@@ -19,6 +19,17 @@ DEFAULT_ARTIFACTS = Path("studies/artifacts")
 def resolve_url(url: str | None) -> str:
     """--storage, else TUNER_STORAGE, else the embedded SQLite file in studies/."""
     return url or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
+
+
+def backend(url: str) -> str | None:
+    """The database a URL names ('sqlite', 'postgresql', ...), or None if it is not a URL."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
 
 
 def mask(url: str) -> str:

@@ -1,0 +1,369 @@
+"""tuner launch (tuner/launch/): Slurm job arrays submitted to a real one-node Slurm cluster that
+these tests start themselves (munged, slurmctld and slurmd in a temporary folder, on ports of
+their own), finishing real PostgreSQL studies; and bad input, one line each."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from tests.conftest import REPO
+
+TUNER = str(Path(sys.executable).with_name("tuner"))
+SBIN = os.pathsep.join(["/usr/sbin", "/sbin", os.environ.get("PATH", "")])  # the daemons live in sbin
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The objective of the scancel test: array task 1 holds its first trial until it is cancelled, so
+# that the cancel lands inside a trial whatever the machine's speed, and the other tasks start
+# only once it does, so that it cannot find the budget already spent.
+HOLD_OBJECTIVE = """\
+import os
+import time
+from pathlib import Path
+
+
+def objective(trial):
+    if os.environ.get("SLURM_ARRAY_TASK_ID") == "1":
+        Path("held").touch()
+        while True:
+            time.sleep(0.1)
+    deadline = time.monotonic() + 120
+    while not Path("held").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.05)
+    return trial.params["x"]
+"""
+
+
+# -- a one-node Slurm cluster --------------------------------------------------------------------
+
+
+@dataclass
+class SlurmCluster:
+    conf: Path  # its slurm.conf: Slurm's tools find it through SLURM_CONF
+    partition: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": SBIN, **extra}
+
+    def run(self, *argv: str) -> str:
+        return subprocess.run(argv, env=self.env(), capture_output=True, text=True, check=True, timeout=60).stdout
+
+    def tasks(self, job_id: str) -> list[str]:
+        """The job's array tasks still queued or running, as JOBID_TASKID."""
+        return self.run("squeue", "-h", "-r", "-j", job_id, "-o", "%i").split()
+
+    def wait_done(self, job_id: str, *, timeout: float = 150.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.tasks(job_id):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still has tasks after {timeout:.0f}s: {self.tasks(job_id)}")
+            time.sleep(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_conf(home: Path, *, partition: str) -> str:
+    host = socket.gethostname().split(".")[0]  # slurmctld runs only where SlurmctldHost names this host
+    return f"""\
+ClusterName=tunertest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/munge
+AuthInfo=socket={home}/munge.socket
+CredType=cred/munge
+StateSaveLocation={home}/state
+SlurmdSpoolDir={home}/spool
+SlurmctldPidFile={home}/slurmctld.pid
+SlurmdPidFile={home}/slurmd.pid
+SlurmctldLogFile={home}/slurmctld.log
+SlurmdLogFile={home}/slurmd.log
+# no cgroups in a container: processes are tracked by their parentage, tasks are not bound
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/builtin
+ReturnToService=2
+# 4 CPUs declared on a smaller machine (the node's own count would leave it drained): 3 tasks at once
+SlurmdParameters=config_overrides
+NodeName=tunernode NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
+PartitionName={partition} Nodes=tunernode Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A one-node Slurm cluster for the session: munged with a key of its own, slurmctld and slurmd
+    in the foreground as children of the tests, stopped (jobs first) at the end. Skipped, saying
+    why, without Slurm's packages or root; mandatory (a failure) where TUNER_REQUIRE_SLURM=1."""
+    missing = [t for t in SLURM_TOOLS if shutil.which(t, path=SBIN) is None]
+    reason = None
+    if missing:
+        reason = f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge"
+    elif os.geteuid() != 0:
+        reason = "the test Slurm cluster runs its daemons as root (SlurmUser=root)"
+    if reason:
+        if os.environ.get("TUNER_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    home = tmp_path_factory.mktemp("slurm")
+    (home / "state").mkdir()
+    (home / "spool").mkdir()
+    key = home / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    partition = "tuner"
+    conf = home / "slurm.conf"
+    conf.write_text(_slurm_conf(home, partition=partition))
+    cluster = SlurmCluster(conf=conf, partition=partition)
+    daemons: list[subprocess.Popen] = []
+
+    def start(*argv: str) -> None:
+        log = (home / f"{argv[0]}.out").open("w")
+        daemons.append(subprocess.Popen(argv, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT, cwd=home))
+
+    try:
+        # munged refuses root without --force; its socket, key and files are this cluster's own
+        start("munged", "--foreground", "--force", f"--key-file={key}", f"--socket={home}/munge.socket",
+              f"--pid-file={home}/munged.pid", f"--log-file={home}/munged.log", f"--seed-file={home}/munged.seed")
+        deadline = time.monotonic() + 30
+        while not (home / "munge.socket").exists():
+            assert time.monotonic() < deadline, (home / "munged.out").read_text()
+            time.sleep(0.1)
+        start("slurmctld", "-D", "-f", str(conf))
+        start("slurmd", "-D", "-f", str(conf), "-N", "tunernode")
+        while True:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=cluster.env(), capture_output=True, text=True).stdout.strip()
+            if state == "idle":
+                break
+            if time.monotonic() > deadline or any(d.poll() is not None for d in daemons):
+                logs = {p.name: p.read_text()[-2000:] for p in home.glob("*.log")}
+                pytest.fail(f"the test Slurm cluster did not start (node state {state!r}): {logs}")
+            time.sleep(0.2)
+        yield cluster
+    finally:
+        if daemons and all(d.poll() is None for d in daemons):
+            subprocess.run(["scancel", "--partition", partition], env=cluster.env(), capture_output=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and subprocess.run(
+                ["squeue", "-h"], env=cluster.env(), capture_output=True, text=True
+            ).stdout.strip():
+                time.sleep(0.2)
+        for d in reversed(daemons):  # slurmd, slurmctld, then munged
+            d.terminate()
+            try:
+                d.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _with_password(url: str, password: str) -> str:
+    """The same database, reached with a password (the test server trusts local connections, so
+    any password works): what must never show up in a script, a command line or a log."""
+    return sqlalchemy.engine.make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The lines of the first ```sh block under a README heading: commands a person types on a
+    cluster, which the README test (```bash blocks only) cannot run; tests here run them."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.S)
+    assert block, f"no ```sh block under {heading}"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def _tuner(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TUNER, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _no_process_shows(secret: str) -> None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        assert secret not in line, f"process {pid} shows the password: {line}"
+
+
+# -- Slurm: real job arrays ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_readme_slurm_commands_finish_a_30_trial_study_with_3_array_tasks(project, pg_url, slurm_cluster):
+    """The README's Slurm block, line by line as a person runs it (TUNER_STORAGE exported once,
+    here this test's database): 3 array tasks end the study at exactly its budget; the script
+    Slurm stored is the one --dry-run prints, and holds no password."""
+    lines = _readme_block("### Slurm")
+    url = _with_password(pg_url, "pw-in-the-environment-only")
+    env = slurm_cluster.env(TUNER_STORAGE=url, TUNER_HEARTBEAT="1")
+    assert lines[0].startswith("export TUNER_STORAGE=") and any(line.startswith("tuner launch slurm ") for line in lines)
+    job_id = None
+    for line in lines[1:]:
+        argv = shlex.split(line)
+        result = subprocess.run([TUNER if argv[0] == "tuner" else argv[0], *argv[1:]], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+        if argv[:3] == ["tuner", "launch", "slurm"]:
+            launch = argv
+            job_id = re.search(r"job array (\d+)", result.stdout).group(1)
+            stored = slurm_cluster.run("scontrol", "write", "batch_script", job_id, "-")
+            dry = _tuner(*launch[1:], "--dry-run", env=env)
+            assert dry.returncode == 0 and stored == dry.stdout
+            assert "pw-in-the-environment-only" not in stored + slurm_cluster.run("scontrol", "show", "job", job_id)
+    assert job_id is not None
+    name = launch[3]
+    slurm_cluster.wait_done(job_id)
+    trials = _trials(url, name)
+    assert sum(t.state in FINISHED for t in trials) == 30
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    tasks = {f"{job_id}_{i}" for i in range(3)}
+    assert {t.user_attrs["worker"]["slurm"] for t in trials} <= tasks  # each trial names its array task
+    logs = {p.name: p.read_text() for p in Path(".").glob(f"slurm-{job_id}_*.out")}
+    assert sorted(logs) == sorted(f"slurm-{t}.out" for t in tasks)  # every task ran, in the launch folder
+    assert not [n for n, text in logs.items() if "error" in text.lower()], logs
+    assert "pw-in-the-environment-only" not in "".join(logs.values())
+
+
+@pytest.mark.slow
+def test_scancel_of_one_array_task_mid_trial_leaves_its_trial_retried_and_the_budget_exact(project, pg_url, slurm_cluster):
+    url = _with_password(pg_url, "s3cret-pw")
+    env = slurm_cluster.env(TUNER_STORAGE=url, TUNER_HEARTBEAT="1")
+    Path("hold.py").write_text(HOLD_OBJECTIVE)
+    Path("search_spaces/x.yaml").write_text("params:\n  x: {type: float, low: 0.0, high: 1.0}\n")
+    created = _tuner(
+        "study", "create", "k", "--space", "x", "--objective", "hold:objective", "--metric", "x", "--direction", "maximize",
+        "--pruner", "none", "--trials", "30", env=env,
+    )
+    assert created.returncode == 0, created.stderr
+    launched = _tuner("launch", "slurm", "k", "--workers", "3", "--format", "json", env=env)
+    assert launched.returncode == 0, launched.stderr
+    job_id = json.loads(launched.stdout)["job_id"]
+    victim = f"{job_id}_1"
+
+    def held() -> list[optuna.trial.FrozenTrial]:
+        return [t for t in _trials(url, "k") if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("slurm") == victim]
+
+    deadline = time.monotonic() + 120
+    while not held():
+        assert time.monotonic() < deadline, "array task 1 never ran a trial"
+        time.sleep(0.1)
+    [hit] = held()
+    # `tuner study show` says which array task holds which running trial
+    shown = json.loads(_tuner("study", "show", "k", "--format", "json", env=env).stdout)["running"]
+    assert {r["slurm"] for r in shown} <= {f"{job_id}_{i}" for i in range(3)}
+    [mine] = [r for r in shown if r["slurm"] == victim]
+    assert mine["number"] == hit.number and mine["worker"].endswith(f"(Slurm {victim})")
+    table = _tuner("study", "show", "k", env=env).stdout
+    assert re.search(rf"running: trial {hit.number} on \S+:\d+ \(Slurm {victim}\), last beat", table), table
+    _no_process_shows("s3cret-pw")  # the workers got the URL, not on their command lines
+
+    slurm_cluster.run("scancel", victim)
+    slurm_cluster.wait_done(job_id)
+    trials = _trials(url, "k")
+    assert sum(t.state in FINISHED for t in trials) == 30
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    closed = trials[hit.number]  # closed by the cancelled worker itself (SIGTERM) as interrupted
+    assert closed.state == TrialState.FAIL and closed.user_attrs["fail_kind"] == "interrupted", closed.user_attrs
+    [again] = [t for t in trials if t.user_attrs.get("retry_of") == hit.number]  # and run again by another task
+    assert again.state == TrialState.COMPLETE and again.params == closed.params
+    assert again.user_attrs["worker"]["slurm"] in {f"{job_id}_0", f"{job_id}_2"}
+    assert "interrupted by SIGTERM" in Path(f"slurm-{victim}.out").read_text()
+
+
+@pytest.mark.slow
+def test_sbatch_refusing_the_array_is_one_line_and_nothing_runs(project, pg_url, slurm_cluster, cli, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.setenv("PATH", SBIN)
+    assert cli("study", "create", "s", "--space", "tiny", "--storage", pg_url).code == 0
+    r = cli("launch", "slurm", "s", "--workers", "2", "--partition", "nosuch", "--storage", pg_url)
+    assert r.code == 1 and r.err.startswith("error: sbatch refused the job array: sbatch: error: ") and "invalid partition" in r.err.lower()
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert slurm_cluster.run("squeue", "-h").strip() == ""
+
+
+# -- Slurm: without a cluster --------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_batch_script_and_submits_nothing(project, cli, monkeypatch, tmp_path):
+    bash = shutil.which("bash")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a submission would fail
+    r = cli(
+        "launch", "slurm", "sweep", "--workers", "3", "--gpus-per-worker", "2", "--cpus-per-worker", "4", "--partition", "gpu",
+        "--time", "2:00:00", "--sbatch-arg=--account=proj", "--storage", "postgresql+psycopg://tuner:s3cret@db.example:5432/tuner", "--dry-run",
+    )
+    assert r.code == 0, r.err
+    script = r.out
+    for directive in ("--array=0-2", "--gres=gpu:2", "--cpus-per-task=4", "--partition=gpu", "--time=2:00:00", "--job-name=tuner-sweep"):
+        assert f"\n#SBATCH {directive}\n" in script
+    assert "sbatch --parsable --export=ALL --account=proj" in script
+    assert f"\ncd {shlex.quote(os.getcwd())} || exit 1\n" in script
+    assert f'\nexec {shlex.quote(sys.executable)} -m tuner worker sweep --threads 4 --device cuda --worker-index "$SLURM_ARRAY_TASK_ID"\n' in script
+    assert "s3cret" not in script and "db.example" not in script and r.err == ""
+    assert subprocess.run([bash, "-n"], input=script, text=True).returncode == 0
+
+
+def test_a_missing_study_or_sbatch_is_one_line_before_anything_is_submitted(project, cli, pg_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = cli("launch", "slurm", "nosuch", "--workers", "2", "--storage", pg_url)
+    assert r.code == 1 and "no study 'nosuch' in" in r.err and len(r.err.strip().splitlines()) == 1
+    assert cli("study", "create", "s", "--space", "tiny", "--storage", pg_url).code == 0
+    r = cli("launch", "slurm", "s", "--workers", "2", "--storage", pg_url)
+    assert r.code == 1 and r.err.startswith("error: sbatch is not on PATH: run tuner launch slurm on a Slurm login node")
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+PG = "postgresql+psycopg://tuner:s3cret@db.example:5432/tuner"
+
+
+@pytest.mark.parametrize(
+    "argv, code, expected",
+    [
+        (["slurm", "s", "--workers", "3"], 1, "tuner launch slurm needs a PostgreSQL storage, but got sqlite:///studies/tuner.db: each array task may run on another host, and SQLite is a file on this host"),
+        (["slurm", "s", "--workers", "3", "--dry-run", "--storage", "sqlite:////tmp/x.db"], 1, "needs a PostgreSQL storage, but got sqlite:////tmp/x.db"),
+        (["slurm", "s", "--workers", "0", "--storage", PG], 2, "Invalid value for '--workers'"),
+        (["slurm", "bad name!", "--workers", "2", "--storage", PG, "--dry-run"], 1, "study name 'bad name!' is not valid; use letters, digits"),
+        (["slurm", "s", "--workers", "2", "--sbatch-arg=--array=0-9", "--storage", PG, "--dry-run"], 1, "tuner launch sets --array itself"),
+        (["slurm", "s", "--workers", "2", "--time", "1 hour", "--storage", PG, "--dry-run"], 1, "--time '1 hour' is not a Slurm value"),
+    ],
+)
+def test_bad_launch_input_is_one_line_nonzero_and_nothing_written(project, cli, monkeypatch, tmp_path, argv, code, expected):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: nothing could be started anyway
+    r = cli("launch", *argv)
+    assert r.code == code and expected in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err and "s3cret" not in r.err
+    assert r.out == "" and not Path("out").exists() and not Path("studies/tuner.db").exists()
