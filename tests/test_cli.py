@@ -328,6 +328,6 @@ def test_help_is_light(project) -> None:
         "except SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'optuna', 'sqlalchemy') if m in sys.modules), file=sys.stderr)\n"
     )
-    for args in (["--help"], ["study", "run", "--help"], ["space", "create", "--help"], ["launch", "slurm", "--help"]):
+    for args in (["--help"], ["study", "run", "--help"], ["space", "create", "--help"], ["launch", "slurm", "--help"], ["launch", "k8s", "--help"]):
         result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         assert result.stderr.strip().splitlines()[-1] == "[]", (args, result.stderr)

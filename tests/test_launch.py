@@ -1,6 +1,7 @@
 """tuner launch (tuner/launch/): Slurm job arrays submitted to a real one-node Slurm cluster that
 these tests start themselves (munged, slurmctld and slurmd in a temporary folder, on ports of
-their own), finishing real PostgreSQL studies; and bad input, one line each."""
+their own), finishing real PostgreSQL studies; Kubernetes Indexed Jobs read back by the
+Kubernetes API's own models (the official Python client); and bad input, one line each."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
@@ -345,6 +347,121 @@ def test_a_missing_study_or_sbatch_is_one_line_before_anything_is_submitted(proj
     assert r.code == 1 and r.err.startswith("error: sbatch is not on PATH: run tuner launch slurm on a Slurm login node")
 
 
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def _as_v1_job(doc: dict) -> object:
+    """The manifest read by the official client's models of Kubernetes' API: a missing required
+    field or a wrong type fails there, and a field the API does not know (which the models drop)
+    fails the round trip."""
+    from kubernetes.client import ApiClient
+
+    api = ApiClient()
+    job = api.deserialize(json.dumps(doc), "V1Job", "application/json")
+    assert api.sanitize_for_serialization(job) == doc
+    return job
+
+
+def test_the_api_check_catches_unknown_fields_wrong_types_and_missing_ones(project, cli):
+    import pydantic
+
+    doc = yaml.safe_load(cli("launch", "k8s", "s", "--workers", "2", "--dry-run").out)
+    _as_v1_job(doc)
+    typo = json.loads(json.dumps(doc))
+    typo["spec"]["completionsMode"] = typo["spec"].pop("completionMode")
+    with pytest.raises(AssertionError):
+        _as_v1_job(typo)
+    wrong = json.loads(json.dumps(doc))
+    wrong["spec"]["parallelism"] = "2"
+    with pytest.raises(pydantic.ValidationError):
+        _as_v1_job(wrong)
+    nameless = json.loads(json.dumps(doc))
+    del nameless["spec"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(pydantic.ValidationError):
+        _as_v1_job(nameless)
+
+
+@pytest.mark.parametrize("gpus, namespace", [(0, None), (2, "ml")])
+def test_k8s_manifest_is_an_indexed_job_the_api_accepts(project, cli, monkeypatch, tmp_path, gpus, namespace):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    argv = ["launch", "k8s", "my_study.v2", "--workers", "4", "--image", "registry.example.com/tuner:1", "--gpus-per-worker", str(gpus), "--secret", "pg-url"]
+    r = cli(*argv, *(["--namespace", namespace] if namespace else []), "--out", "out/job.yaml", "--dry-run")
+    assert r.code == 0, r.err
+    assert Path("out/job.yaml").read_text() == r.out  # --out is written; nothing is applied
+    job = _as_v1_job(yaml.safe_load(r.out))
+    assert job.metadata.name == "tuner-my-study-v2" and job.metadata.annotations["tuner/study"] == "my_study.v2"
+    assert job.metadata.namespace == namespace
+    spec = job.spec
+    assert spec.completion_mode == "Indexed" and spec.completions == spec.parallelism == 4
+    assert spec.backoff_limit == 4 and spec.template.spec.restart_policy == "Never"
+    assert [rule.action for rule in spec.pod_failure_policy.rules] == ["Ignore", "FailJob"]
+    [container] = spec.template.spec.containers
+    assert container.image == "registry.example.com/tuner:1"
+    device = "cuda" if gpus else "cpu"
+    assert container.command == ["tuner", "worker", "my_study.v2", "--worker-index", "$(JOB_COMPLETION_INDEX)", "--threads", "1", "--device", device]
+    [storage] = [e for e in container.env if e.name == "TUNER_STORAGE"]
+    assert storage.value is None and storage.value_from.secret_key_ref.name == "pg-url" and storage.value_from.secret_key_ref.key == "url"
+    assert (container.resources.limits or {}).get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+
+
+def test_k8s_without_kubectl_writes_the_manifest_and_says_how_to_apply_it(project, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = cli("launch", "k8s", "sweep", "--workers", "3", "--storage", "postgresql+psycopg://tuner:s3cret@db:5432/tuner")
+    assert r.code == 0, r.err
+    manifest = Path("out/tuner-sweep.yaml").read_text()
+    assert _as_v1_job(yaml.safe_load(manifest)).spec.completions == 3
+    assert "kubectl is not on PATH" in r.out and "put its password in place of ***" in r.out
+    assert "kubectl create secret generic tuner-storage --from-literal=url='postgresql+psycopg://tuner:***@db:5432/tuner'" in r.out
+    assert "kubectl apply -f out/tuner-sweep.yaml" in r.out
+    assert "s3cret" not in r.out + r.err + manifest
+
+
+def test_readme_k8s_commands_agree_with_what_tuner_prints(project, cli, monkeypatch, tmp_path):
+    """The README's commands for a cluster: its tuner line, run without kubectl, writes the
+    manifest and prints the README's own Secret command (the password masked)."""
+    secret_line, launch_line = _readme_block("### Kubernetes")
+    url = re.search(r"url='([^']+)'", secret_line).group(1)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("TUNER_STORAGE", url)
+    argv = shlex.split(launch_line)
+    assert argv[:3] == ["tuner", "launch", "k8s"]
+    r = cli(*argv[1:])
+    assert r.code == 0, r.err
+    masked = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    assert f"  {secret_line.replace(url, masked)}\n" in r.out
+    job = _as_v1_job(yaml.safe_load(Path("out/tuner-sweep.yaml").read_text()))
+    assert job.metadata.namespace == "ml" and job.spec.parallelism == 4
+
+
+def _no_cluster_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig whose cluster is a closed port: kubectl fails at once."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1", "kind": "Config", "current-context": "none",
+                "clusters": [{"name": "none", "cluster": {"server": f"https://127.0.0.1:{_free_port()}"}}],
+                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+                "users": [{"name": "none", "user": {}}],
+            }
+        )
+    )
+    return config
+
+
+def test_k8s_apply_failing_is_one_line_and_keeps_the_manifest(project, cli, monkeypatch, tmp_path):
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    monkeypatch.setenv("KUBECONFIG", str(_no_cluster_kubeconfig(tmp_path)))
+    r = cli("launch", "k8s", "sweep", "--workers", "2", "--out", "job.yaml")
+    assert r.code == 1 and r.err.startswith("error: kubectl apply -f job.yaml failed: ")
+    assert r.err.rstrip().endswith("(the manifest is kept in job.yaml)")
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert yaml.safe_load(Path("job.yaml").read_text())["kind"] == "Job"
+    dry = cli("launch", "k8s", "sweep", "--workers", "2", "--dry-run")  # kubectl present: still not called
+    assert dry.code == 0 and yaml.safe_load(dry.out)["kind"] == "Job"
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 PG = "postgresql+psycopg://tuner:s3cret@db.example:5432/tuner"
@@ -355,14 +472,19 @@ PG = "postgresql+psycopg://tuner:s3cret@db.example:5432/tuner"
     [
         (["slurm", "s", "--workers", "3"], 1, "tuner launch slurm needs a PostgreSQL storage, but got sqlite:///studies/tuner.db: each array task may run on another host, and SQLite is a file on this host"),
         (["slurm", "s", "--workers", "3", "--dry-run", "--storage", "sqlite:////tmp/x.db"], 1, "needs a PostgreSQL storage, but got sqlite:////tmp/x.db"),
+        (["k8s", "s", "--workers", "3", "--storage", "sqlite:///studies/tuner.db"], 1, "tuner launch k8s needs a PostgreSQL storage, but got sqlite:///studies/tuner.db: each pod may run on another node"),
         (["slurm", "s", "--workers", "0", "--storage", PG], 2, "Invalid value for '--workers'"),
+        (["k8s", "s", "--workers", "0"], 2, "Invalid value for '--workers'"),
         (["slurm", "bad name!", "--workers", "2", "--storage", PG, "--dry-run"], 1, "study name 'bad name!' is not valid; use letters, digits"),
+        (["k8s", "bad/name", "--workers", "2", "--dry-run"], 1, "study name 'bad/name' is not valid"),
         (["slurm", "s", "--workers", "2", "--sbatch-arg=--array=0-9", "--storage", PG, "--dry-run"], 1, "tuner launch sets --array itself"),
         (["slurm", "s", "--workers", "2", "--time", "1 hour", "--storage", PG, "--dry-run"], 1, "--time '1 hour' is not a Slurm value"),
+        (["k8s", "s", "--workers", "2", "--secret", "Tuner_URL", "--dry-run"], 1, "--secret 'Tuner_URL' is not a Kubernetes Secret name"),
+        (["k8s", "s", "--workers", "2", "--namespace", "ML", "--dry-run"], 1, "--namespace 'ML' is not a Kubernetes namespace"),
     ],
 )
 def test_bad_launch_input_is_one_line_nonzero_and_nothing_written(project, cli, monkeypatch, tmp_path, argv, code, expected):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: nothing could be started anyway
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither sbatch nor kubectl: nothing could be started anyway
     r = cli("launch", *argv)
     assert r.code == code and expected in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err and "s3cret" not in r.err
