@@ -71,10 +71,12 @@ def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:
     return (cfg.n_layers, cfg.batch_size, cfg.scaling, cfg.norm)
 
 
-# A step's fixed cost (launches, Python, the optimizer's loop), in floating-point operations that
-# take as long, on a CPU core and on a GPU: what padding a narrow trial to a wide pack-mate's width
-# is weighed against (see plan_packs).
-STEP_OVERHEAD_FLOPS = {"cpu": 3e6, "cuda": 3e8}
+# A step's fixed cost (launches, Python, the optimizer's loop) in floating-point operations that
+# take as long: what padding a narrow trial to a wide pack-mate's width is weighed against (see
+# plan_packs). The CPU's is the value that gave the quickest plans over bench_ref's
+# configurations (tuner bench's packing section); the GPU's assumes its arithmetic ~100x faster
+# for the same launch-bound overhead, an estimate no GPU has measured yet.
+STEP_OVERHEAD_FLOPS = {"cpu": 1e7, "cuda": 1e9}
 
 
 def step_flops(cfg: TrainConfig, *, width: int, n_features: int, n_outputs: int) -> float:
