@@ -489,3 +489,42 @@ def test_bad_launch_input_is_one_line_nonzero_and_nothing_written(project, cli, 
     assert r.code == code and expected in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err and "s3cret" not in r.err
     assert r.out == "" and not Path("out").exists() and not Path("studies/tuner.db").exists()
+
+
+@pytest.mark.slow
+def test_launch_slurm_through_pgbouncer_meets_its_budget_while_the_dashboard_shows_it(project, pg_url, pgbouncer_url, slurm_cluster, tmp_path):
+    """The clusters issue end to end: a Slurm job array of 3 workers, all reaching PostgreSQL
+    through PgBouncer in transaction pooling, ends a 30-trial study at exactly 30, and the
+    dashboard (on the same URL) shows the trials arrive while the job runs."""
+    import urllib.request
+
+    from tests.test_dashboard import _dashboard
+
+    env = slurm_cluster.env(TUNER_STORAGE=pgbouncer_url.url, TUNER_HEARTBEAT="1")
+    # trials long enough (~0.5 s each on a core) that the study takes seconds, not one poll
+    Path("search_spaces/live.yaml").write_text(
+        "params:\n  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n  optimizer: {type: categorical, choices: [adam, nesterov]}\n"
+        "  hidden_units: {type: categorical, choices: [32, 64]}\n  epochs: 15\n  n_layers: 1\n  batch_size: 32\n"
+    )
+    created = _tuner("study", "create", "live", "--space", "live", "--trials", "30", "--pruner", "none", env=env)
+    assert created.returncode == 0, created.stderr
+    with _dashboard(log=tmp_path / "dashboard.log", env=env) as dash:
+        launched = _tuner("launch", "slurm", "live", "--workers", "3", env=env)
+        assert launched.returncode == 0, launched.stderr
+        job_id = re.search(r"job array (\d+)", launched.stdout).group(1)
+        seen: list[int] = []  # complete trials the dashboard's API reports, polled while the job runs
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(dash.url + "api/studies", timeout=5) as r:
+                [study] = [s for s in json.load(r)["study_summaries"] if s["study_name"] == "live"]
+            with urllib.request.urlopen(dash.url + f"api/studies/{study['study_id']}?after=0", timeout=5) as r:
+                seen.append(sum(t["state"] == "Complete" for t in json.load(r)["trials"]))
+            if seen[-1] >= 30 or not slurm_cluster.run("squeue", "-h", "-j", job_id).strip():
+                break
+            time.sleep(0.2)
+        slurm_cluster.wait_done(job_id)
+    assert any(0 < n < 30 for n in seen), f"the dashboard never showed the study in progress: {seen}"
+    trials = _trials(pg_url, "live")
+    assert sum(t.state in FINISHED for t in trials) == 30
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert {t.user_attrs["worker"]["slurm"] for t in trials} <= {f"{job_id}_{i}" for i in range(3)}
