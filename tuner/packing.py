@@ -36,6 +36,7 @@ from tuner.train import (
     _metric,
     _Schedule,
     _seed,
+    _Tally,
     device_tensors,
 )
 from tuner.workloads.data import Dataset
@@ -511,7 +512,7 @@ def train_packed(
         bounds = [(a, min(a + batch_size, n_train)) for a in range(0, n_train, batch_size)]
         bounds = [(a, b) for a, b in bounds if not (skip_single and b - a < 2)]
         rates = torch.tensor([m.rates(len(bounds)) for m in active], device=device)  # (K, steps)
-        tally = _PackTally(len(active), task, device)
+        tally = _Tally(task, device, n_members=len(active))
         norms = torch.zeros(len(net.weights), len(active), device=device)
         for s, (a, b) in enumerate(bounds):
             xb, yb = xs[:, a:b], ys[:, a:b]
@@ -531,7 +532,7 @@ def train_packed(
                     net.flat_grad.mul_(coef.unsqueeze(1))
                 tally.add(losses.detach(), out.detach(), yb)
             optimizer.step(net.flat, net.flat_grad, rates[:, s : s + 1])
-        train_loss, train_correct = tally.means()
+        train_loss, train_correct = (tally.totals() / max(tally.n, 1)).tolist()
         norms_list = norms.t().tolist()
         # evaluate every member on the validation split
         val_loss, val_accuracy = _evaluate(net, x_val, y_val, task)
@@ -575,39 +576,6 @@ def train_packed(
     for i, m in zip(order, members):
         outcomes[i] = m.outcome
     return outcomes
-
-
-class _PackTally:
-    """train._Tally over the pack: each member's summed loss and correct predictions, the steps'
-    results held and summed a group at a time (no bookkeeping operations a step, bounded memory)."""
-
-    GROUP = 64
-
-    def __init__(self, k: int, task: str, device: torch.device) -> None:
-        self.task, self.n = task, 0
-        self.sums = torch.zeros(2, k, device=device)
-        self.held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def add(self, losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        self.held.append((losses, out, y))
-        self.n += y.shape[1]
-        if len(self.held) >= self.GROUP:
-            self._sum()
-
-    def _sum(self) -> None:
-        if not self.held:
-            return
-        losses, outs, ys = zip(*self.held)
-        sizes = torch.tensor([float(y.shape[1]) for y in ys], device=self.sums.device)
-        self.sums[0] += (torch.stack(losses, 1) * sizes).sum(1)
-        if self.task == "classification":
-            self.sums[1] += (torch.cat(outs, 1).argmax(-1) == torch.cat(ys, 1)).sum(1)
-        self.held.clear()
-
-    def means(self) -> tuple[list[float], list[float]]:
-        self._sum()
-        loss, correct = (self.sums / max(self.n, 1)).tolist()
-        return loss, correct
 
 
 def _layer_names(n_layers: int) -> list[str]:

@@ -274,18 +274,19 @@ def _batches(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: i
 class _Tally:
     """An epoch's summed training loss and correct predictions, kept on the device. Batches are
     held (detached) and summed a group at a time, so a step pays no bookkeeping operations of its
-    own and memory stays bounded."""
+    own and memory stays bounded. For a pack (tuner.packing), every figure has a leading member
+    dimension: losses (K,), outputs (K, B, C), targets (K, B), sums (2, K)."""
 
     GROUP = 64  # batches held before they are summed
 
-    def __init__(self, task: str, device: torch.device) -> None:
+    def __init__(self, task: str, device: torch.device, *, n_members: int | None = None) -> None:
         self.task, self.n = task, 0
-        self.sums = torch.zeros(2, device=device)  # loss * rows, correct rows
+        self.sums = torch.zeros(2, *(() if n_members is None else (n_members,)), device=device)  # loss * rows, correct rows
         self.held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
         self.held.append((loss, out, y))
-        self.n += len(y)
+        self.n += y.shape[-1]
         if len(self.held) >= self.GROUP:
             self._sum()
 
@@ -293,10 +294,10 @@ class _Tally:
         if not self.held:
             return
         losses, outs, ys = zip(*self.held)
-        sizes = torch.tensor([len(y) for y in ys], dtype=self.sums.dtype, device=self.sums.device)
-        self.sums[0] += (torch.stack(losses).to(sizes.dtype) * sizes).sum()
+        sizes = torch.tensor([y.shape[-1] for y in ys], dtype=self.sums.dtype, device=self.sums.device)
+        self.sums[0] += (torch.stack(losses, -1).to(sizes.dtype) * sizes).sum(-1)
         if self.task == "classification":
-            self.sums[1] += (torch.cat(outs).argmax(1) == torch.cat(ys)).sum()
+            self.sums[1] += (torch.cat(outs, -2).argmax(-1) == torch.cat(ys, -1)).sum(-1)
         self.held.clear()
 
     def totals(self) -> torch.Tensor:

@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import subprocess
 
-from tuner.errors import StorageError
+from tuner.errors import SpecError, StorageError
+from tuner.spec import check_study_name
 from tuner.urls import backend, mask
 
-__all__ = ["last_line", "require_postgresql"]
+__all__ = ["check_workers", "last_line", "require_postgresql"]
+
+
+def check_workers(study: str, *, n_workers: int, gpus_per_worker: int, cpus_per_worker: int) -> None:
+    """What every launcher's workers need: a valid study name, and counts that can be scheduled."""
+    check_study_name(study)
+    if n_workers < 1:
+        raise SpecError(f"--workers must be at least 1, got {n_workers}")
+    if gpus_per_worker < 0:
+        raise SpecError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
+    if cpus_per_worker < 1:
+        raise SpecError(f"--cpus-per-worker must be at least 1, got {cpus_per_worker}")
 
 
 def require_postgresql(url: str, *, launcher: str, where: str) -> None:

@@ -21,8 +21,7 @@ import yaml
 from tuner import __version__
 from tuner.atomic import atomic_path
 from tuner.errors import LaunchError, SpecError
-from tuner.launch.common import last_line, require_postgresql
-from tuner.spec import check_study_name
+from tuner.launch.common import check_workers, last_line, require_postgresql
 
 __all__ = ["DEFAULT_IMAGE", "DEFAULT_SECRET", "SECRET_KEY", "IndexedJob", "apply", "check_storage", "manifest", "manifest_yaml", "next_steps", "write_manifest"]
 
@@ -46,13 +45,7 @@ class IndexedJob:
     namespace: str | None = None  # None: kubectl's current namespace
 
     def __post_init__(self) -> None:
-        check_study_name(self.study)
-        if self.n_workers < 1:
-            raise SpecError(f"--workers must be at least 1, got {self.n_workers}")
-        if self.gpus_per_worker < 0:
-            raise SpecError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
-        if self.cpus_per_worker < 1:
-            raise SpecError(f"--cpus-per-worker must be at least 1, got {self.cpus_per_worker}")
+        check_workers(self.study, n_workers=self.n_workers, gpus_per_worker=self.gpus_per_worker, cpus_per_worker=self.cpus_per_worker)
         if not self.image or any(c.isspace() for c in self.image):
             raise SpecError(f"--image {self.image!r} is not an image reference; e.g. --image registry.example.com/tuner:0.1.0")
         if len(self.secret) > 253 or not _DNS_SUBDOMAIN.match(self.secret):

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import LaunchError, SpecError
-from tuner.launch.common import last_line, require_postgresql
-from tuner.spec import check_study_name
+from tuner.launch.common import check_workers, last_line, require_postgresql
 
 __all__ = ["SlurmArray", "batch_script", "check_storage", "submit"]
 
@@ -44,13 +43,7 @@ class SlurmArray:
     workdir: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
-        check_study_name(self.study)
-        if self.n_workers < 1:
-            raise SpecError(f"--workers must be at least 1, got {self.n_workers}")
-        if self.gpus_per_worker < 0:
-            raise SpecError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
-        if self.cpus_per_worker < 1:
-            raise SpecError(f"--cpus-per-worker must be at least 1, got {self.cpus_per_worker}")
+        check_workers(self.study, n_workers=self.n_workers, gpus_per_worker=self.gpus_per_worker, cpus_per_worker=self.cpus_per_worker)
         for flag, value in (("--partition", self.partition), ("--time", self.time)):
             if value is not None and (not value or any(c.isspace() for c in value)):
                 raise SpecError(f"{flag} {value!r} is not a Slurm value: it must be one word")
