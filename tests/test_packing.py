@@ -288,3 +288,27 @@ def test_a_bad_pack_is_one_line_and_nothing_is_written(project, cli, bad) -> Non
     Path("studies/bad.yaml").write_text(f"name: b\nspace: tiny\npack: {bad}\n")
     r = cli("study", "run", "--spec", "studies/bad.yaml")
     assert r.code != 0 and "pack" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_a_pack_that_fails_as_a_whole_fails_each_of_its_trials_with_the_reason(project, monkeypatch) -> None:
+    """Packed training that raises for the whole pack (out of memory, say) fails each of its
+    trials with the reason, as a trial alone would be; the run goes on until the same failure
+    repeats, then stops saying so. Nothing is left RUNNING."""
+    import tuner.packing
+    from optuna.trial import TrialState
+
+    from tuner.errors import TunerError
+    from tuner.spec import StudySpec
+    from tuner.study import create_study, run_study
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tuner.packing, "train_packed", out_of_memory)
+    loaded = create_study(StudySpec(name="oom", space="tiny", sampler="random", pruner="none", trials=6), "sqlite:///studies/tuner.db")
+    with pytest.raises(TunerError, match="failed the same way: RuntimeError: CUDA out of memory"):
+        run_study(loaded, device="cpu", pack=3)
+    trials = _study_trials("sqlite:///studies/tuner.db", "oom")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) >= 5 and all(t.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)" for t in failed)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]

@@ -90,6 +90,7 @@ class BuiltinObjective:
             runs.append(run)
             workloads.append((data, model))
             keys.append(pack_key(run.config, data) if outcomes[i] is None and model is None else None)
+
         def cost(i: int, width: int) -> float:
             data = workloads[i][0]
             return step_flops(runs[i].config, width=width, n_features=data.n_features, n_outputs=data.n_classes or 1)
@@ -107,10 +108,13 @@ class BuiltinObjective:
                 on_ended(i, outcomes[i])
             elif group:
                 numbers = [trials[i].number for i in group]
-                results = train_packed(
-                    [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
-                    metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
-                )  # fmt: skip
+                try:
+                    results: list[Any] = train_packed(
+                        [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
+                        metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
+                    )  # fmt: skip
+                except Exception as e:  # the pack as a whole (out of memory, say): each of its trials fails with the reason
+                    results = [e] * len(group)
                 for i, result in zip(group, results):
                     record(trials[i], {A.PACK: numbers})
                     outcomes[i] = _ending(runs[i], result) if isinstance(result, BaseException) else runs[i].finish(result)
