@@ -58,7 +58,11 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 
 def resolve_pack(value: int | str | None, device: torch.device) -> int:
-    """Trials a worker claims and packs at once: the number given, or auto's for the device."""
+    """Trials a worker claims and packs at once: the number given, auto's for the device, or 1
+    (off) when nothing is given: many packed workers on one PostgreSQL beat K trials each, which
+    a small pool behind PgBouncer did not keep up with (trials declared lost while training)."""
+    if value is None:
+        return 1
     n = parse_pack(value)
     if n is not None:
         return n
