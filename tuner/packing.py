@@ -38,6 +38,7 @@ from tuner.train import (
     _seed,
     _Tally,
     device_tensors,
+    layer_weights,
 )
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
@@ -497,6 +498,7 @@ def train_packed(
         apply_init(model, cfgs[i])
         members.append(_Member(cfgs[i], seeds[i], model, callbacks[i], maximize, device, steps_per_epoch))
     active = list(members)
+    layer_names = [name for name, _ in layer_weights(members[0].model)]  # as alone; every member has the same layers
     net = _PackedMLP([m.cfg for m in active], [m.model for m in active], n_features=data.n_features, n_outputs=data.n_classes or 1, device=device)
     optimizer = _PackedOptimizer([m.cfg for m in active], net.flat.shape[1], device)
     col = lambda f: _column([m.cfg for m in active], f, device)  # noqa: E731
@@ -553,7 +555,7 @@ def train_packed(
                 result = EpochResult(
                     epoch, train_loss[i], val_loss[i], accuracy, _metric(metric, val_loss[i], accuracy), epoch_lr[i],
                     train_correct[i] if task == "classification" else None,
-                    dict(zip(_layer_names(net.n_layers), norms_list[i])),
+                    dict(zip(layer_names, norms_list[i])),
                 )  # fmt: skip
                 m.history.append(result)
                 if m.on_epoch is not None:
@@ -580,11 +582,6 @@ def train_packed(
     for i, m in zip(order, members):
         outcomes[i] = m.outcome
     return outcomes
-
-
-def _layer_names(n_layers: int) -> list[str]:
-    """The names `layer_weights` gives the same MLP's weights alone."""
-    return [f"{4 * i} Linear" for i in range(n_layers)] + [f"{4 * n_layers} Linear"]
 
 
 @torch.no_grad()
