@@ -205,9 +205,12 @@ def test_pack_keys_and_plans(digits: Dataset) -> None:
 
 # learning rates where training is not chaotic: above them (rmsprop at 0.03), float rounding alone
 # moves a trial's accuracy by an example, alone or packed
+# lr up to 3e-3: at 1e-2 RMSprop's validation loss climbs each epoch, and that chaos turns the
+# float-rounding differences of a batched matmul into percents (test_every_optimizer_in_one_pack...
+# checks each optimizer's step itself to 2e-5)
 PACK_SPACE = """\
 params:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true, grid: 3}
+  lr: {type: float, low: 1.0e-3, high: 3.0e-3, log: true, grid: 3}
   optimizer: {type: categorical, choices: [adam, nesterov, rmsprop]}
   momentum: {fixed: 0.9, when: {optimizer: [nesterov]}}
   hidden_units: {type: categorical, choices: [16, 48]}
@@ -238,12 +241,16 @@ def test_a_packed_grid_study_stores_every_trial_as_an_unpacked_one(project, cli)
     packed = {tuple(sorted(t.params.items())): t for t in _study_trials(url, "packed")}
     assert len(alone) == len(packed) == 18 and set(alone) == set(packed)
     packs = set()
+    # Batched and single matmuls sum in different orders: where two classes' logits all but tie,
+    # one validation sample may flip between them (seen on one CPU, not another). The values may
+    # differ by that one sample, the losses only at float tolerance.
+    one_sample = 1.0 / len(load_workload(parse_workload("digits"), seed=0)[0].y_val)
     for point, a in alone.items():
         p = packed[point]
         assert a.state == p.state == TrialState.COMPLETE
-        assert p.value == pytest.approx(a.value, abs=1e-6)
+        assert p.value == pytest.approx(a.value, abs=1.01 * one_sample)
         assert sorted(p.intermediate_values) == sorted(a.intermediate_values) == [1, 2, 3]
-        assert list(p.intermediate_values.values()) == pytest.approx(list(a.intermediate_values.values()), abs=1e-6)
+        assert list(p.intermediate_values.values()) == pytest.approx(list(a.intermediate_values.values()), abs=1.01 * one_sample)
         assert "pack" not in a.user_attrs
         assert set(p.user_attrs) - {"pack"} == set(a.user_attrs)
         assert p.user_attrs["history"]["val_loss"] == pytest.approx(a.user_attrs["history"]["val_loss"], rel=1e-3)
@@ -312,3 +319,59 @@ def test_a_pack_that_fails_as_a_whole_fails_each_of_its_trials_with_the_reason(p
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) >= 5 and all(t.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)" for t in failed)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("pack", [1, 3])
+def test_a_trial_failed_as_lost_while_it_trains_is_given_up_and_the_worker_goes_on(project, monkeypatch, pack) -> None:
+    """Another worker may fail a running trial as lost (this worker's beats came late: a stalled
+    machine, a saturated connection pool) and queue its copy. The worker that trained it must not
+    crash at its tell: it drops that result, keeps the others of its pack, and runs on until the
+    budget is met exactly; the lost trial is left as the other worker failed it."""
+    import tuner.packing
+    import tuner.train
+    from optuna.trial import TrialState
+
+    from tuner import attrs as A
+    from tuner import sql
+    from tuner.spec import StudySpec
+    from tuner.storage import open_storage
+    from tuner.study import create_study, run_study
+    from tuner.study.lost import requeue
+
+    url = "sqlite:///studies/tuner.db"
+    loaded = create_study(StudySpec(name="lost", space="tiny", sampler="random", pruner="none", trials=6), url)
+    taken: list[int] = []
+
+    def fail_the_first_as_lost() -> None:
+        if taken:
+            return
+        import optuna
+
+        rdb = open_storage(url)
+        study = optuna.load_study(study_name="lost", storage=rdb)
+        first = min(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+        assert sql.fail_running(rdb, first._trial_id, reason="lost its worker: no heartbeat for 31s (grace 30s)", kind=A.LOST_WORKER)
+        requeue(study, rdb.get_trial(first._trial_id), "lost")
+        taken.append(first.number)
+
+    real_train, real_packed = tuner.train.train, tuner.packing.train_packed
+
+    def train(*args: object, **kwargs: object) -> object:
+        fail_the_first_as_lost()
+        return real_train(*args, **kwargs)
+
+    def train_packed(*args: object, **kwargs: object) -> object:
+        fail_the_first_as_lost()
+        return real_packed(*args, **kwargs)
+
+    monkeypatch.setattr(tuner.train, "train", train)
+    monkeypatch.setattr(tuner.packing, "train_packed", train_packed)
+    result = run_study(loaded, device="cpu", pack=pack)
+    assert taken and result.n_finished == 6 and result.failures == []
+    trials = {t.number: t for t in _study_trials(url, "lost")}
+    lost = trials[taken[0]]
+    assert lost.state == TrialState.FAIL and lost.user_attrs[A.FAIL_KIND] == A.LOST_WORKER and lost.value is None
+    assert not lost.intermediate_values  # this worker's late writes were dropped, not mixed into the failed trial
+    copy = [t for t in trials.values() if t.user_attrs.get(A.RETRY_OF) == lost.number]
+    assert len(copy) == 1 and copy[0].state == TrialState.COMPLETE and copy[0].params == lost.params
+    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]

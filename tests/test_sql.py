@@ -364,6 +364,38 @@ def test_a_claim_counts_and_creates_the_next_trial_in_one_step_and_ask_takes_it(
     assert sql.count_states(rdb, study._study_id) == {TrialState.COMPLETE: 1, TrialState.RUNNING: 1}
 
 
+def test_a_packs_beats_and_due_writes_are_one_transaction_and_skip_a_trial_failed_meanwhile(url, monkeypatch):
+    """A worker's pack beats for all its trials at once: one transaction, whatever K, which
+    carries the writes due a flush; a trial another worker has failed as lost meanwhile is neither
+    written nor a reason to drop the others' beats."""
+    import sqlalchemy
+
+    study, buffered, rdb = _study(url)
+    trials = [study.ask() for _ in range(4)]
+    ids = [t._trial_id for t in trials]
+    with rdb.engine.begin() as conn:  # silent a minute, and one that never beat
+        old = "datetime('now', '-60 seconds')" if rdb.engine.dialect.name == "sqlite" else "now() - interval '60 seconds'"
+        conn.execute(sqlalchemy.text(f"UPDATE trial_heartbeats SET heartbeat = {old}"))
+        conn.execute(sqlalchemy.text("DELETE FROM trial_heartbeats WHERE trial_id = :t"), {"t": ids[3]})
+    for i, trial in enumerate(trials):
+        trial.report(0.1 * i, 1)  # buffered (flush_s is an hour)
+    buffered._flush_s = 0.0  # now every write is due at the next beat
+    assert sql.fail_running(rdb, ids[1], reason="lost its worker", kind="lost worker")
+    transactions = []
+    real = sql._transaction
+    monkeypatch.setattr(sql, "_transaction", lambda r: transactions.append(1) or real(r))
+    buffered.record_heartbeats(ids)
+    assert len(transactions) == 1
+    grace = rdb.grace_period
+    assert [r.trial_id for r in sql.running_trials(rdb, study._study_id) if r.silent_past(grace)] == []
+    assert rdb._get_stale_trial_ids(study._study_id) == []  # Optuna agrees: all three beat
+    assert {i: _fresh(url, i).intermediate_values for i in ids} == {ids[0]: {1: 0.0}, ids[1]: {}, ids[2]: {1: 0.2}, ids[3]: {1: pytest.approx(0.3)}}
+    assert _fresh(url, ids[1]).state == TrialState.FAIL
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # its tell says so, as Optuna's would
+        study.tell(trials[1], 0.5)
+    assert buffered.forget(ids[1]).state == TrialState.FAIL
+
+
 def test_stale_trials_are_the_ones_optuna_finds_stale(url):
     study, buffered, rdb = _study(url)
     trials = [study.ask() for _ in range(3)]

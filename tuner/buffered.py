@@ -35,6 +35,7 @@ from tuner.sql import (
     Final,
     Pending,
     attribute_keys,
+    beat,
     best_trial_id,
     count_and_create,
     count_states,
@@ -257,6 +258,17 @@ class BufferedStorage(BaseStorage):
                 self._finished.popitem(last=False)
         return True
 
+    def forget(self, trial_id: int) -> FrozenTrial:
+        """Give up a trial of ours that another worker has finished (failed as lost when its beats
+        came late): its unwritten writes are dropped, and it is returned as the database holds it."""
+        with self._lock:
+            for held in (self._pending, self._flushed_at, self._study_of, self._mine_now):
+                held.pop(trial_id, None)
+            self._handed.discard(trial_id)
+            self._snapshot.clear()
+            self._drop_views()
+        return self._rdb.get_trial(trial_id)
+
     def _known(self, trial_id: int) -> FrozenTrial | None:
         """One of our trials, running or finished, as this worker knows it (always current)."""
         return self._mine_now.get(trial_id) or self._finished.get(trial_id)
@@ -416,11 +428,22 @@ class BufferedStorage(BaseStorage):
     # heartbeats: tuner's Heartbeat thread beats through here; lost workers are found on the
     # database as it is (tuner.study.lost), not through Optuna's heartbeat machinery
     def record_heartbeat(self, trial_id: int) -> None:
+        self.record_heartbeats([trial_id])
+
+    def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
+        """A beat for each of these trials of ours, with the writes of those due a flush, in one
+        transaction (tuner.sql.beat). A trial failed as lost meanwhile keeps its writes here: its
+        tell will find it finished and say so."""
         with self._lock:
-            pending = self._pending.get(trial_id)
-            if pending is not None:
-                self._maybe_flush(trial_id)
-        self._inner.record_heartbeat(trial_id)
+            now = time.monotonic()
+            due = {
+                t: self._pending[t]
+                for t in sorted(trial_ids)
+                if t in self._pending and not self._pending[t].empty() and now - self._flushed_at.get(t, -math.inf) >= self._flush_s
+            }
+            for trial_id in beat(self._rdb, trial_ids, due):
+                self._pending[trial_id] = due[trial_id].next()
+                self._flushed_at[trial_id] = now
 
     def get_heartbeat_interval(self) -> int | None:
         return self._inner.get_heartbeat_interval()

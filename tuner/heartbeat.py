@@ -112,10 +112,19 @@ class Heartbeat:
                 if wait is None or wait > 0:
                     self._cv.wait(wait)
                     continue
-                for trial_id in self._trial_ids:
-                    with contextlib.suppress(Exception):  # a missed beat is retried; the grace covers it
-                        self._storage.record_heartbeat(trial_id)
+                self._beat(self._trial_ids)
                 self._due = time.monotonic() + self._interval
+
+    def _beat(self, trial_ids: tuple[int, ...]) -> None:
+        """A missed beat is retried at the next one; the grace period covers it."""
+        beats = getattr(self._storage, "record_heartbeats", None)
+        if beats is not None:  # tuner's storage: a pack's beats in one transaction
+            with contextlib.suppress(Exception):
+                beats(trial_ids)
+            return
+        for trial_id in trial_ids:  # Optuna's: a transaction each
+            with contextlib.suppress(Exception):
+                self._storage.record_heartbeat(trial_id)
 
     @contextlib.contextmanager
     def running(self, *trial_ids: int) -> Iterator[None]:

@@ -36,6 +36,7 @@ __all__ = [
     "Pending",
     "Running",
     "attribute_keys",
+    "beat",
     "best_trial_id",
     "count_and_create",
     "count_states",
@@ -407,38 +408,65 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
     while it is still RUNNING, so a trial another worker has meanwhile failed as stale is left as
     it is (and the error says so, as Optuna's would)."""
     with _transaction(rdb) as cur:
-        if final is None:
-            guard = cur.execute(f"UPDATE trials SET state = '{_RUNNING}' WHERE trial_id = ? AND state = '{_RUNNING}'", (trial_id,))
-        else:
-            guard = cur.execute(
-                f"UPDATE trials SET state = ?, datetime_complete = ? WHERE trial_id = ? AND state = '{_RUNNING}'",
-                (final.state.name, cur.when(final.when), trial_id),
-            )
-        if guard.rowcount != 1:
+        if not _write_trial(cur, trial_id, pending, final):
             row = cur.execute("SELECT state FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
                 raise KeyError(optuna_paths().not_found_msg)
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises: the trial has finished
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {row[0]}, not RUNNING: not updated")
-        cur.executemany(
-            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
-            [(trial_id, name, value, distribution_to_json(dist)) for name, (value, dist) in pending.params.items()],
+
+
+def beat(rdb: optuna.storages.RDBStorage, trial_ids: Sequence[int], pending: dict[int, Pending]) -> set[int]:
+    """A heartbeat for each of a worker's running trials (one, or a pack's) and the buffered writes
+    of those in `pending`, in one transaction: a pack of K trials costs one commit a beat, not 2K,
+    which kept many packed workers behind a small connection pool from falling behind their beats.
+    A trial no longer RUNNING (failed as lost meanwhile) is skipped, not written, and the others
+    still beat. Returns the trials whose writes were committed."""
+    written = set()
+    with _transaction(rdb) as cur:
+        for trial_id, writes in pending.items():
+            if _write_trial(cur, trial_id, writes):
+                written.add(trial_id)
+        ids = list(trial_ids)
+        marks = ", ".join("?" * len(ids))
+        if cur.execute(f"UPDATE trial_heartbeats SET heartbeat = CURRENT_TIMESTAMP WHERE trial_id IN ({marks})", ids).rowcount != len(ids):
+            beating = {row[0] for row in cur.execute(f"SELECT trial_id FROM trial_heartbeats WHERE trial_id IN ({marks})", ids).fetchall()}
+            cur.executemany("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP)", [(t,) for t in ids if t not in beating])
+    return written
+
+
+def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | None = None) -> bool:
+    """write_trial's statements, in the caller's transaction. False, with nothing written, if the
+    trial is no longer RUNNING: its guard is the first statement, so there is nothing to undo."""
+    if final is None:
+        guard = cur.execute(f"UPDATE trials SET state = '{_RUNNING}' WHERE trial_id = ? AND state = '{_RUNNING}'", (trial_id,))
+    else:
+        guard = cur.execute(
+            f"UPDATE trials SET state = ?, datetime_complete = ? WHERE trial_id = ? AND state = '{_RUNNING}'",
+            (final.state.name, cur.when(final.when), trial_id),
         )
+    if guard.rowcount != 1:
+        return False
+    cur.executemany(
+        "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
+        [(trial_id, name, value, distribution_to_json(dist)) for name, (value, dist) in pending.params.items()],
+    )
+    rows = []
+    for step, value in pending.intermediate.items():
+        stored, kind = optuna_paths().intermediate_repr(value)
+        rows.append((trial_id, step, stored, kind.name))
+    cur.executemany(
+        "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?, ?, ?, ?)", rows
+    )
+    for table, attrs in (("trial_user_attributes", pending.user_attrs), ("trial_system_attributes", pending.system_attrs)):
+        again = [k for k in attrs if (table, k) in pending.stored]
+        if again:  # a key written again replaces its earlier value
+            cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(again))})", (trial_id, *again))
+        cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])
+    if final is not None and final.values:
         rows = []
-        for step, value in pending.intermediate.items():
-            stored, kind = optuna_paths().intermediate_repr(value)
-            rows.append((trial_id, step, stored, kind.name))
-        cur.executemany(
-            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?, ?, ?, ?)", rows
-        )
-        for table, attrs in (("trial_user_attributes", pending.user_attrs), ("trial_system_attributes", pending.system_attrs)):
-            again = [k for k in attrs if (table, k) in pending.stored]
-            if again:  # a key written again replaces its earlier value
-                cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(again))})", (trial_id, *again))
-            cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])
-        if final is not None and final.values:
-            rows = []
-            for objective, value in enumerate(final.values):
-                stored, kind = optuna_paths().value_repr(value)
-                rows.append((trial_id, objective, stored, kind.name))
-            cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", rows)
+        for objective, value in enumerate(final.values):
+            stored, kind = optuna_paths().value_repr(value)
+            rows.append((trial_id, objective, stored, kind.name))
+        cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", rows)
+    return True

@@ -151,7 +151,24 @@ def _execute_pack(
 
 
 def _close(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
-    """The trial told with the state its outcome gives."""
+    """The trial told with the state its outcome gives; or, if another worker has meanwhile failed
+    it as lost (this worker's beats came too late: a stalled machine, a saturated pool) and queued
+    it again, the trial as that worker left it: this result is dropped, the copy runs again, and
+    this worker goes on."""
+    try:
+        return _tell_outcome(study, trial, outcome)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if isinstance(study._storage, BufferedStorage):
+            return study._storage.forget(trial._trial_id)
+        return study._storage.get_trial(trial._trial_id)
+
+
+def _taken_away(trial: FrozenTrial) -> bool:
+    """Failed by another worker (lost) or by a person (released) while this worker ran it."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(A.FAIL_KIND) in (A.LOST_WORKER, A.RELEASED)
+
+
+def _tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
     if isinstance(outcome, optuna.TrialPruned):
         return _tell(study, trial, state=TrialState.PRUNED)
     if isinstance(outcome, BaseException):
@@ -312,7 +329,9 @@ def run_study(
                     raise
                 for frozen, n_finished, best in ended:
                     ran += 1
-                    if frozen.state == TrialState.FAIL:
+                    if _taken_away(frozen):  # not this worker's failure, nor a success: its copy is queued
+                        pass
+                    elif frozen.state == TrialState.FAIL:
                         failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
                         recent = failures[-MAX_CONSECUTIVE_FAILURES:]
                         if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
