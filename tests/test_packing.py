@@ -375,3 +375,31 @@ def test_a_trial_failed_as_lost_while_it_trains_is_given_up_and_the_worker_goes_
     copy = [t for t in trials.values() if t.user_attrs.get(A.RETRY_OF) == lost.number]
     assert len(copy) == 1 and copy[0].state == TrialState.COMPLETE and copy[0].params == lost.params
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+
+
+def test_a_trial_claimed_with_others_starts_when_its_own_pack_starts(project, cli) -> None:
+    """Six trials claimed at once train as two packs, one after the other (one and two layers
+    cannot share one). The second pack's trials start when it starts, not at the claim: their
+    durations in the dashboard and the report do not count the first pack's training."""
+    from optuna.trial import TrialState
+
+    __import__("pathlib").Path("search_spaces/two.yaml").write_text(
+        "params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n  n_layers: {type: categorical, choices: [1, 2]}\n"
+        "  hidden_units: 32\n  epochs: 4\n"
+    )
+    r = cli("study", "run", "t", "--space", "two", "--sampler", "random", "--pruner", "none", "--trials", "12", "--pack", "6", "-q")
+    assert r.code == 0, r.err
+    trials = [t for t in _study_trials("sqlite:///studies/tuner.db", "t") if t.state == TrialState.COMPLETE]
+    assert len(trials) == 12
+    seen_two_packs = False
+    for claim in (trials[:6], trials[6:]):  # one worker: each claim is six consecutive numbers
+        packs: dict[tuple[int, ...], list] = {}
+        for t in claim:
+            packs.setdefault(tuple(t.user_attrs.get("pack", [t.number])), []).append(t)
+        order = sorted(packs.values(), key=lambda p: min(t.datetime_start for t in p))
+        for before, after in zip(order, order[1:]):
+            seen_two_packs = True
+            assert min(t.datetime_start for t in after) >= max(t.datetime_complete for t in before)
+        for pack in order:
+            assert max(t.datetime_start for t in pack) - min(t.datetime_start for t in pack) < __import__("datetime").timedelta(seconds=1)
+    assert seen_two_packs

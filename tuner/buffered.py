@@ -41,6 +41,7 @@ from tuner.sql import (
     count_states,
     create_running,
     param_distribution,
+    set_started,
     start_queued,
     write_trial,
 )
@@ -257,6 +258,16 @@ class BufferedStorage(BaseStorage):
             if len(self._finished) > self.FINISHED_KEPT:
                 self._finished.popitem(last=False)
         return True
+
+    def set_started(self, trial_ids: Sequence[int]) -> None:
+        """These trials of ours start training now (tuner.sql.set_started)."""
+        with self._lock:
+            now = datetime.now()
+            set_started(self._rdb, trial_ids, now)
+            for trial_id in trial_ids:
+                if trial_id in self._mine_now:
+                    self._writable(trial_id).datetime_start = now
+            self._drop_views()
 
     def forget(self, trial_id: int) -> FrozenTrial:
         """Give up a trial of ours that another worker has finished (failed as lost when its beats

@@ -45,6 +45,7 @@ __all__ = [
     "param_distribution",
     "progress",
     "running_trials",
+    "set_started",
     "start_queued",
     "write_trial",
 ]
@@ -298,6 +299,14 @@ def fail_running(rdb: optuna.storages.RDBStorage, trial_id: int, *, reason: str,
             return False
         _replace_attrs(cur, "trial_user_attributes", trial_id, {A.FAIL_REASON: reason, A.FAIL_KIND: kind})
     return True
+
+
+def set_started(rdb: optuna.storages.RDBStorage, trial_ids: Sequence[int], when: datetime) -> None:
+    """Move the start of these running trials to `when`, in one statement: trials claimed together
+    wait for the packs before theirs, and their duration should not count the wait."""
+    with _transaction(rdb) as cur:
+        marks = ", ".join("?" * len(trial_ids))
+        cur.execute(f"UPDATE trials SET datetime_start = ? WHERE trial_id IN ({marks}) AND state = '{_RUNNING}'", (cur.when(when), *trial_ids))
 
 
 def start_queued(rdb: optuna.storages.RDBStorage, trial_id: int, *, heartbeat: bool, user_attrs: dict[str, Any]) -> int | None:

@@ -99,6 +99,7 @@ class BuiltinObjective:
         overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
         for group in plan_packs(keys, n_pack, cost=cost, widths=widths, overhead=overhead):
             group = [i for i in group if outcomes[i] is None]
+            started([trials[i] for i in group])
             if len(group) == 1:
                 i = group[0]
                 try:
@@ -204,6 +205,13 @@ def _history(epochs: list[Any]) -> dict[str, list[Any]]:
 def record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():  # buffered: written with the trial's other data in one commit
         trial.set_user_attr(key, value)
+
+
+def started(trials: list[optuna.Trial]) -> None:
+    """These claimed trials start training now: the packs before theirs are not part of their
+    duration (in the dashboard, the report). Optuna's own storage keeps the claim's time."""
+    if trials and isinstance(trials[0].study._storage, BufferedStorage):
+        trials[0].study._storage.set_started([t._trial_id for t in trials])
 
 
 def durable(trial: optuna.Trial) -> None:
