@@ -51,6 +51,7 @@ class BenchSettings:
     n_command: int = 6  # runs of the example script per repeat, by hand and as trials
     n_packing: int = 48  # trials per path per repeat of the packing section
     pack: int = 16  # trials packed at once there (the worker's --pack)
+    n_quality: int = 30  # trials per study of the packing section's search quality (the demo's budget)
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -72,6 +73,7 @@ class BenchSettings:
             n_command=2,
             n_packing=6,
             pack=3,
+            n_quality=6,
         )
 
 

@@ -133,6 +133,14 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     assert 1 <= p["mean_pack_size"] <= 3 and len(p["repeats"]) == 1
     for label in ("unpacked", "packed"):
         assert len(p["search"][label]["runs"]) == 1
+    q = p["quality"]
+    assert q["auto"] == 8 and q["trials"] == 6  # a CPU's auto
+    for label in ("unpacked", "packed"):
+        assert len(q[label]["best"]) == len(q[label]["seconds"]) == 1
+        assert 0.0 < q[label]["best"][0] <= 1.0 and q[label]["best"][0] == q[label]["mean_best"]
+        _positive(q[label]["median_s"], f"packing.quality.{label}.median_s")
+    assert q["speedup"] == pytest.approx(q["unpacked"]["median_s"] / q["packed"]["median_s"])
+    assert q["best_difference"] == pytest.approx(q["packed"]["mean_best"] - q["unpacked"]["mean_best"])
     assert "--pack 3" in p["how"]
 
     # the bench leaves nothing behind in the default storage

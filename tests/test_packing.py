@@ -15,7 +15,7 @@ from tests.test_train import regression_data
 from tuner.errors import DivergedError
 from tuner.packing import FAMILIES, pack_key, plan_packs, train_packed
 from tuner.params import OPTIMIZERS, TrainConfig
-from tuner.train import train
+from tuner.train import EpochResult, train
 from tuner.workloads.data import Dataset, load_workload, parse_workload
 
 
@@ -297,28 +297,43 @@ def test_a_bad_pack_is_one_line_and_nothing_is_written(project, cli, bad) -> Non
     assert r.code != 0 and "pack" in r.err and len(r.err.strip().splitlines()) == 1
 
 
-def test_a_pack_that_fails_as_a_whole_fails_each_of_its_trials_with_the_reason(project, monkeypatch) -> None:
-    """Packed training that raises for the whole pack (out of memory, say) fails each of its
-    trials with the reason, as a trial alone would be; the run goes on until the same failure
-    repeats, then stops saying so. Nothing is left RUNNING."""
+def test_a_pack_that_fails_as_a_whole_trains_its_trials_alone_and_the_worker_stops_packing(project, monkeypatch, capfd) -> None:
+    """Packed training that raises for the whole pack (out of memory, an op a device lacks) before
+    any epoch: its trials train alone and complete, the worker says so once and packs no more, so
+    a pack the machine cannot train costs one pack's time, not the study. A pack that fails after
+    reporting epochs fails its trials with the reason (their epochs cannot be reported again)."""
     import tuner.packing
     from optuna.trial import TrialState
 
-    from tuner.errors import TunerError
     from tuner.spec import StudySpec
     from tuner.study import create_study, run_study
 
-    def out_of_memory(*args: object, **kwargs: object) -> None:
+    calls: list[int] = []
+
+    def out_of_memory(cfgs: list, *args: object, on_epoch: list, **kwargs: object) -> None:
+        calls.append(len(cfgs))
+        if len(calls) == 2:  # after an epoch of each member
+            for report in on_epoch:
+                report(EpochResult(epoch=1, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, metric=0.5, lr=0.1))
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(tuner.packing, "train_packed", out_of_memory)
     loaded = create_study(StudySpec(name="oom", space="tiny", sampler="random", pruner="none", trials=6), "sqlite:///studies/tuner.db")
-    with pytest.raises(TunerError, match="failed the same way: RuntimeError: CUDA out of memory"):
-        run_study(loaded, device="cpu", pack=3)
+    result = run_study(loaded, device="cpu", pack=3)
+    assert calls == [3] and result.n_finished == 6  # one pack tried; its trials and all later ones alone
     trials = _study_trials("sqlite:///studies/tuner.db", "oom")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6 and not any("pack" in t.user_attrs for t in trials)
+    err = capfd.readouterr().err
+    assert err.count("failed as a whole (RuntimeError: CUDA out of memory (simulated))") == 1 and "alone from now on" in err
+
+    calls.clear()
+    loaded = create_study(StudySpec(name="late", space="tiny", sampler="random", pruner="none", trials=4), "sqlite:///studies/tuner.db")
+    calls.append(0)  # the next call is the second: it reports an epoch first
+    result = run_study(loaded, device="cpu", pack=3)
+    trials = _study_trials("sqlite:///studies/tuner.db", "late")
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) >= 5 and all(t.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)" for t in failed)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(failed) == 3 and all(t.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)" for t in failed)
+    assert result.n_finished == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
 
 
 @pytest.mark.parametrize("pack", [1, 3])
@@ -403,3 +418,14 @@ def test_a_trial_claimed_with_others_starts_when_its_own_pack_starts(project, cl
         for pack in order:
             assert max(t.datetime_start for t in pack) - min(t.datetime_start for t in pack) < __import__("datetime").timedelta(seconds=1)
     assert seen_two_packs
+
+
+def test_the_pack_a_worker_uses_by_default_and_on_request() -> None:
+    """Nothing given: auto on a GPU, off on a CPU (the bench's measured choice); auto and a number
+    as asked, on either."""
+    from tuner.packing import PACK_CPU, PACK_CUDA, resolve_pack
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert (resolve_pack(None, cpu), resolve_pack(None, cuda)) == (1, PACK_CUDA)
+    assert (resolve_pack("auto", cpu), resolve_pack("auto", cuda)) == (PACK_CPU, PACK_CUDA) == (8, 32)
+    assert [resolve_pack(v, d) for v in (1, "4", 12) for d in (cpu, cuda)] == [1, 1, 4, 4, 12, 12]

@@ -575,10 +575,14 @@ params:
 """
 
 
-def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, pg_url, pgbouncer_url):
+@pytest.mark.parametrize("pack", ["1", "auto"])
+def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, pg_url, pgbouncer_url, pack):
     """8 workers on a PgBouncer with 2 server connections (conftest's PGBOUNCER_POOL_SIZE): each
     transaction may land on another server connection, so a prepared statement or a session's
-    lock would break, and a worker waiting for the study lock must not hold a connection."""
+    lock would break, and a worker waiting for the study lock must not hold a connection. Packed
+    (8 trials a worker), a pack's beats are one transaction: beating each trial apart, the pool
+    fell behind, trials were declared lost while training and a worker waited out PgBouncer's
+    query_wait_timeout."""
     from tests.conftest import PGBOUNCER_POOL_SIZE
 
     assert PGBOUNCER_POOL_SIZE < 8
@@ -587,7 +591,7 @@ def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, p
     runs = {}
     for name, extra in (("pb", ["--trials", "60", "--sampler", "random"]), ("pb_grid", ["--sampler", "grid"])):
         runs[name] = subprocess.run(
-            [TUNER, "study", "run", name, "--space", "quick2", "--pruner", "none", *extra, "--workers", "8", "--threads", "1", "--format", "json"],
+            [TUNER, "study", "run", name, "--space", "quick2", "--pruner", "none", *extra, "--workers", "8", "--threads", "1", "--pack", pack, "--format", "json"],
             env=env, capture_output=True, text=True, timeout=300,
         )
         assert runs[name].returncode == 0, runs[name].stderr

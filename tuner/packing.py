@@ -59,15 +59,18 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 
 def resolve_pack(value: int | str | None, device: torch.device) -> int:
-    """Trials a worker claims and packs at once: the number given, auto's for the device, or 1
-    (off) when nothing is given: many packed workers on one PostgreSQL beat K trials each, which
-    a small pool behind PgBouncer did not keep up with (trials declared lost while training)."""
-    if value is None:
-        return 1
-    n = parse_pack(value)
+    """Trials a worker claims and packs at once: the number given, or auto's for the device. When
+    nothing is given: auto on a GPU, where a small model's step waits on launches that a pack
+    shares; 1 (off) on a CPU, where tuner bench's packing section measured no gain for a TPE study
+    over bench_ref's varied shapes (packs of about two) and a slower time to 0.97 (TPE is asked K
+    trials at once and learns of them only as their pack ends). Same-shaped spaces gain on a CPU
+    too: ask for them with --pack auto."""
+    n = parse_pack(value if value is not None else "auto")
     if n is not None:
         return n
-    return PACK_CUDA if device.type == "cuda" else PACK_CPU
+    if device.type == "cuda":
+        return PACK_CUDA
+    return PACK_CPU if value is not None else 1
 
 
 def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:

@@ -51,7 +51,7 @@ class StudySpec:
     val_fraction: float = 0.2  # share of the data held out for validation
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
     startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
-    pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: 1
+    pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: auto on a GPU, 1 on a CPU
 
     @property
     def n_startup(self) -> int:

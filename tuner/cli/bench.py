@@ -175,6 +175,18 @@ def _table(doc: dict[str, Any]) -> Table:
             return f"{_num(part['median_s'], '{:.1f}')} ({part['reached']}/{len(part['runs'])})"
 
         table.add_row(f"s to {s['threshold']} tpe+hb: unpacked vs packed", reached(s["unpacked"]), reached(s["packed"]), _num(s["speedup"], "{:.2f}x"), "", "")
+        q = p.get("quality")
+        if q:
+            runs = f"{len(q['packed']['best'])} seeds"
+            table.add_row(
+                f"tpe {q['trials']} trials, best (mean, {runs}): auto ({q['auto']}) vs 1",
+                _num(q["packed"]["mean_best"], "{:.4f}"),
+                _num(q["unpacked"]["mean_best"], "{:.4f}"),
+                _num(q["best_difference"], "{:+.4f}"),
+                "same",
+                "",
+            )
+            table.add_row(f"s a {q['trials']}-trial tpe study: auto vs 1", _num(q["packed"]["median_s"], "{:.1f}"), _num(q["unpacked"]["median_s"], "{:.1f}"), _num(q["speedup"], "{:.2f}x"), "", "")
     return table
 
 

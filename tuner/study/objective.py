@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable
 
 import optuna
@@ -42,6 +43,7 @@ class BuiltinObjective:
     def __init__(self, loaded: Loaded, device: Any) -> None:
         self.loaded, self.device = loaded, device
         self.prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)  # asking a NopPruner costs a trial copy an epoch
+        self.unpacked: str | None = None  # why this worker no longer packs (a pack failed as a whole), if it does not
 
     def begin(self, trial: optuna.Trial) -> "_TrialRun":
         """The trial's configuration drawn, stored before training (durable), and its data."""
@@ -95,18 +97,20 @@ class BuiltinObjective:
             data = workloads[i][0]
             return step_flops(runs[i].config, width=width, n_features=data.n_features, n_outputs=data.n_classes or 1)
 
+        def alone(i: int) -> None:
+            try:
+                outcomes[i] = self._alone(runs[i], *workloads[i])
+            except Exception as e:  # recorded by _alone
+                outcomes[i] = e
+            on_ended(i, outcomes[i])
+
         widths = [r.config.hidden_units for r in runs]
         overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
-        for group in plan_packs(keys, n_pack, cost=cost, widths=widths, overhead=overhead):
+        for group in plan_packs(keys, 1 if self.unpacked else n_pack, cost=cost, widths=widths, overhead=overhead):
             group = [i for i in group if outcomes[i] is None]
             started([trials[i] for i in group])
             if len(group) == 1:
-                i = group[0]
-                try:
-                    outcomes[i] = self._alone(runs[i], *workloads[i])
-                except Exception as e:  # recorded by _alone
-                    outcomes[i] = e
-                on_ended(i, outcomes[i])
+                alone(group[0])
             elif group:
                 numbers = [trials[i].number for i in group]
                 try:
@@ -114,12 +118,31 @@ class BuiltinObjective:
                         [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
                         metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
                     )  # fmt: skip
-                except Exception as e:  # the pack as a whole (out of memory, say): each of its trials fails with the reason
-                    results = [e] * len(group)
+                except Exception as e:  # the pack as a whole (out of memory, an op this device lacks): alone, from now on
+                    self._stop_packing(e, n_members=len(group))
+                    for i in group:
+                        if runs[i].epochs:  # it reported epochs already, which a second training cannot replace
+                            outcomes[i] = _ending(runs[i], e)
+                            on_ended(i, outcomes[i])
+                        else:
+                            alone(i)
+                    continue
                 for i, result in zip(group, results):
                     record(trials[i], {A.PACK: numbers})
                     outcomes[i] = _ending(runs[i], result) if isinstance(result, BaseException) else runs[i].finish(result)
                     on_ended(i, outcomes[i])
+
+    def _stop_packing(self, error: Exception, *, n_members: int) -> None:
+        """Packed training failed as a whole: its trials train alone, as do this worker's later ones,
+        so that a pack this machine cannot train (out of memory, a device packing was never run on)
+        costs one pack's time rather than the study. Said once, on stderr."""
+        self.unpacked = f"{error.__class__.__name__}: {error}"[:300]
+        print(
+            f"tuner: a pack of {n_members} trials failed as a whole ({self.unpacked}); this worker trains its trials "
+            "alone from now on (--pack 1 turns packing off)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _ending(run: "_TrialRun", error: BaseException) -> BaseException:
