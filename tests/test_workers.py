@@ -581,8 +581,8 @@ def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, p
     transaction may land on another server connection, so a prepared statement or a session's
     lock would break, and a worker waiting for the study lock must not hold a connection. Packed
     (8 trials a worker), a pack's beats are one transaction: beating each trial apart, the pool
-    fell behind, trials were declared lost while training and a worker waited out PgBouncer's
-    query_wait_timeout."""
+    fell behind: trials were declared lost while training, or a worker lost its connection
+    waiting for the pool (seen before the change, with this test's --pack auto)."""
     from tests.conftest import PGBOUNCER_POOL_SIZE
 
     assert PGBOUNCER_POOL_SIZE < 8
