@@ -517,7 +517,10 @@ def train_packed(
             m.schedule.start_epoch(epoch)
         epoch_lr = [m.schedule.lr for m in active]
         perms = torch.stack([torch.randperm(n_train, device=device, generator=m.generator) for m in active])
-        xs, ys = x_train[perms], y_train[perms]
+        # index_select of the flattened orders: 2.5x quicker on a CPU than x_train[perms], whose
+        # advanced indexing was a fifth of a small pack's time (same values)
+        xs = x_train.index_select(0, perms.view(-1)).view(*perms.shape, *x_train.shape[1:])
+        ys = y_train.index_select(0, perms.view(-1)).view(perms.shape)
         bounds = [(a, min(a + batch_size, n_train)) for a in range(0, n_train, batch_size)]
         bounds = [(a, b) for a, b in bounds if not (skip_single and b - a < 2)]
         rates = torch.tensor([m.rates(len(bounds)) for m in active], device=device)  # (K, steps)
