@@ -73,7 +73,7 @@ class BenchSettings:
             n_command=2,
             n_packing=6,
             pack=3,
-            n_quality=6,
+            n_quality=8,
         )
 
 

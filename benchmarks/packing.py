@@ -145,7 +145,7 @@ def _quality(bench: Bench) -> dict[str, Any]:
     from tuner.train import resolve_device
 
     settings, device, spaces_dir = bench.settings, bench.device, bench.spaces_dir
-    auto = resolve_pack("auto", resolve_device(str(device)))
+    auto = resolve_pack("auto", resolve_device(str(device)), budget=settings.n_quality, sampler="tpe")
     space = space_path(settings.search_space, spaces_dir)
     seeds = list(range(settings.seed, settings.seed + settings.search_seeds))
     out: dict[str, Any] = {"auto": auto, "trials": settings.n_quality}

@@ -429,3 +429,8 @@ def test_the_pack_a_worker_uses_by_default_and_on_request() -> None:
     assert (resolve_pack(None, cpu), resolve_pack(None, cuda)) == (1, PACK_CUDA)
     assert (resolve_pack("auto", cpu), resolve_pack("auto", cuda)) == (PACK_CPU, PACK_CUDA) == (8, 32)
     assert [resolve_pack(v, d) for v in (1, "4", 12) for d in (cpu, cuda)] == [1, 1, 4, 4, 12, 12]
+    # auto under a sampler that learns from results: at most a quarter of the budget
+    assert [resolve_pack("auto", cuda, budget=b, sampler="tpe") for b in (2, 30, 100, 1000)] == [1, 7, 25, 32]
+    assert [resolve_pack(None, cuda, budget=30, sampler=s) for s in ("gp", "cmaes", "random", "grid", "qmc")] == [7, 7, 32, 32, 32]
+    assert (resolve_pack("auto", cpu, budget=30, sampler="tpe"), resolve_pack(None, cpu, budget=30, sampler="tpe")) == (7, 1)
+    assert resolve_pack(16, cuda, budget=30, sampler="tpe") == 16  # a number given is taken as it is

@@ -43,12 +43,13 @@ from tuner.train import (
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
 
-__all__ = ["FAMILIES", "PACK_CPU", "PACK_CUDA", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
+__all__ = ["ADAPTIVE", "FAMILIES", "PACK_CPU", "PACK_CUDA", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
 
 # `--pack auto`: trials claimed at once. On a CPU core the gain flattens past this (tuner bench's
 # packing section shows the figures); on a GPU a pack of small MLPs stays far from its memory.
 PACK_CPU = 8
 PACK_CUDA = 32
+ADAPTIVE = frozenset({"tpe", "gp", "cmaes"})  # samplers whose next trials depend on finished ones
 
 # optimizer -> the update rule it shares with others in a pack (per-row flags tell them apart)
 FAMILIES = {"sgd": "sgd", "momentum": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad", "adadelta": "adadelta"}
@@ -58,19 +59,29 @@ _BN_MOMENTUM, _NORM_EPS = 0.1, 1e-5  # nn.BatchNorm1d's and nn.LayerNorm's defau
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
-def resolve_pack(value: int | str | None, device: torch.device) -> int:
+def resolve_pack(value: int | str | None, device: torch.device, *, budget: int | None = None, sampler: str | None = None) -> int:
     """Trials a worker claims and packs at once: the number given, or auto's for the device. When
     nothing is given: auto on a GPU, where a small model's step waits on launches that a pack
     shares; 1 (off) on a CPU, where tuner bench's packing section measured no gain for a TPE study
     over bench_ref's varied shapes (packs of about two) and a slower time to 0.97 (TPE is asked K
     trials at once and learns of them only as their pack ends). Same-shaped spaces gain on a CPU
-    too: ask for them with --pack auto."""
+    too: ask for them with --pack auto.
+
+    Auto's pack is at most a quarter of the `budget` under a sampler that learns from results
+    (ADAPTIVE): it hears of a pack's trials only when the pack ends, and a 30-trial TPE study
+    asked 32 trials at once would be a random search. A number given is taken as it is."""
     n = parse_pack(value if value is not None else "auto")
     if n is not None:
         return n
     if device.type == "cuda":
-        return PACK_CUDA
-    return PACK_CPU if value is not None else 1
+        n = PACK_CUDA
+    elif value is None:
+        return 1
+    else:
+        n = PACK_CPU
+    if budget and sampler in ADAPTIVE:
+        n = min(n, max(1, budget // 4))
+    return n
 
 
 def pack_key(cfg: TrainConfig, data: Any) -> tuple[Any, ...] | None:

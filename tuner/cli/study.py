@@ -70,7 +70,7 @@ ThreadsOpt = Annotated[
 ]
 PackOpt = Annotated[
     Optional[str],
-    typer.Option("--pack", metavar="K|auto", help="Trials trained at once as one batched model (tuner's loop, MLPs): a number, 1 for off, or auto (8 on a CPU, 32 on a GPU) \\[default: auto on a GPU, 1 on a CPU]."),
+    typer.Option("--pack", metavar="K|auto", help="Trials trained at once as one batched model (tuner's loop, MLPs): a number, 1 for off, or auto (8 on a CPU, 32 on a GPU; at most a quarter of the budget under tpe, gp, cmaes) \\[default: auto on a GPU, 1 on a CPU]."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
 SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help="Folder of space files.")]

@@ -263,7 +263,8 @@ def run_study(
     objective = make_objective(loaded, torch_device, threads=n_threads)
     from tuner.packing import resolve_pack
 
-    n_pack = resolve_pack(pack, torch_device) if isinstance(objective, BuiltinObjective) else 1
+    budget = int(spec.trials or DEFAULT_TRIALS)
+    n_pack = resolve_pack(pack, torch_device, budget=budget, sampler=spec.sampler) if isinstance(objective, BuiltinObjective) else 1
     from tuner.train import warm_up
 
     warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
@@ -271,7 +272,6 @@ def run_study(
     # of the collector's sight, or every full collection walks it again (~10 ms a trial). No
     # collection first: it would cost as much once, to free the little garbage there is.
     gc.freeze()
-    budget = int(spec.trials or DEFAULT_TRIALS)
     rdb = rdb_of(study._storage)
     lock = StudyLock(loaded.url, spec.name, engine=rdb.engine if rdb is not None else None)
     started = time.monotonic()
