@@ -318,9 +318,13 @@ def test_a_pack_that_fails_as_a_whole_trains_its_trials_alone_and_the_worker_sto
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(tuner.packing, "train_packed", out_of_memory)
-    loaded = create_study(StudySpec(name="oom", space="tiny", sampler="random", pruner="none", trials=6), "sqlite:///studies/tuner.db")
-    result = run_study(loaded, device="cpu", pack=3)
-    assert calls == [3] and result.n_finished == 6  # one pack tried; its trials and all later ones alone
+    __import__("pathlib").Path("search_spaces/two.yaml").write_text(
+        "params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n  n_layers: {type: categorical, choices: [1, 2]}\n"
+        "  hidden_units: 16\n  epochs: 2\n"
+    )
+    loaded = create_study(StudySpec(name="oom", space="two", sampler="random", pruner="none", trials=6), "sqlite:///studies/tuner.db")
+    result = run_study(loaded, device="cpu", pack=6)  # one claim of six: a pack for each depth
+    assert len(calls) == 1 and result.n_finished == 6  # one pack tried; its trials, and the other pack's, alone
     trials = _study_trials("sqlite:///studies/tuner.db", "oom")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6 and not any("pack" in t.user_attrs for t in trials)
     err = capfd.readouterr().err

@@ -108,10 +108,12 @@ class BuiltinObjective:
         overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
         for group in plan_packs(keys, 1 if self.unpacked else n_pack, cost=cost, widths=widths, overhead=overhead):
             group = [i for i in group if outcomes[i] is None]
-            started([trials[i] for i in group])
-            if len(group) == 1:
-                alone(group[0])
+            if len(group) == 1 or self.unpacked:  # alone, or packing stopped by an earlier pack's failure
+                for i in group:
+                    started([trials[i]])
+                    alone(i)
             elif group:
+                started([trials[i] for i in group])
                 numbers = [trials[i].number for i in group]
                 try:
                     results: list[Any] = train_packed(
