@@ -130,8 +130,11 @@ class BuiltinObjective:
                             alone(i)
                     continue
                 for i, result in zip(group, results):
-                    record(trials[i], {A.PACK: numbers})
-                    outcomes[i] = _ending(runs[i], result) if isinstance(result, BaseException) else runs[i].finish(result)
+                    try:
+                        record(trials[i], {A.PACK: numbers})
+                        outcomes[i] = _ending(runs[i], result) if isinstance(result, BaseException) else runs[i].finish(result)
+                    except optuna.exceptions.UpdateFinishedTrialError as e:  # failed as lost meanwhile (Optuna's storage writes at once)
+                        outcomes[i] = e
                     on_ended(i, outcomes[i])
 
     def _stop_packing(self, error: Exception, *, n_members: int) -> None:

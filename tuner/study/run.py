@@ -155,12 +155,18 @@ def _close(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseExcept
     it as lost (this worker's beats came too late: a stalled machine, a saturated pool) and queued
     it again, the trial as that worker left it: this result is dropped, the copy runs again, and
     this worker goes on."""
+    storage = study._storage
     try:
         return _tell_outcome(study, trial, outcome)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        if isinstance(study._storage, BufferedStorage):
-            return study._storage.forget(trial._trial_id)
-        return study._storage.get_trial(trial._trial_id)
+    except optuna.exceptions.UpdateFinishedTrialError:  # tuner's storage, or an attribute written on Optuna's
+        if isinstance(storage, BufferedStorage):
+            return storage.forget(trial._trial_id)
+        return storage.get_trial(trial._trial_id)
+    except ValueError:  # Optuna's tell: "Cannot tell a FAIL trial"
+        stored = storage.get_trial(trial._trial_id)
+        if isinstance(storage, BufferedStorage) or not stored.state.is_finished():
+            raise
+        return stored
 
 
 def _taken_away(trial: FrozenTrial) -> bool:
