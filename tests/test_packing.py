@@ -445,3 +445,65 @@ def test_the_pack_a_worker_uses_by_default_and_on_request() -> None:
     assert [resolve_pack(None, cuda, budget=30, sampler=s) for s in ("gp", "cmaes", "random", "grid", "qmc")] == [7, 7, 32, 32, 32]
     assert (resolve_pack("auto", cpu, budget=30, sampler="tpe"), resolve_pack(None, cpu, budget=30, sampler="tpe")) == (7, 1)
     assert resolve_pack(16, cuda, budget=30, sampler="tpe") == 16  # a number given is taken as it is
+
+
+def test_a_members_memory_by_dry_run_adds_up_to_a_packs(digits: Dataset) -> None:
+    """member_bytes (a dry run of one member's step) against a real pack of four on this device:
+    the tensors a pack keeps (parameters, gradient, optimizer state, each member's shuffled split)
+    and what autograd saves for its backward pass grow member by member as the dry run says."""
+    from tuner.packing import _members_loss, _PackedMLP, _PackedOptimizer, member_bytes
+    from tuner.workloads.models import build_model
+
+    for c in (cfg(optimizer="adam", hidden_units=48), cfg(optimizer="sgd", hidden_units=48, n_layers=3, batch_size=32)):
+        one = member_bytes(c, digits, "cpu")
+        n_params = 48 * 64 + 48 + (c.n_layers - 1) * (48 * 48 + 48) + 48 * 10 + 10
+        n_state = 2 if c.optimizer == "adam" else 1
+        split = digits.x_train.size * 4 + digits.y_train.size * 8
+        assert one > 4 * n_params * (2 + n_state) + split  # and the saved activations besides
+        k = 4
+        models = [build_model(c, n_features=64, n_outputs=10, image_shape=None) for _ in range(k)]
+        net = _PackedMLP([c] * k, models, n_features=64, n_outputs=10, device=torch.device("cpu"))
+        optimizer = _PackedOptimizer([c] * k, net.flat.shape[1], torch.device("cpu"))
+        x = torch.as_tensor(digits.x_train[: c.batch_size], dtype=torch.float32).expand(k, -1, -1)
+        y = torch.as_tensor(digits.y_train[: c.batch_size]).expand(k, -1)
+        saved = [0]
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            loss = _members_loss(net.forward(x, training=True), y, "classification", None).sum()
+        loss.backward()
+        kept = sum(t.numel() * t.element_size() for t in (net.flat, net.flat_grad, *optimizer.state.values()))
+        pack = saved[0] + kept + k * split
+        assert pack == pytest.approx(k * one, rel=0.05)
+
+
+def test_a_gpus_free_memory_caps_the_pack(project, cli, monkeypatch) -> None:
+    """On a GPU, packs hold as many members as MEMORY_SHARE of its free memory does (a dry run of
+    each key's widest trial); on a CPU free_memory is None and auto's number stands. Shown here on
+    a CPU told it has room for three members."""
+    import tuner.packing
+    from optuna.trial import TrialState
+
+    from tuner.packing import MEMORY_SHARE, free_memory, member_bytes
+
+    assert free_memory("cpu") is None
+    real = member_bytes
+    sizes: list[int] = []
+
+    def room_for_three(device: object) -> int:
+        data = load_workload(parse_workload("digits"), seed=0)[0]
+        return int(3.5 * real(TrainConfig(n_layers=1, hidden_units=32, epochs=2), data, "cpu") / MEMORY_SHARE)
+
+    monkeypatch.setattr(tuner.packing, "free_memory", room_for_three)
+    monkeypatch.setattr(tuner.packing, "member_bytes", lambda *a: sizes.append(1) or real(*a))
+    __import__("pathlib").Path("search_spaces/mem.yaml").write_text(
+        "params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n  hidden_units: 32\n  n_layers: 1\n  epochs: 2\n"
+    )
+    r = cli("study", "run", "m", "--space", "mem", "--sampler", "random", "--pruner", "none", "--trials", "8", "--pack", "8", "-q")
+    assert r.code == 0, r.err
+    trials = _study_trials("sqlite:///studies/tuner.db", "m")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8 and sizes
+    assert max(len(t.user_attrs.get("pack", [t.number])) for t in trials) == 3

@@ -43,7 +43,7 @@ from tuner.train import (
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
 
-__all__ = ["ADAPTIVE", "FAMILIES", "PACK_CPU", "PACK_CUDA", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
+__all__ = ["ADAPTIVE", "FAMILIES", "MEMORY_SHARE", "PACK_CPU", "PACK_CUDA", "fit_pack", "free_memory", "member_bytes", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
 
 # `--pack auto`: trials claimed at once. On a CPU core the gain flattens past this (tuner bench's
 # packing section shows the figures); on a GPU a pack of small MLPs stays far from its memory.
@@ -104,6 +104,54 @@ def step_flops(cfg: TrainConfig, *, width: int, n_features: int, n_outputs: int)
     if cfg.n_layers == 0:
         return 6.0 * cfg.batch_size * n_features * n_outputs
     return 6.0 * cfg.batch_size * width * (n_features + (cfg.n_layers - 1) * width + n_outputs)
+
+
+# Share of a GPU's free memory a pack may take: the rest is headroom for the allocator's
+# fragmentation, the validation pass, and what other processes on the GPU take meanwhile.
+MEMORY_SHARE = 0.5
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes free on a GPU (torch.cuda.mem_get_info); None on a CPU, where a pack never comes near
+    the machine's memory first."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def member_bytes(cfg: TrainConfig, data: Dataset, device: torch.device | str) -> int:
+    """Memory one more member adds to a pack of this configuration, found by a dry run as HFHT
+    sizes its packs: one packed training step of the configuration alone on `device`, counting its
+    parameters, their gradient and the optimizer's state, the tensors autograd keeps for the
+    backward pass (counted by saved-tensor hooks, so it runs the same on any device), and its
+    copy of each epoch's shuffled training split."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = build_model(cfg, n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=None)
+        net = _PackedMLP([cfg], [model], n_features=data.n_features, n_outputs=data.n_classes or 1, device=device)
+        optimizer = _PackedOptimizer([cfg], net.flat.shape[1], device)
+        x_train, y_train, _, _ = device_tensors(data, cfg.scaling, device)
+        saved = 0
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            out = net.forward(x_train[: cfg.batch_size].unsqueeze(0), training=True)
+            loss = _members_loss(out, y_train[: cfg.batch_size].unsqueeze(0), data.task, None).sum()
+        loss.backward()
+    kept = [net.flat, net.flat_grad, *optimizer.state.values(), x_train, y_train]
+    return saved + sum(t.numel() * t.element_size() for t in kept)
+
+
+def fit_pack(n_pack: int, per_member: int, free: int) -> int:
+    """The largest pack up to n_pack whose members fit in MEMORY_SHARE of `free` bytes (at least 1)."""
+    return max(1, min(n_pack, int(MEMORY_SHARE * free) // max(per_member, 1)))
 
 
 def plan_packs(keys: list[tuple[Any, ...] | None], n_max: int, *, cost: Callable[[int, int], float] | None = None, widths: list[int] | None = None, overhead: float = 0.0) -> list[list[int]]:

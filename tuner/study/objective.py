@@ -77,6 +77,7 @@ class BuiltinObjective:
         together, n_pack at most, the others alone. As each pack ends, `on_ended` is given each
         of its trials' index and value, or the exception that ended it (TrialPruned for a pruned
         or diverged one)."""
+        from tuner import packing
         from tuner.packing import STEP_OVERHEAD_FLOPS, pack_key, plan_packs, step_flops, train_packed
 
         outcomes: list[Any] = [None] * len(trials)
@@ -106,6 +107,11 @@ class BuiltinObjective:
 
         widths = [r.config.hidden_units for r in runs]
         overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        free = packing.free_memory(self.device)
+        if free is not None and n_pack > 1:  # a GPU: as many members as its memory holds, by a dry run of each key's widest
+            widest = {key: max((i for i, k in enumerate(keys) if k == key), key=lambda i: widths[i]) for key in set(keys) - {None}}
+            for i in widest.values():
+                n_pack = packing.fit_pack(n_pack, packing.member_bytes(runs[i].config, workloads[i][0], self.device), free)
         for group in plan_packs(keys, 1 if self.unpacked else n_pack, cost=cost, widths=widths, overhead=overhead):
             group = [i for i in group if outcomes[i] is None]
             if len(group) == 1 or self.unpacked:  # alone, or packing stopped by an earlier pack's failure
