@@ -62,10 +62,10 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 def resolve_pack(value: int | str | None, device: torch.device, *, budget: int | None = None, sampler: str | None = None) -> int:
     """Trials a worker claims and packs at once: the number given, or auto's for the device. When
     nothing is given: auto on a GPU, where a small model's step waits on launches that a pack
-    shares; 1 (off) on a CPU, where tuner bench's packing section measured no gain for a TPE study
-    over bench_ref's varied shapes (packs of about two) and a slower time to 0.97 (TPE is asked K
-    trials at once and learns of them only as their pack ends). Same-shaped spaces gain on a CPU
-    too: ask for them with --pack auto.
+    shares; 1 (off) on a CPU, where tuner bench's packing section measured a TPE study over
+    bench_ref's varied shapes (packs of about two) at 0.95x to 1.20x the time unpacked, by the
+    machine's load, and a slower time to 0.97 (TPE is asked K trials at once and learns of them
+    only as their pack ends). Same-shaped spaces gain more on a CPU: ask with --pack auto.
 
     Auto's pack is at most a quarter of the `budget` under a sampler that learns from results
     (ADAPTIVE): it hears of a pack's trials only when the pack ends, and a 30-trial TPE study
