@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def test_a_silent_trial_is_failed_and_queued_once_with_its_reason(url):
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == {} and trials[1].system_attrs["fixed_params"] == trials[0].params
-    assert "no heartbeat for 60s" in trials[0].user_attrs["fail_reason"]
+    # 60 s aged, plus however long the two looks took on a busy machine
+    assert re.search(r"no heartbeat for 6\ds \(grace 30s\)", trials[0].user_attrs["fail_reason"]), trials[0].user_attrs["fail_reason"]
     assert trials[0].user_attrs["fail_kind"] == "lost worker"
 
 
