@@ -187,8 +187,11 @@ class BufferedStorage(BaseStorage):
         if known is not distribution:
             check_distribution_compatibility(known, distribution)
 
+    def _flush_due(self, trial_id: int, now: float) -> bool:
+        return now - self._flushed_at.get(trial_id, -math.inf) >= self._flush_s
+
     def _maybe_flush(self, trial_id: int) -> None:
-        if time.monotonic() - self._flushed_at.get(trial_id, -math.inf) >= self._flush_s:
+        if self._flush_due(trial_id, time.monotonic()):
             self.flush(trial_id)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
@@ -450,7 +453,7 @@ class BufferedStorage(BaseStorage):
             due = {
                 t: self._pending[t]
                 for t in sorted(trial_ids)
-                if t in self._pending and not self._pending[t].empty() and now - self._flushed_at.get(t, -math.inf) >= self._flush_s
+                if t in self._pending and not self._pending[t].empty() and self._flush_due(t, now)
             }
             for trial_id in beat(self._rdb, trial_ids, due):
                 self._pending[trial_id] = due[trial_id].next()
