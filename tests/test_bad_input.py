@@ -176,9 +176,14 @@ def test_fifty_malformed_inputs_each_get_one_line_and_leave_the_database_unchang
 _NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.text(max_size=5))
 
 
+# corruptions that can land on a valid space (a drawn value inside the bounds, text that parses);
+# every other kind is invalid whatever is drawn, so a validator that lets one through fails the test
+MAYBE_VALID = {"bounds", "value", "text"}
+
+
 @st.composite
-def malformed_spaces(draw) -> str:
-    """A valid space with one corruption, drawn from what people (and attackers) get wrong."""
+def malformed_spaces(draw) -> tuple[str, str]:
+    """(kind, text): a valid space with one corruption, drawn from what people (and attackers) get wrong."""
     params = {
         "lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
         "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
@@ -209,8 +214,8 @@ def malformed_spaces(draw) -> str:
         if params[target].get("step") is not None and params[target].get("log"):
             pass  # step with log is itself invalid
     else:
-        return draw(st.text(max_size=200).filter(lambda t: not t.strip().startswith("params")))
-    return yaml.safe_dump({"params": params}, sort_keys=False)
+        return kind, draw(st.text(max_size=200).filter(lambda t: not t.strip().startswith("params")))
+    return kind, yaml.safe_dump({"params": params}, sort_keys=False)
 
 
 def _is_valid(text: str) -> bool:
@@ -222,11 +227,13 @@ def _is_valid(text: str) -> bool:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=malformed_spaces())
-def test_generated_malformed_spaces_are_refused_by_the_cli_without_writing(project, cli, text):
+@given(case=malformed_spaces())
+def test_generated_malformed_spaces_are_refused_by_the_cli_without_writing(project, cli, case):
+    kind, text = case
     if not DB.exists():
         assert cli("study", "run", "base", "--space", "tiny", "--trials", "1", "-q").code == 0
     if _is_valid(text):  # a "corruption" that happens to be valid (e.g. a value inside bounds)
+        assert kind in MAYBE_VALID, f"a {kind} corruption was accepted:\n{text}"
         return
     Path("search_spaces/gen.yaml").write_text(text)
     before = _fingerprint()

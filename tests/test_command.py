@@ -105,8 +105,11 @@ def test_a_valid_template_returns_its_tokens_unfilled():
     assert tokens == ["python", "train.py", "--lr={lr}", "a b", "--seed", "{seed}", "${args}", "out/{trial}.pt"]
 
 
-def test_braces_around_anything_but_a_name_are_text_and_doubled_braces_escape():
-    check_template("""python -c 'import json; print({"a": {"b": 1}}, {}, "{{lr}}")' {{nope}}""", [])
+def test_braces_around_anything_but_a_name_are_text_and_doubled_braces_escape(tmp_path):
+    template = """python -c 'import json; print({"a": {"b": 1}}, {}, "{{lr}}")' {{nope}} --lr={lr}"""
+    assert check_template(template, ["lr"]) == ["python", "-c", """import json; print({"a": {"b": 1}}, {}, "{{lr}}")""", "{{nope}}", "--lr={lr}"]
+    argv = expand(template, {"lr": 0.1}, seed=1, trial=2, args_json_file=tmp_path / "args.json")
+    assert argv == ["python", "-c", """import json; print({"a": {"b": 1}}, {}, "{lr}")""", "{nope}", "--lr=0.1"]
 
 
 @pytest.mark.parametrize(
@@ -373,12 +376,17 @@ def test_a_whole_trial_from_template_to_records(tmp_path):
 
 def test_lines_stay_whole_in_the_log_when_both_streams_write_at_once(tmp_path):
     child = _script(tmp_path, """
-        import sys, time
-        sys.stdout.write("epoch=1 "); sys.stdout.flush()
-        time.sleep(0.2)  # the worker reads the half line before the next stream writes
-        sys.stderr.write("a warning\\n"); sys.stderr.flush()
-        time.sleep(0.2)
-        sys.stdout.write("loss=0.5\\n"); sys.stdout.flush()
+        import fcntl, struct, sys, termios, time
+
+        def read_by_the_worker(stream):  # its pipe holds no unread byte (FIONREAD): no guessed sleep
+            stream.flush()
+            deadline = time.monotonic() + 60
+            while struct.unpack("i", fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"\\0" * 4))[0] and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+        sys.stdout.write("epoch=1 "); read_by_the_worker(sys.stdout)  # the half line is read first
+        sys.stderr.write("a warning\\n"); read_by_the_worker(sys.stderr)  # then the other stream's whole line
+        sys.stdout.write("loss=0.5\\n"); read_by_the_worker(sys.stdout)
         sys.stdout.write("acc=0.75")  # the last line, never ended
     """)
     outcome, seen = _run(tmp_path, [PY, str(child)])
@@ -518,9 +526,9 @@ def test_a_timeout_stops_the_child_and_keeps_the_log(tmp_path):
         time.sleep(60)
     """)
     with pytest.raises(CommandTimeout) as e:
-        _run(tmp_path, [PY, str(child), str(tmp_path / "pid")], timeout_s=0.5, grace_s=0.5)
+        _run(tmp_path, [PY, str(child), str(tmp_path / "pid")], timeout_s=4, grace_s=0.5)  # time for Python to start on a busy machine
     message = str(e.value)
-    assert "0.5 s" in message and "--trial-timeout" in message and "\n" not in message
+    assert "4 s" in message and "--trial-timeout" in message and "\n" not in message
     assert isinstance(e.value, CommandError) and e.value.log_path == tmp_path / "trial.log"
     assert _gone(int((tmp_path / "pid").read_text()))
     assert "epoch=0 loss=1.0" in (tmp_path / "trial.log").read_text()

@@ -34,9 +34,13 @@ ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--behave", default="normal")
 ap.add_argument("--sleep", type=float, default=0.02)
 ap.add_argument("--pids", default="pids")
+ap.add_argument("--together", type=int, default=0)  # wait until this many trials have started (other workers')
 a = ap.parse_args()
 os.makedirs(a.pids, exist_ok=True)
 open(os.path.join(a.pids, f"{a.seed}"), "w").write(str(os.getpid()))
+deadline = time.monotonic() + 120
+while len(os.listdir(a.pids)) < a.together and time.monotonic() < deadline:
+    time.sleep(0.02)
 if a.behave == "crash":
     print("loading data", flush=True)
     print("Traceback (most recent call last):\nValueError: bad batch size", file=sys.stderr)
@@ -57,6 +61,8 @@ for epoch in range(1, 7):
     elif a.behave == "helper":
         from tuner.reporting import report
         report(step=epoch, score=score)
+    elif a.behave == "dip":  # neither first nor last is best: 9+x at epoch 1, down to x at epoch 4, 4+x at 6
+        print(f"epoch={epoch} dip={(epoch - 4) ** 2 + a.x!r}", flush=True)
     else:
         print(f"epoch={epoch} score={score:.6f} loss={1 / epoch:.4f}", flush=True)
     time.sleep(a.sleep)
@@ -127,6 +133,16 @@ def test_metrics_by_file_and_by_the_helper(script: Path, cli, behave: str) -> No
     for t in _trials(behave):
         assert t.state == TrialState.COMPLETE and t.value == pytest.approx(1 - (t.params["x"] - 0.3) ** 2)
         assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("direction, best_epoch", [("minimize", 4), ("maximize", 1)])
+def test_a_command_trial_is_worth_its_best_report_for_the_study_s_direction(script: Path, cli, direction: str, best_epoch: int) -> None:
+    r = cli("study", "run", direction, "--space", "cmd", "--command", _command("dip"), "--metric", "dip", "--direction", direction, "--trials", "3", "--pruner", "none", "-q")
+    assert r.code == 0, r.err
+    for t in _trials(direction):
+        assert t.state == TrialState.COMPLETE and t.value == (best_epoch - 4) ** 2 + t.params["x"], (t.value, t.intermediate_values)
+        assert t.intermediate_values == {e: (e - 4) ** 2 + t.params["x"] for e in range(1, 7)}
+        assert t.user_attrs["value_from"] == "best of 6 reports"
 
 
 @pytest.mark.parametrize(
@@ -217,7 +233,10 @@ def test_a_killed_worker_leaves_no_orphan_script_and_its_trial_is_retried(script
 
 
 def test_two_workers_share_a_command_study_on_postgresql(script: Path, cli, pg_url: str) -> None:
-    r = cli(*_args("pg"), "--trials", "8", "--pruner", "none", "--workers", "2", "--storage", pg_url)
+    # the first trial waits for a second to start, which only the other worker can start
+    args = _args("pg")
+    args[args.index("--command") + 1] += " --together 2"
+    r = cli(*args, "--trials", "8", "--pruner", "none", "--workers", "2", "--storage", pg_url)
     assert r.code == 0, r.err
     trials = _trials("pg", pg_url)
     assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)

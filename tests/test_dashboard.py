@@ -264,14 +264,29 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
 # -- a study being written by two workers -----------------------------------------------------
 
 
+# Trials that wait at gates the test opens: the study is still running at each look, whatever the
+# machine's speed (trials 10-19 wait for the file gate-1, 20-29 for gate-2).
+GATED_OBJECTIVE = """
+import os, time
+
+def objective(trial):
+    gate = f"gate-{trial.number // 10}"
+    while trial.number >= 10 and not os.path.exists(gate):
+        time.sleep(0.02)
+    return trial.params["x"]
+"""
+
+
 def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path, page: Page, tmp_path: Path) -> None:
-    Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)  # ~1 s a trial
-    env = {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"}
+    Path("gated.py").write_text(GATED_OBJECTIVE)
+    Path("search_spaces/gated.yaml").write_text("params:\n  x: {type: float, low: 0.0, high: 1.0}\n")
+    env = {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONPATH": str(project)}
     budget = 30
     created = subprocess.run(
-        [TUNER, "study", "create", "live", "--space", "slow", "--trials", str(budget), "--pruner", "none"],
+        [TUNER, "study", "create", "live", "--space", "gated", "--objective", "gated:objective", "--metric", "x", "--direction", "maximize",
+         "--trials", str(budget), "--pruner", "none"],
         env=env, capture_output=True, text=True, timeout=120,
-    )
+    )  # fmt: skip
     assert created.returncode == 0, created.stderr
     study_id = _load(SQLITE, "live")._study_id
     # the dashboard is up and showing the empty study before any worker starts: no race with its start
@@ -282,18 +297,22 @@ def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path,
             [TUNER, "study", "run", "live", "--workers", "2", "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
-            def first_finished() -> bool:
-                assert run.poll() is None, f"the study ended early: {run.communicate()[1]}"
-                return _n_complete_readonly(Path("studies/tuner.db")) > 0
+            def n_complete_at_least(n: int) -> Callable[[], bool]:
+                def check() -> bool:
+                    assert run.poll() is None, f"the study ended early: {run.communicate()[1]}"
+                    return _n_complete_readonly(Path("studies/tuner.db")) >= n
+                return check
 
-            _wait_for(first_finished, timeout=120, what="a first finished trial")
+            _wait_for(n_complete_at_least(10), timeout=120, what="the first ten trials")
             page.reload()
-            first = _shown_trial_count(page)
-            assert run.poll() is None and 0 < first < budget, "the study should still be running at the first look"
-            _wait_for(lambda: len(_load(SQLITE, "live").get_trials()) > first, timeout=60, what="another trial")
+            first = _shown_trial_count(page, above=9)
+            assert 10 <= first <= 12, first  # ten finished, the next two (one a worker) waiting at gate-1
+            Path("gate-1").write_text("")
+            _wait_for(n_complete_at_least(20), timeout=120, what="ten more trials")
             page.reload()
             second = _shown_trial_count(page, above=first)
-            assert first < second <= budget
+            assert first < second and 20 <= second <= 22, (first, second)
+            Path("gate-2").write_text("")
             # the study finishes cleanly beside the dashboard, which then shows the whole budget
             _, err = run.communicate(timeout=180)
             assert run.returncode == 0, err

@@ -45,7 +45,14 @@ def assert_same(alone: object, packed: object, *, tol: float = 2e-5) -> None:
         assert list(p.grad_norms.values()) == pytest.approx(list(a.grad_norms.values()), rel=1e-3, abs=1e-6)
     for name, value in alone.model.state_dict().items():
         torch.testing.assert_close(packed.model.state_dict()[name], value, rtol=1e-3, atol=1e-4, msg=name)
-    assert packed.diagnostics == alone.diagnostics or packed.diagnostics.vanishing_gradients == alone.diagnostics.vanishing_gradients
+    # every field, the floats to the tolerance of the losses (a pack sums its members' gradients in another order)
+    pd, ad = packed.diagnostics, alone.diagnostics
+    assert (pd.vanishing_gradients, pd.exploding_gradients) == (ad.vanishing_gradients, ad.exploding_gradients)
+    for field in ("grad_norm_first", "grad_norm_last", "overfit_gap"):
+        got, want = getattr(pd, field), getattr(ad, field)
+        assert (got is None) == (want is None), (field, got, want)
+        if want is not None:
+            assert got == pytest.approx(want, rel=1e-3, abs=tol), (field, got, want)
 
 
 def alone_and_packed(cfgs: list[TrainConfig], data: Dataset, **kwargs: object) -> tuple[list, list]:

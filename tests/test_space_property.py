@@ -134,6 +134,13 @@ def check(text: str) -> None:
         assert "\n" not in message and len(message.splitlines()) == 1, repr(message)
         return
     assert isinstance(space, Space)
+    # nothing is dropped on the way: a space loads only when every key it holds is one tuner reads
+    data = yaml.safe_load(text)
+    assert set(data) <= {"params", "description"}, data
+    assert sorted(map(str, data["params"])) == sorted(space.params), (data["params"], space.params)
+    for entry in data["params"].values():
+        if isinstance(entry, dict):
+            assert set(entry) <= set(ENTRY_KEYS), entry
     # a space that loads also saves: its YAML loads back equal
     assert space_from_text(space.to_yaml(), name="fuzz", source=SOURCE) == space
 

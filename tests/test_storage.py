@@ -11,17 +11,52 @@ import pytest
 from tuner.storage import StudyLock, open_storage
 
 
+def _blocked_on_the_lock(kind: str, url: str, lock_path: Path, failed_tries: list[int]):
+    """A check that the other holder is waiting for the lock now (not merely not yet scheduled):
+    the kernel's list of blocked flock waiters, PostgreSQL's ungranted advisory locks, or, behind
+    PgBouncer where a waiter polls, a try that failed."""
+    if kind == "sqlite":
+        def check() -> bool:
+            inode = lock_path.stat().st_ino
+            return any("->" in line and line.split()[-3].endswith(f":{inode}") for line in Path("/proc/locks").read_text().splitlines())
+        return check
+    if kind.startswith("pgbouncer"):
+        return lambda: failed_tries[0] > 0
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    def check() -> bool:
+        with admin.connect() as conn:
+            return bool(conn.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").scalar())
+    return check
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "postgresql, the storage's engine", "pgbouncer", "pgbouncer, the storage's engine"])
-def test_the_study_lock_excludes_other_holders_claim_after_claim(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_the_study_lock_excludes_other_holders_claim_after_claim(kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import tuner.storage
+
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'study.db'}"
     else:
         url = request.getfixturevalue("pgbouncer_url").url if kind.startswith("pgbouncer") else request.getfixturevalue("pg_url")
+    failed_tries = [0]  # behind PgBouncer a waiter sleeps after each failed try
+    real_sleep = time.sleep
+
+    def counted_sleep(seconds: float) -> None:
+        failed_tries[0] += 1
+        real_sleep(seconds)
+
+    monkeypatch.setattr(tuner.storage, "time", type("T", (), {"sleep": staticmethod(counted_sleep), "monotonic": staticmethod(time.monotonic)}))
     engines = [open_storage(url, create=True).engine for _ in range(2)] if "engine" in kind else [None, None]
     mine, other = (StudyLock(url, "s", engine=e) for e in engines)  # as two workers hold them
+    blocked = _blocked_on_the_lock(kind, url, tmp_path / "study.db.lock", failed_tries)
     try:
         for _ in range(3):  # the same lock, held claim after claim
             got = threading.Event()
+            failed_tries[0] = 0
 
             def take() -> None:
                 with other.held():
@@ -30,8 +65,12 @@ def test_the_study_lock_excludes_other_holders_claim_after_claim(kind: str, tmp_
             with mine.held():
                 waiter = threading.Thread(target=take)
                 waiter.start()
-                assert not got.wait(0.3), "another holder got the lock while it was held"
-            waiter.join(10)
+                deadline = time.monotonic() + 60
+                while not blocked():  # the other holder is inside held(), waiting
+                    assert time.monotonic() < deadline and not got.is_set(), "another holder got the lock while it was held"
+                    real_sleep(0.01)
+                assert not got.is_set(), "another holder got the lock while it was held"
+            waiter.join(60)
             assert got.is_set()
     finally:
         mine.close()

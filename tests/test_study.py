@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError, StorageError, TunerError
-from tuner.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from tuner.samplers import PRUNERS, SAMPLERS, FastRandomSampler, make_pruner, make_sampler
 from tuner.spec import StudySpec
 from tuner.study import (
     FINISHED,
@@ -40,10 +40,39 @@ def _finished(url: str, name: str = "s") -> list:
     return open_study(name, url).study.get_trials(states=FINISHED)
 
 
+# what each name must build, written out here rather than asked of the registry under test
+SAMPLER_CLASSES = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": FastRandomSampler,
+    "grid": FastRandomSampler,  # the grid's points are queued trials; this only backs the queue up
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+}
+# (class, settings read back from the pruner): the epoch is the resource
+PRUNER_CLASSES = {
+    "none": (optuna.pruners.NopPruner, {}),
+    "median": (optuna.pruners.MedianPruner, {"_percentile": 50.0, "_n_startup_trials": 5, "_n_warmup_steps": 2}),
+    "percentile": (optuna.pruners.PercentilePruner, {"_percentile": 25.0, "_n_startup_trials": 5, "_n_warmup_steps": 2}),
+    "sha": (optuna.pruners.SuccessiveHalvingPruner, {"_min_resource": 1, "_reduction_factor": 3}),
+    "hyperband": (optuna.pruners.HyperbandPruner, {"_min_resource": 1, "_reduction_factor": 3}),
+}
+
+
+def test_the_registries_name_exactly_the_expected_samplers_and_pruners():
+    assert sorted(SAMPLERS) == sorted(SAMPLER_CLASSES) and sorted(PRUNERS) == sorted(PRUNER_CLASSES)
+    for name, cls in SAMPLER_CLASSES.items():
+        assert type(make_sampler(name, 0)) is cls, name
+    for name, (cls, settings) in PRUNER_CLASSES.items():
+        pruner = make_pruner(name)
+        assert type(pruner) is cls, name
+        assert {k: getattr(pruner, k) for k in settings} == settings, name
+
+
 @pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "grid"])
 def test_each_sampler_runs_a_seeded_study_stored_in_sqlite(project, sampler):
     loaded = create_study(_spec(sampler=sampler, trials=6), SQLITE)
-    assert type(loaded.study.sampler) is type(make_sampler(sampler, 0))
+    assert type(loaded.study.sampler) is SAMPLER_CLASSES[sampler]
     result = run_study(loaded, device="cpu")
     assert result.n_finished == 6 and result.ran == 6
     trials = _finished(SQLITE)
@@ -114,7 +143,7 @@ def test_each_pruner_is_applied_from_the_stored_spec(project, pruner):
         )
     )
     loaded = create_study(_spec(space="wide", sampler="random", pruner=pruner, trials=16), SQLITE)
-    expected = type(make_pruner(pruner))
+    expected = PRUNER_CLASSES[pruner][0]
     assert type(loaded.study.pruner) is expected
     assert type(open_study("s", SQLITE).study.pruner) is expected
     run_study(loaded, device="cpu")

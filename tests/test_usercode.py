@@ -59,6 +59,11 @@ def diverges(trial):
 
 def returns_text(trial):
     return "high"
+
+def slow(trial):
+    import time
+    time.sleep(0.2)
+    return trial.params["mixup"]
 '''
 
 
@@ -230,6 +235,20 @@ def test_a_failing_objective_fails_its_trial_with_the_reason(code: Path, cli, fu
     assert r.code == 1 and "failed the same way" in r.err
     t = _study(func).get_trials()[0]
     assert t.state == TrialState.FAIL and reason in t.user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize("how", [["study", "run", "t"], ["worker", "t"], ["study", "run", "t", "--workers", "2"]])
+def test_timeout_stops_starting_trials_and_closes_each_it_started(code: Path, cli, how: list[str]) -> None:
+    """--timeout: no trial starts after it passes; those running finish; the run says why it stopped."""
+    create = ["study", "create", "t", "--space", "free", "--objective", "myobj:slow", "--metric", "score", "--direction", "maximize", "--trials", "500"]
+    assert cli(*create).code == 0
+    r = cli(*how, "--timeout", "2", "--format", "json", "-q")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    trials = _study("t").get_trials()
+    assert result["stopped"] == "timeout", result
+    assert 1 <= result["ran"] < 500 and result["n_finished"] == len(trials) == result["ran"], (result, [t.state for t in trials])
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,75 @@ params:
   batch_size: 32
 """
 
+# A trial that waits where a test holds it, so that a signal lands inside a trial by construction,
+# not by timing: before it starts, a test writes `hold-N` (holding trial N at that step; 0: before
+# any work); the trial writes `at-N` (its worker's pid) when it gets there and waits while `hold-N`
+# exists. The copy of a lost trial has another number, so it is not held. Each step is real work
+# on a small torch model, reported as tuner's loop reports an epoch.
+GATED_OBJECTIVE = """
+import os, pathlib, time
+import torch
+
+def objective(trial):
+    torch.manual_seed(trial.seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, trial.params["hidden_units"]), torch.nn.ReLU(), torch.nn.Linear(trial.params["hidden_units"], 2))
+    opt = torch.optim.SGD(model.parameters(), lr=trial.params["lr"])
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    hold = pathlib.Path(f"hold-{trial.number}")
+    at = int(hold.read_text() or 0) if hold.exists() else None
+    score = 0.0
+    for step in range(0, 5):
+        if step == at:
+            pathlib.Path(f"at-{trial.number}").write_text(str(os.getpid()))
+            while hold.exists():
+                time.sleep(0.02)
+        if step:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            score = float((model(x).argmax(1) == y).float().mean())
+            trial.report(step, score, loss=loss.item())
+    return score
+"""
+GATED_SPACE = """\
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true, grid: 3}
+  optimizer: {type: categorical, choices: [adam, nesterov]}
+  hidden_units: {type: categorical, choices: [32, 64]}
+"""
+GATED = ["--space", "gated", "--objective", "gated:objective", "--metric", "score", "--direction", "maximize"]
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def env(project: Path) -> dict[str, str]:
     Path("search_spaces/slow.yaml").write_text(SLOW_SPACE)
+    Path("search_spaces/gated.yaml").write_text(GATED_SPACE)
+    Path("gated.py").write_text(GATED_OBJECTIVE)
     return {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _hold(*numbers: int, step: int = 2) -> None:
+    for n in numbers:
+        Path(f"hold-{n}").write_text(str(step))
+
+
+def _release(*numbers: int) -> None:
+    for n in numbers:
+        Path(f"hold-{n}").unlink(missing_ok=True)
+
+
+def _held(number: int, proc: subprocess.Popen | None = None) -> int:
+    """Wait until trial `number` is held; the pid of the worker holding it."""
+    at = Path(f"at-{number}")
+
+    def there() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before trial {number} was held: {proc.communicate()[1][-2000:]}")
+        return at.exists() and at.read_text() != ""
+
+    _wait_for(there, what=f"trial {number} held")
+    return int(at.read_text())
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -115,16 +177,15 @@ def _run(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
 def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
     rng = random.Random(seed)
     budget = 7
-    # one trial at a time: the kill lands in exactly one (a packed worker's kill: below)
-    proc = _run("study", "run", "k", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--seed", str(seed), "--pack", "1", "-q", env=env)
-    min_finished = rng.randint(0, 3)
-    _wait_for(lambda: _mid_trial(SQLITE, "k", min_finished=min_finished), what="a trial in progress")
-    time.sleep(rng.uniform(0.0, 0.3))
+    victim = rng.randint(0, 3)
+    _hold(victim, step=rng.randint(0, 4))  # the kill lands in that trial, at that step
+    proc = _run("study", "run", "k", *GATED, "--trials", str(budget), "--pruner", "none", "--seed", str(seed), "-q", env=env)
+    _held(victim, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _snapshot(SQLITE, "k")
     zombies = [t.number for t in _trials(SQLITE, "k") if t.state == TrialState.RUNNING]
-    assert zombies, "the kill should leave the trial it interrupted RUNNING"
+    assert zombies == [victim], "the kill should leave the trial it interrupted RUNNING"
 
     again = subprocess.run([TUNER, "study", "run", "k", "-q"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -132,9 +193,8 @@ def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
     killed = trials[zombies[0]]
     assert killed.state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
-    assert len(retry) == 1
-    if killed.params:  # killed before its configuration was recorded: the copy samples afresh
-        assert retry[0].params == killed.params
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert killed.params and retry[0].params == killed.params  # sampled before the objective ran
     assert "lost its worker" in retry[0].user_attrs["retry_reason"]
     shown = json.loads(subprocess.run([TUNER, "study", "show", "k", "--format", "json"], env=env, capture_output=True, text=True).stdout)
     assert shown["retried"] == 1 and shown["failed_reasons"] == {"lost worker": 1}
@@ -142,16 +202,17 @@ def test_kill_9_mid_trial_then_run_again_finishes_the_budget(env, seed):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_close_the_trial_and_resume_cleanly(env, sig, code):
-    proc = _run("study", "run", "t", "--space", "slow", "--trials", "4", "--pruner", "none", "--pack", "1", env=env)
-    _wait_for(lambda: _mid_trial(SQLITE, "t", min_finished=1), what="a trial in progress")
+    _hold(1)
+    proc = _run("study", "run", "t", *GATED, "--trials", "4", "--pruner", "none", env=env)
+    _held(1, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    assert proc.returncode == code, err
     assert f"interrupted by {sig.name}" in err and "tuner study resume t" in err and "Traceback" not in err
     trials = _trials(SQLITE, "t")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     closed = [t for t in trials if t.state == TrialState.FAIL]
-    assert [t.user_attrs["fail_reason"] for t in closed] == [f"interrupted by {sig.name}"]
+    assert [(t.number, t.user_attrs["fail_reason"]) for t in closed] == [(1, f"interrupted by {sig.name}")]
     queued = [t for t in trials if t.state == TrialState.WAITING]
     assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == closed[0].params
     before = _snapshot(SQLITE, "t")
@@ -191,18 +252,24 @@ def test_four_workers_on_postgresql_killed_at_random_points_then_resumed(env, pg
     budget = 16
     env = {**env, "TUNER_STORAGE": pg_url}
     created = subprocess.run(
-        [TUNER, "study", "create", "p", "--space", "slow", "--trials", str(budget), "--pruner", "none"], env=env, capture_output=True, text=True
+        [TUNER, "study", "create", "p", *GATED, "--trials", str(budget), "--pruner", "none"], env=env, capture_output=True, text=True
     )
     assert created.returncode == 0, created.stderr
+    held = sorted(rng.sample(range(2, 9), 2))
+    for n in held:
+        _hold(n, step=rng.randint(0, 4))
     workers = [_run("worker", "p", "--worker-index", str(i), "--workers", "4", "-q", env=env) for i in range(4)]
-    for victim in rng.sample(workers, 2):
-        _wait_for(lambda: _mid_trial(pg_url, "p", min_finished=rng.randint(1, 4)), what="a trial in progress")
-        time.sleep(rng.uniform(0.0, 0.5))
-        victim.send_signal(signal.SIGKILL)
-    survivors = [w for w in workers if w.poll() is None]
+    killed = []
+    for n in held:  # the workers holding them, each killed mid-trial
+        pid = _held(n)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
     for w in workers:
         w.wait(timeout=300)
-    assert all(w.returncode == 0 for w in survivors if w.returncode is not None and w.returncode != -9)
+    assert sorted(w.pid for w in workers if w.returncode == -9) == sorted(killed)
+    assert all(w.returncode == 0 for w in workers if w.pid not in killed), [w.communicate()[1][-1000:] for w in workers if w.returncode not in (0, -9)]
+    lost = [t for t in _trials(pg_url, "p") if t.state == TrialState.FAIL]
+    assert sorted(t.number for t in lost) == held and all(t.user_attrs["fail_reason"].startswith("lost its worker") for t in lost)
     before = _snapshot(pg_url, "p")
     resumed = subprocess.run([TUNER, "study", "resume", "p", "--workers", "4", "-q"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -228,15 +295,16 @@ def test_four_workers_on_postgresql_share_a_grid_and_a_budget(env, pg_url):
 
 
 def test_kill_9_of_the_parent_stops_its_workers_and_the_study_resumes(env):
-    parent = _run("study", "run", "o", "--space", "slow", "--trials", "8", "--pruner", "none", "--workers", "2", "-q", env=env)
-    _wait_for(lambda: _mid_trial(SQLITE, "o", min_finished=1), what="a trial in progress")
+    _hold(2)
+    parent = _run("study", "run", "o", *GATED, "--trials", "8", "--pruner", "none", "--workers", "2", "-q", env=env)
+    _held(2, parent)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     # the workers get SIGTERM from the kernel, close their trials and exit
     _wait_for(lambda: not _processes(" worker o "), timeout=60, what="the workers to exit")
     states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in _trials(SQLITE, "o")]
     assert not [s for s in states if s[1] == "RUNNING"], states
-    assert [s for s in states if s[2] == "interrupted by SIGTERM"], states
+    assert (2, "FAIL", "interrupted by SIGTERM") in states, states
     before = _snapshot(SQLITE, "o")
     resumed = subprocess.run([TUNER, "study", "resume", "o", "-q"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -286,14 +354,13 @@ params:
 """
 
 
-def _just_claimed(url: str, name: str, *, seen: set[int], retry: bool = False) -> bool:
-    """A trial claimed moments ago (before its worker's heartbeat thread has beaten once)."""
-    now = datetime.datetime.now()
+def _just_claimed(url: str, name: str, *, seen: set[int]) -> bool:
+    """A trial newly seen RUNNING (claimed since the last look, which on a busy machine may be a
+    second or more ago: the kill loop takes whatever moment that is, and checks no timing)."""
     for t in _trials(url, name):
-        if t.state == TrialState.RUNNING and t.number not in seen and (not retry or "retry_of" in t.user_attrs):
-            if t.datetime_start and (now - t.datetime_start).total_seconds() < 0.5:
-                seen.add(t.number)
-                return True
+        if t.state == TrialState.RUNNING and t.number not in seen:
+            seen.add(t.number)
+            return True
     return False
 
 
@@ -319,25 +386,26 @@ def _as_if_on_another_host(url: str, name: str) -> None:
 
 @pytest.mark.parametrize("where", ["this host", "another host"])
 def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(env, where):
-    """The issue's reproduction: kill -9 moments after a grid point (a queued trial) is claimed,
-    resume, kill again as its retry is claimed, resume: 12 points finished once, nothing RUNNING,
-    within the grace period plus the remaining work. (The slow space's 12-point grid: a trial
-    outlasts the moment between seeing its claim and the kill.) Elsewhere, the grace is 9 s: longer
-    than a new worker takes to start, so the last resume has to wait for it, and says so."""
+    """The issue's reproduction: kill -9 right after a grid point (a queued trial) is claimed,
+    before its objective does anything, resume, kill again as its retry is claimed, resume: 12
+    points finished once, nothing RUNNING, within the grace period plus the remaining work.
+    Elsewhere, the grace is 9 s: longer than a new worker takes to start, so the last resume has to
+    wait for it, and says so."""
     if where == "another host":
         env = {**env, "TUNER_HEARTBEAT": "3"}
     created = subprocess.run(
-        [TUNER, "study", "create", "gz", "--space", "slow", "--sampler", "grid", "--pruner", "none"], env=env, capture_output=True, text=True
+        [TUNER, "study", "create", "gz", *GATED, "--sampler", "grid", "--pruner", "none"], env=env, capture_output=True, text=True
     )
     assert created.returncode == 0, created.stderr
-    seen: set[int] = set()
-    for phase, retry in (("first claim", False), ("the retry's claim", True)):
-        proc = _run("study", "resume" if phase != "first claim" else "run", "gz", "--pack", "1", "-q", env=env)
-        _wait_for(lambda: _just_claimed(SQLITE, "gz", seen=seen, retry=retry), what=phase)
+    # the grid's 12 points are trials 0-11; the first point's copy, queued when it is found lost, is 12
+    for phase, number in (("run", 0), ("resume", 12)):
+        _hold(number, step=0)
+        proc = _run("study", phase, "gz", "-q", env=env)
+        _held(number, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         running = {t.number for t in _trials(SQLITE, "gz") if t.state == TrialState.RUNNING}
-        assert running and running <= _beating(SQLITE, "gz"), "a killed worker's trial has no heartbeat row"
+        assert running == {number} and running <= _beating(SQLITE, "gz"), "a killed worker's trial has no heartbeat row"
         if where == "another host":
             _as_if_on_another_host(SQLITE, "gz")
     started = time.monotonic()
@@ -348,8 +416,8 @@ def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(e
     assert len(points) == 12 and len(set(points)) == 12
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 2 and all(t.user_attrs["fail_reason"].startswith("lost its worker") for t in failed)
-    assert any("retry_of" in t.user_attrs for t in failed), "the second kill should hit a retry"
+    assert [t.number for t in failed] == [0, 12] and all(t.user_attrs["fail_reason"].startswith("lost its worker") for t in failed)
+    assert failed[1].user_attrs["retry_of"] == 0, "the second kill should hit a retry"
     if where == "another host":  # freed by the grace period: the worker said what it waited for
         assert "no heartbeat for" in failed[-1].user_attrs["fail_reason"]
         assert "waiting for 1 running trial of other workers" in resumed.stderr and " on elsewhere:" in resumed.stderr
@@ -449,8 +517,9 @@ def test_kill_9_of_a_packed_worker_retries_every_trial_of_its_pack(env):
     fails each as lost, queues each again with its parameters, and ends with the budget exact."""
     budget = 6
     proc = _run("study", "run", "kp", "--space", "slow", "--trials", str(budget), "--pruner", "none", "--pack", "4", "-q", env=env)
-    _wait_for(lambda: sum(t.state == TrialState.RUNNING for t in _trials(SQLITE, "kp")) == 4 and _mid_trial(SQLITE, "kp", min_finished=0), what="a pack in progress")
-    time.sleep(0.5)
+    # killed as soon as its four trials are seen RUNNING: the pack trains for seconds, so the kill
+    # lands inside it unless the machine stalls for longer than the whole pack between the two
+    _wait_for(lambda: sum(t.state == TrialState.RUNNING for t in _trials(SQLITE, "kp")) == 4, what="a pack in progress")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     zombies = [t for t in _trials(SQLITE, "kp") if t.state == TrialState.RUNNING]
@@ -482,9 +551,13 @@ def test_gpu_slots_are_filled_per_gpu_and_each_worker_sees_only_its_gpu(env):
                 seen.setdefault(pid, _environ(pid).get("CUDA_VISIBLE_DEVICES"))
         return len(seen) == 4
 
-    proc = _run("study", "run", "pin", "--space", "slow", "--trials", "8", "--pruner", "none", "--pack", "1",
+    _hold(0, 1, 2, 3)  # each of the four workers holds one trial: all four are seen at once
+    proc = _run("study", "run", "pin", *GATED, "--trials", "8", "--pruner", "none",
                 "--gpus", "0,1", "--per-gpu", "2", "--device", "cpu", "--format", "json", env=env)
+    holders = {_held(n, proc) for n in range(4)}
     _wait_for(pinned, what="four pinned workers")
+    assert holders == set(seen)
+    _release(0, 1, 2, 3)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert sorted(seen.values()) == ["0", "0", "1", "1"]  # two slots on each GPU, one GPU a worker
@@ -494,17 +567,14 @@ def test_gpu_slots_are_filled_per_gpu_and_each_worker_sees_only_its_gpu(env):
         assert t.user_attrs["worker"]["gpu"] == seen[t.user_attrs["worker"]["pid"]] and t.user_attrs["device"] == "cpu"
 
 
-def _running_worker(url: str, name: str) -> dict | None:
-    running = [t for t in _trials(url, name) if t.state == TrialState.RUNNING and t.user_attrs.get("worker")]
-    return running[0].user_attrs["worker"] | {"trial": running[0].number} if running else None
-
-
 def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
-    proc = _run("study", "run", "rep", "--space", "slow", "--trials", "8", "--pruner", "none", "--pack", "1",
+    _hold(2)
+    proc = _run("study", "run", "rep", *GATED, "--trials", "8", "--pruner", "none",
                 "--gpus", "0,1", "--device", "cpu", "--format", "json", env=env)
-    _wait_for(lambda: _mid_trial(SQLITE, "rep", min_finished=1), what="a trial in progress")
+    pid = _held(2, proc)
     first = {pid for pid, _ in _live(" worker rep ")}
-    victim = _running_worker(SQLITE, "rep")
+    victim = {**_trials(SQLITE, "rep")[2].user_attrs["worker"], "trial": 2}
+    assert victim["pid"] == pid
     os.kill(victim["pid"], signal.SIGKILL)
     replacement: list[int] = []
 
@@ -526,10 +596,12 @@ def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
 
 
 def test_a_death_past_max_restarts_is_one_error_with_its_reason(env):
-    proc = _run("study", "run", "mr", "--space", "slow", "--trials", "6", "--pruner", "none", "--pack", "1",
+    _hold(1)
+    proc = _run("study", "run", "mr", *GATED, "--trials", "6", "--pruner", "none",
                 "--gpus", "0,1", "--device", "cpu", "--max-restarts", "0", env=env)
-    _wait_for(lambda: _mid_trial(SQLITE, "mr", min_finished=1), what="a trial in progress")
-    victim = _running_worker(SQLITE, "mr")
+    pid = _held(1, proc)
+    victim = _trials(SQLITE, "mr")[1].user_attrs["worker"]
+    assert victim["pid"] == pid
     os.kill(victim["pid"], signal.SIGTERM)  # it closes its trial, says so on stderr, exits 143
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
@@ -619,18 +691,22 @@ def test_a_worker_holds_two_postgresql_connections(env, pg_url):
     from tests.conftest import _postgres_admin_url
 
     env = {**env, "TUNER_STORAGE": pg_url}
-    created = subprocess.run([TUNER, "study", "create", "c", "--space", "slow", "--trials", "3", "--pruner", "none"], env=env, capture_output=True, text=True)
+    created = subprocess.run([TUNER, "study", "create", "c", *GATED, "--trials", "3", "--pruner", "none"], env=env, capture_output=True, text=True)
     assert created.returncode == 0, created.stderr
     database = sqlalchemy.engine.make_url(pg_url).database
     admin = sqlalchemy.create_engine(_postgres_admin_url(), poolclass=sqlalchemy.pool.NullPool)
     try:
         _wait_for(lambda: _connections(admin, database) == 0, timeout=30, what="the create's connections to close")
+        _hold(1)  # held mid-trial, once a trial and its reports have been written
         worker = _run("worker", "c", "-q", env=env)
+        _held(1, worker)
+        held = [_connections(admin, database) for _ in range(10)]
+        _release(1)
         counts = []
         while worker.poll() is None:
             counts.append(_connections(admin, database))
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert worker.returncode == 0, worker.stderr.read()
     finally:
         admin.dispose()
-    assert max(counts) == 2 and counts.count(2) > len(counts) / 2, counts
+    assert held == [2] * 10 and max(counts, default=0) <= 2, (held, counts)

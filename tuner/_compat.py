@@ -121,8 +121,8 @@ def sql_schema_ok(rdb: Any) -> tuple[bool, str]:
     schema is the one it was written for. (False, why) otherwise."""
     paths = optuna_paths()
     if not paths.sql:
-        missing = _missing({"NOT_FOUND_MSG": paths.not_found_msg, "value_to_stored_repr": paths.value_repr,
-                            "intermediate_value_to_stored_repr": paths.intermediate_repr})  # fmt: skip
+        missing = _missing({"NOT_FOUND_MSG": paths.not_found_msg, "TrialValueModel.value_to_stored_repr": paths.value_repr,
+                            "TrialIntermediateValueModel.intermediate_value_to_stored_repr": paths.intermediate_repr})  # fmt: skip
         return False, f"optuna.storages._rdb.models lacks {', '.join(missing)}"
     try:
         head = rdb.get_head_version()
@@ -145,6 +145,7 @@ class TorchPaths:
     # step() must check is empty (None: they cannot be seen, so step() is never skipped)
     global_hooks: tuple[Any, Any] | None
     fused_classes: frozenset[str]  # torch.optim classes whose constructor takes fused=True
+    hooks_missing: tuple[str, ...] = ()  # what kept global_hooks None, named in the fast path's reason
 
     @property
     def hooks_visible(self) -> bool:
@@ -156,8 +157,13 @@ def torch_paths() -> TorchPaths:
     import torch
 
     probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    own = all(isinstance(getattr(probe, a, None), dict) for a in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks"))
-    pre, post = (_lookup("torch.optim.optimizer", a) for a in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))
+    own_names = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
+    global_names = ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")
+    own = all(isinstance(getattr(probe, a, None), dict) for a in own_names)
+    pre, post = (_lookup("torch.optim.optimizer", a) for a in global_names)
+    missing = [f"torch.optim.Optimizer.{a}" for a in own_names if not own] + [
+        f"torch.optim.optimizer.{a}" for a, v in zip(global_names, (pre, post)) if v is None
+    ]
     fused = frozenset(
         name for name in ("Adam", "AdamW", "Adagrad") if "fused" in inspect.signature(getattr(torch.optim, name)).parameters
     )
@@ -167,6 +173,7 @@ def torch_paths() -> TorchPaths:
         fused_adagrad=_lookup("torch", "_fused_adagrad_"),
         global_hooks=(pre, post) if own and pre is not None and post is not None else None,
         fused_classes=fused,
+        hooks_missing=tuple(missing),
     )
 
 
@@ -222,7 +229,7 @@ def fast_paths(*, rdb: Any = None, with_torch: bool = True) -> list[FastPath]:
         kernels = {"torch._fused_adam_": t.fused_adam, "torch._fused_adamw_": t.fused_adamw, "torch._fused_adagrad_": t.fused_adagrad}
         missing = _missing(kernels)
         if not t.hooks_visible:
-            missing.append("optimizer step-hook registries")
+            missing += list(t.hooks_missing) or ["torch.optim's step-hook registries"]
         detail = ", ".join(kernels) + " and torch.optim's step-hook registries" if not missing else "missing: " + ", ".join(missing)
         out.append(FastPath("direct optimizer steps", not missing, detail, "torch.optim's own step() for the optimizers affected"))
         cpu = sorted(name for name in ("Adam", "AdamW", "Adagrad") if fused_ok(name, "cpu"))
