@@ -6,11 +6,19 @@ CPU_TORCH ?= torch==2.13.0
 # pip constraints for set-up: none for .venv; test-floors passes .ci/floors.txt
 CONSTRAINTS ?=
 PIP_INSTALL = -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
-# The floors run: tuner with the lowest versions pyproject.toml admits, in a venv of its own. It
-# leaves out the slow end-to-end runs (workers, bench) to stay within CI's time, but keeps the
-# dashboard's, which are what tests optuna-dashboard's floor.
+# pytest-xdist workers for the suite: more than the cores, since many tests wait on processes,
+# servers and a browser rather than compute (`make test TEST_JOBS=1` runs it in one process)
+TEST_JOBS ?= 4
+# The floors run: tuner with the lowest versions pyproject.toml admits, in a venv of its own,
+# over what can differ between versions: the fast paths under torch and Optuna and their
+# fallbacks, tuner's SQL and storage on Optuna's tables (its conformance suite included), studies,
+# samplers and heartbeats, training and packing against torch, the CLI (typer and click), and
+# the dashboard (optuna-dashboard). It leaves out the slow end-to-end runs but the dashboard's.
 FLOORS_VENV ?= .venv-floors
 FLOORS_MARKERS ?= not slow or dashboard
+FLOORS_TESTS ?= tests/test_compat.py tests/test_storage_conformance.py tests/test_sql.py tests/test_storage.py \
+	tests/test_heartbeat.py tests/test_study.py tests/test_samplers.py tests/test_train.py tests/test_steps.py \
+	tests/test_packing.py tests/test_torch_datasets.py tests/test_cli.py tests/test_bad_input.py tests/test_dashboard.py
 
 .PHONY: setup demo test test-floors clean
 
@@ -37,11 +45,11 @@ demo: setup
 	$(VENV)/bin/tuner study run --spec studies/demo.yaml
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-floors:
 	@$(MAKE) --no-print-directory setup VENV=$(FLOORS_VENV) CONSTRAINTS=.ci/floors.txt
-	$(FLOORS_VENV)/bin/python -m pytest -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS)
+	$(FLOORS_VENV)/bin/python -m pytest -n $(TEST_JOBS) -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS) $(FLOORS_TESTS)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out

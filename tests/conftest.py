@@ -173,3 +173,9 @@ def pgbouncer_url(pg_url: str):
 class PgBouncer:
     url: str  # the study storage URL through it, ?pgbouncer=transaction
     log: Path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long end-to-end tests (marked slow) first: under pytest-xdist (`make test` runs
+    several workers) they start at once instead of one of them ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -242,3 +242,19 @@ def test_two_workers_share_a_command_study_on_postgresql(script: Path, cli, pg_u
     assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
     assert sorted(t.user_attrs["seed"] for t in trials) == list(range(8))
+
+
+def test_a_command_worker_does_not_warm_up_torch_for_a_child_that_trains(script: Path) -> None:
+    """A --command trial trains in its child: the worker pays none of torch's first-optimizer
+    imports (torch._dynamo, ~1-2 s a worker), which tuner's own loop pays before its first trial."""
+    code = (
+        "import sys\n"
+        "from tuner.cli import main\n"
+        f"sys.argv = ['tuner', *{_args('w')!r}, '--trials', '2', '--pruner', 'none']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('dynamo' if 'torch._dynamo' in sys.modules else 'none')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=script, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "none"
+    assert [t.state for t in _trials("w")] == [TrialState.COMPLETE] * 2

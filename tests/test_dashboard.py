@@ -278,12 +278,12 @@ def objective(trial):
 
 
 def test_trial_count_rises_in_the_browser_while_two_workers_write(project: Path, page: Page, tmp_path: Path) -> None:
-    Path("gated.py").write_text(GATED_OBJECTIVE)
+    Path("gated_live.py").write_text(GATED_OBJECTIVE)
     Path("search_spaces/gated.yaml").write_text("params:\n  x: {type: float, low: 0.0, high: 1.0}\n")
     env = {**os.environ, "TUNER_HEARTBEAT": "1", "PYTHONPATH": str(project)}
     budget = 30
     created = subprocess.run(
-        [TUNER, "study", "create", "live", "--space", "gated", "--objective", "gated:objective", "--metric", "x", "--direction", "maximize",
+        [TUNER, "study", "create", "live", "--space", "gated", "--objective", "gated_live:objective", "--metric", "x", "--direction", "maximize",
          "--trials", str(budget), "--pruner", "none"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

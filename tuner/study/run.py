@@ -273,7 +273,8 @@ def run_study(
     n_pack = resolve_pack(pack, torch_device, budget=budget, sampler=spec.sampler) if isinstance(objective, BuiltinObjective) else 1
     from tuner.train import warm_up
 
-    warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
+    if spec.command is None:  # a command's child trains, not this process: nothing to warm up here
+        warm_up(torch_device)  # a new worker's one-time costs, before it claims a trial
     # Everything loaded so far (torch, Optuna, the data) lives as long as the worker: take it out
     # of the collector's sight, or every full collection walks it again (~10 ms a trial). No
     # collection first: it would cost as much once, to free the little garbage there is.
