@@ -45,11 +45,11 @@ demo: setup
 	$(VENV)/bin/tuner study run --spec studies/demo.yaml
 
 test: setup
-	$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-floors:
 	@$(MAKE) --no-print-directory setup VENV=$(FLOORS_VENV) CONSTRAINTS=.ci/floors.txt
-	$(FLOORS_VENV)/bin/python -m pytest -n $(TEST_JOBS) -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS) $(FLOORS_TESTS)
+	$(FLOORS_VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS) $(FLOORS_TESTS)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out

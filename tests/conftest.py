@@ -13,6 +13,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests run side by side (pytest-xdist) and each torch takes every core: OpenMP threads that sleep,
+# rather than spin, while they wait for one leave the cores to the tests' other processes. Set
+# before any test imports torch; inherited by every tuner process a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @dataclass
 class CliResult:
@@ -98,7 +103,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# the fewest server connections tuner needs (README), far fewer than the tests' 8 workers: a worker
+# the fewest server connections tuner needs (docs/clusters.md), far fewer than the tests' 8 workers: a worker
 # waiting for the study lock, or opening its storage, must not hold one while it waits for another
 PGBOUNCER_POOL_SIZE = 2
 
@@ -175,7 +180,12 @@ class PgBouncer:
     log: Path
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The long end-to-end tests (marked slow) first: under pytest-xdist (`make test` runs
-    several workers) they start at once instead of one of them ending the run alone."""
+    several workers) they start at once instead of one of them ending the run alone. The tests of
+    the session's Slurm cluster share one worker (`--dist loadgroup`), so one cluster is started."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -20,39 +20,59 @@ from tests.conftest import REPO
 TUNER = str(Path(sys.executable).with_name("tuner"))
 
 
-def _readme_commands() -> list[list[str]]:
-    """Every line of the README's ```bash blocks, in order (optuna's own CLI included)."""
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+# The pages whose ```bash blocks a test runs: the README and every page of docs/.
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _readme_commands(page: Path = REPO / "README.md") -> list[list[str]]:
+    """Every line of a page's ```bash blocks, in order (optuna's own CLI included)."""
+    blocks = re.findall(r"^```bash\n(.*?)^```$", page.read_text(), flags=re.S | re.M)
     return [shlex.split(line) for block in blocks for line in block.splitlines() if line.strip()]
 
 
-def test_readme_examples_all_run(project):
-    commands = _readme_commands()
-    assert len(commands) >= 15
+@pytest.mark.parametrize("page", [p for p in DOC_PAGES if _readme_commands(p)], ids=lambda p: str(p.relative_to(REPO)))
+def test_readme_examples_all_run(project, page):
+    """A page's commands in order, in this test's own project folder: one test a page, so that
+    pages run in parallel (pytest-xdist). ```sh blocks are not run (tests/test_docs.py checks that
+    each says why); tests/test_launch.py runs the cluster ones."""
+    commands = _readme_commands(page)
     before = {p for p in Path(".").rglob("*") if p.is_file()}
     # as the README says: the virtual environment active, so `python` in a --command is its own
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # pages run side by side (pytest-xdist), each tuner taking every core for torch: threads that
+    # sleep rather than spin while they wait for a core keep a page's commands to seconds
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for argv in commands:
         if argv[0] == "tuner":
             result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True, env=env)
         else:
             result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True, env=env)
         assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
-    assert Path("out/demo.csv").is_file() and json.loads(Path("out/demo.json").read_text())["trials"]
-    # what following the README leaves behind is ignored by git (spaces a person made are theirs)
+    for argv in commands:  # an export wrote its file, and a JSON export holds the trials
+        if argv[:3] == ["tuner", "study", "export"]:
+            out = Path(argv[argv.index("--out") + 1])
+            assert out.is_file(), shlex.join(argv)
+            if out.suffix == ".json":
+                assert json.loads(out.read_text())["trials"], shlex.join(argv)
+    # what following the page leaves behind is ignored by git (spaces a person made are theirs)
     left = sorted(str(p) for p in {p for p in Path(".").rglob("*") if p.is_file()} - before if p.parts[0] != "search_spaces")
     shutil.copy(REPO / ".gitignore", ".gitignore")
     subprocess.run(["git", "init", "-q"], check=True)
     ignored = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(left), capture_output=True, text=True).stdout.split()
-    assert left and sorted(ignored) == left, set(left) - set(ignored)
+    assert sorted(ignored) == left, set(left) - set(ignored)
 
 
 def test_readme_files_exist():
-    text = (REPO / "README.md").read_text()
-    for path in re.findall(r"studies/\w+\.yaml", text):
-        assert (REPO / path).is_file(), path
-    for name in ("quick", "full", "grid_small", "tiny"):
+    """The spec files, spaces, modules and tests the README and docs/ name are in the repository."""
+    for page in DOC_PAGES:
+        text = page.read_text()
+        for path in re.findall(r"studies/\w+\.yaml", text):
+            assert (REPO / path).is_file(), f"{page.name}: {path}"
+        for path in re.findall(r"\b(?:tuner|benchmarks|examples|tests)/[\w/]+\.py\b", text):
+            assert (REPO / path).is_file(), f"{page.name}: {path}"
+        for path, test in re.findall(r"\b(tests/\w+\.py)::(\w+)", text):
+            assert f"def {test}(" in (REPO / path).read_text(), f"{page.name}: {path}::{test}"
+    for name in ("quick", "full", "grid_small", "tiny", "bench_ref"):
         assert (REPO / "search_spaces" / f"{name}.yaml").is_file()
 
 

@@ -200,12 +200,12 @@ def _with_password(url: str, password: str) -> str:
 
 
 def _readme_block(heading: str) -> list[str]:
-    """The lines of the first ```sh block under a README heading: commands a person types on a
-    cluster, which the README test (```bash blocks only) cannot run; tests here run them."""
-    text = (REPO / "README.md").read_text()
+    """The lines of the first ```sh block under a heading of docs/clusters.md: commands a person
+    types on a cluster, which the docs test (```bash blocks only) cannot run; tests here run them."""
+    text = (REPO / "docs" / "clusters.md").read_text()
     section = text.split(f"\n{heading}\n", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, flags=re.S)
-    assert block, f"no ```sh block under {heading}"
+    assert block, f"no ```sh block under {heading} in docs/clusters.md"
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
@@ -227,10 +227,10 @@ def _no_process_shows(secret: str) -> None:
 
 @pytest.mark.slow
 def test_readme_slurm_commands_finish_a_30_trial_study_with_3_array_tasks(project, pg_url, slurm_cluster):
-    """The README's Slurm block, line by line as a person runs it (TUNER_STORAGE exported once,
+    """The Slurm block of docs/clusters.md, line by line as a person runs it (TUNER_STORAGE exported once,
     here this test's database): 3 array tasks end the study at exactly its budget; the script
     Slurm stored is the one --dry-run prints, and holds no password."""
-    lines = _readme_block("### Slurm")
+    lines = _readme_block("## Slurm")
     url = _with_password(pg_url, "pw-in-the-environment-only")
     env = slurm_cluster.env(TUNER_STORAGE=url, TUNER_HEARTBEAT="1")
     assert lines[0].startswith("export TUNER_STORAGE=") and any(line.startswith("tuner launch slurm ") for line in lines)
@@ -417,9 +417,9 @@ def test_k8s_without_kubectl_writes_the_manifest_and_says_how_to_apply_it(projec
 
 
 def test_readme_k8s_commands_agree_with_what_tuner_prints(project, cli, monkeypatch, tmp_path):
-    """The README's commands for a cluster: its tuner line, run without kubectl, writes the
-    manifest and prints the README's own Secret command (the password masked)."""
-    secret_line, launch_line = _readme_block("### Kubernetes")
+    """The Kubernetes commands of docs/clusters.md: its tuner line, run without kubectl, writes the
+    manifest and prints the page's own Secret command (the password masked)."""
+    secret_line, launch_line = _readme_block("## Kubernetes")
     url = re.search(r"url='([^']+)'", secret_line).group(1)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("TUNER_STORAGE", url)

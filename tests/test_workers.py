@@ -733,7 +733,7 @@ def _connections(admin: Any, database: str) -> int:
 
 
 def test_a_worker_holds_two_postgresql_connections(env, pg_url):
-    """The figure the README gives: a worker's connections while it runs trials, counted by the
+    """The figure docs/clusters.md gives: a worker's connections while it runs trials, counted by the
     server (pg_stat_activity): the storage's pool, which the study lock shares."""
     env = _usual_heartbeat(env)
     import sqlalchemy

@@ -85,7 +85,7 @@ def default_startup_trials(budget: int) -> int:
     """Random trials before tpe or gp start modeling, unless the spec sets `startup_trials`: a
     twentieth of the budget, between 3 and 10. Optuna's fixed 10 spends a third of a 30-trial
     study at random; on digits, TPE with 3 reaches 0.97 validation accuracy in about 40% of the
-    time it takes with 10 (`tuner bench`'s search race, 10 seeds; README)."""
+    time it takes with 10 (`tuner bench`'s search race, 10 seeds)."""
     return min(10, max(3, budget // 20))
 
 

@@ -164,7 +164,7 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         # connection. psycopg prepares a statement run 5 times on a connection, and the next
         # transaction's server would not know it (PgBouncer < 1.21, or without
         # max_prepared_statements): never prepare. PgBouncer refuses the startup `options` too,
-        # so synchronous_commit is the database's own setting there (see the README).
+        # so synchronous_commit is the database's own setting there (see docs/clusters.md).
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
     elif parsed.get_backend_name() == "postgresql":
         # Commits return before the server flushes its log to disk (~1.5 ms each, 3 a trial): a
