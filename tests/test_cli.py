@@ -31,23 +31,24 @@ def _readme_commands(page: Path = REPO / "README.md") -> list[list[str]]:
 
 
 @pytest.mark.parametrize("page", [p for p in DOC_PAGES if _readme_commands(p)], ids=lambda p: str(p.relative_to(REPO)))
-def test_readme_examples_all_run(project, page):
+def test_readme_examples_all_run(project, cli, monkeypatch, page):
     """A page's commands in order, in this test's own project folder: one test a page, so that
     pages run in parallel (pytest-xdist). ```sh blocks are not run (tests/test_docs.py checks that
-    each says why); tests/test_launch.py runs the cluster ones."""
+    each says why); tests/test_launch.py runs the cluster ones. `tuner` lines run through the
+    CLI's own entry point in this process (a new process a line would pay seconds of imports
+    each); the processes they start (workers, a --command's script) are real."""
     commands = _readme_commands(page)
     before = {p for p in Path(".").rglob("*") if p.is_file()}
     # as the README says: the virtual environment active, so `python` in a --command is its own
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    # pages run side by side (pytest-xdist), each tuner taking every core for torch: threads that
-    # sleep rather than spin while they wait for a core keep a page's commands to seconds
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     for argv in commands:
         if argv[0] == "tuner":
-            result = subprocess.run([TUNER, *argv[1:]], capture_output=True, text=True, env=env)
+            r = cli(*argv[1:])
+            code, out, err = r.code, r.out, r.err
         else:
-            result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True, env=env)
-        assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
+            result = subprocess.run([str(Path(sys.executable).with_name(argv[0])), *argv[1:]], capture_output=True, text=True)
+            code, out, err = result.returncode, result.stdout, result.stderr
+        assert code == 0, f"{shlex.join(argv)}\n{out}\n{err}"
     for argv in commands:  # an export wrote its file, and a JSON export holds the trials
         if argv[:3] == ["tuner", "study", "export"]:
             out = Path(argv[argv.index("--out") + 1])
@@ -246,9 +247,33 @@ def test_grid_study_from_the_cli_stops_when_exhausted(project, cli):
     assert json.loads(cli("study", "run", "digits_grid", "--trials", "20", "--format", "json").out)["stopped"] == "grid_exhausted"
 
 
+@pytest.fixture(scope="module")
+def six_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 6-trial study 'w' on the quick space, run once for the module's tests to copy."""
+    root = tmp_path_factory.mktemp("six")
+    shutil.copytree(REPO / "search_spaces", root / "search_spaces")
+    run = subprocess.run([TUNER, "study", "run", "w", "--space", "quick", "--trials", "6", "--pruner", "none", "--sampler", "random", "-q", "--device", "cpu"],
+                         cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return root / "studies" / "tuner.db"
+
+
+def _copy_study(db: Path) -> None:
+    """A finished study's database, whole (its -wal file included), as this test's default storage."""
+    import sqlite3
+
+    Path("studies").mkdir(exist_ok=True)
+    src, dst = sqlite3.connect(db), sqlite3.connect("studies/tuner.db")
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 @pytest.mark.parametrize("width", [60, 80, 120])
-def test_trials_table_fits_the_terminal_without_splitting_a_number(project, cli, width: int) -> None:
-    assert cli("study", "run", "w", "--space", "quick", "--trials", "6", "--pruner", "none", "--sampler", "random", "-q", "--device", "cpu").code == 0
+def test_trials_table_fits_the_terminal_without_splitting_a_number(project, six_trials, width: int) -> None:
+    _copy_study(six_trials)
     env = {**os.environ, "COLUMNS": str(width)}
     result = subprocess.run([TUNER, "study", "trials", "w"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

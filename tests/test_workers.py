@@ -477,15 +477,18 @@ def _workers_of(name: str) -> list[int]:
 def _kill_loop(env: dict[str, str], url: str, name: str, *, n_kills: int, seed: int) -> list[str]:
     """Rounds of `tuner study run NAME --workers 2`, each ended by a SIGKILL at a random moment or
     right after a claim: of one worker, of every process at once, or of the parent's process
-    group (its workers then close their trials on SIGTERM). Returns what each kill hit."""
+    group (its workers then close their trials on SIGTERM). The first round kills right after a
+    claim, and rounds go on past `n_kills` (up to three times as many) until some kill has landed
+    in a trial. Returns what each kill hit."""
     rng = random.Random(seed)
     hits: list[str] = []
     seen: set[int] = set()
-    while len(hits) < n_kills:
+    landed = False  # some kill left a trial RUNNING (or failed it): the kills are not all between trials
+    while len(hits) < n_kills or (not landed and len(hits) < 3 * n_kills):
         parent = _run("study", "run", name, "--workers", "2", "-q", env=env, start_new_session=True)
         try:
             _wait_for(lambda: len(_workers_of(name)) == 2 or parent.poll() is not None, timeout=60, what="two workers")
-            moment = rng.choice(["right after a claim", "mid-trial", "during start-up"])
+            moment = rng.choice(["right after a claim", "mid-trial", "during start-up"]) if hits or landed else "right after a claim"
             if moment == "right after a claim":
                 _wait_for(lambda: _just_claimed(url, name, seen=seen) or parent.poll() is not None, timeout=60, what="a claim")
             elif moment == "mid-trial":
@@ -514,6 +517,7 @@ def _kill_loop(env: dict[str, str], url: str, name: str, *, n_kills: int, seed: 
                 os.killpg(parent.pid, signal.SIGKILL)
             parent.wait(timeout=60)
             _wait_for(lambda: not _workers_of(name), timeout=60, what="the workers to exit")
+        landed = landed or any(t.state in (TrialState.RUNNING, TrialState.FAIL) for t in _trials(url, name))
     return hits
 
 
@@ -610,7 +614,9 @@ def test_gpu_slots_are_filled_per_gpu_and_each_worker_sees_only_its_gpu(env):
 
 
 def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
-    _hold(2)
+    # trial 2's worker is killed; every later trial is held, so that work is left for a
+    # replacement, which is seen holding one (the copy of trial 2, or a new one)
+    _hold(*range(2, 12))
     proc = _run("study", "run", "rep", *GATED, "--trials", "8", "--pruner", "none",
                 "--gpus", "0,1", "--device", "cpu", "--format", "json", env=env)
     pid = _held(2, proc)
@@ -621,10 +627,12 @@ def test_a_killed_gpu_worker_is_replaced_on_its_slot_and_its_trial_retried(env):
     replacement: list[int] = []
 
     def replaced() -> bool:
-        replacement[:] = [pid for pid, _ in _live(" worker rep ") if pid not in first and _environ(pid).get("CUDA_VISIBLE_DEVICES") == victim["gpu"]]
+        holders = {int(p.read_text()) for p in Path(".").glob("at-*") if p.read_text()}
+        replacement[:] = [pid for pid in holders - first if _environ(pid).get("CUDA_VISIBLE_DEVICES") == victim["gpu"]]
         return bool(replacement)
 
-    _wait_for(replaced, what="a new worker on the dead worker's GPU")
+    _wait_for(replaced, what="a new worker on the dead worker's GPU, holding a trial")
+    _release(*range(2, 12))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     doc = json.loads(out)
