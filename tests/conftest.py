@@ -180,12 +180,7 @@ class PgBouncer:
     log: Path
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The long end-to-end tests (marked slow) first: under pytest-xdist (`make test` runs
-    several workers) they start at once instead of one of them ending the run alone. The tests of
-    the session's Slurm cluster share one worker (`--dist loadgroup`), so one cluster is started."""
-    for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+    several workers) they start at once instead of one of them ending the run alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

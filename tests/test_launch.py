@@ -118,6 +118,10 @@ PartitionName={partition} Nodes=tunernode Default=YES MaxTime=INFINITE State=UP
 """
 
 
+# the tests of the session's Slurm cluster share one pytest-xdist worker (`--dist loadgroup`), so one cluster is started
+SLURM_GROUP = pytest.mark.xdist_group("slurm")
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A one-node Slurm cluster for the session: munged with a key of its own, slurmctld and slurmd
@@ -226,6 +230,7 @@ def _no_process_shows(secret: str) -> None:
 
 
 @pytest.mark.slow
+@SLURM_GROUP
 def test_readme_slurm_commands_finish_a_30_trial_study_with_3_array_tasks(project, pg_url, slurm_cluster):
     """The Slurm block of docs/clusters.md, line by line as a person runs it (TUNER_STORAGE exported once,
     here this test's database): 3 array tasks end the study at exactly its budget; the script
@@ -261,6 +266,7 @@ def test_readme_slurm_commands_finish_a_30_trial_study_with_3_array_tasks(projec
 
 
 @pytest.mark.slow
+@SLURM_GROUP
 def test_scancel_of_one_array_task_mid_trial_leaves_its_trial_retried_and_the_budget_exact(project, pg_url, slurm_cluster):
     url = _with_password(pg_url, "s3cret-pw")
     env = slurm_cluster.env(TUNER_STORAGE=url, TUNER_HEARTBEAT="1")
@@ -307,6 +313,7 @@ def test_scancel_of_one_array_task_mid_trial_leaves_its_trial_retried_and_the_bu
 
 
 @pytest.mark.slow
+@SLURM_GROUP
 def test_sbatch_refusing_the_array_is_one_line_and_nothing_runs(project, pg_url, slurm_cluster, cli, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     monkeypatch.setenv("PATH", SBIN)
@@ -495,6 +502,7 @@ def test_bad_launch_input_is_one_line_nonzero_and_nothing_written(project, cli, 
 
 
 @pytest.mark.slow
+@SLURM_GROUP
 def test_launch_slurm_through_pgbouncer_meets_its_budget_while_the_dashboard_shows_it(project, pg_url, pgbouncer_url, slurm_cluster, tmp_path):
     """The clusters issue end to end: a Slurm job array of 3 workers, all reaching PostgreSQL
     through PgBouncer in transaction pooling, ends a 30-trial study at exactly 30, and the

@@ -433,8 +433,8 @@ def test_a_trial_claimed_with_others_starts_when_its_own_pack_starts(project, cl
         for before, after in zip(order, order[1:]):
             seen_two_packs = True
             assert min(t.datetime_start for t in after) >= max(t.datetime_complete for t in before)
-        for pack in order:
-            assert max(t.datetime_start for t in pack) - min(t.datetime_start for t in pack) < __import__("datetime").timedelta(seconds=1)
+        for pack in order:  # one statement starts a pack: one start for all its trials, however slow the machine
+            assert len({t.datetime_start for t in pack}) == 1, [(t.number, t.datetime_start) for t in pack]
     assert seen_two_packs
 
 
