@@ -18,7 +18,7 @@ FLOORS_VENV ?= .venv-floors
 FLOORS_MARKERS ?= not slow or dashboard
 FLOORS_TESTS ?= tests/test_compat.py tests/test_storage_conformance.py tests/test_sql.py tests/test_storage.py \
 	tests/test_heartbeat.py tests/test_study.py tests/test_samplers.py tests/test_train.py tests/test_steps.py \
-	tests/test_packing.py tests/test_torch_datasets.py tests/test_cli.py tests/test_bad_input.py tests/test_dashboard.py
+	tests/test_packing.py tests/test_torch_datasets.py tests/test_cli.py tests/test_docs.py tests/test_bad_input.py tests/test_dashboard.py
 
 .PHONY: setup demo test test-floors clean
 
