@@ -38,8 +38,6 @@ SQLITE = "sqlite:///studies/tuner.db"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UI_TIMEOUT_MS = 15_000
-# the workers tests' slow space: about 1.5 s a trial, so two workers take about 15 s over 20 trials
-from tests.test_workers import SLOW_SPACE  # noqa: E402
 
 
 # -- the browser ------------------------------------------------------------------------------
