@@ -176,16 +176,19 @@ def _check_complete(url: str, name: str, budget: int, before: dict[int, tuple]) 
 
 
 def _live(needle: str) -> list[tuple[int, str]]:
-    """(pid, command line) of live processes whose command line contains `needle`."""
+    """(pid, command line) of live processes of this test (run in its project folder) whose
+    command line contains `needle`: another test run on the machine may have a study of that name."""
     found = []
+    here = Path.cwd().resolve()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                 status = Path(f"/proc/{pid}/status").read_text()
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
             except OSError:
                 continue
-            if needle in line and "State:\tZ" not in status:
+            if needle in line and "State:\tZ" not in status and (cwd == here or here in cwd.parents):
                 found.append((int(pid), line))
     return found
 
