@@ -63,6 +63,19 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A SQLite database copied whole (what is still in its -wal file included), as a test's own."""
+    import sqlite3
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    source, target = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
 def _postgres_admin_url() -> str:
     return os.environ.get("TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_sqlite
 
 TUNER = str(Path(sys.executable).with_name("tuner"))
 
@@ -258,22 +258,9 @@ def six_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "studies" / "tuner.db"
 
 
-def _copy_study(db: Path) -> None:
-    """A finished study's database, whole (its -wal file included), as this test's default storage."""
-    import sqlite3
-
-    Path("studies").mkdir(exist_ok=True)
-    src, dst = sqlite3.connect(db), sqlite3.connect("studies/tuner.db")
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-
-
 @pytest.mark.parametrize("width", [60, 80, 120])
 def test_trials_table_fits_the_terminal_without_splitting_a_number(project, six_trials, width: int) -> None:
-    _copy_study(six_trials)
+    copy_sqlite(six_trials, Path("studies/tuner.db"))
     env = {**os.environ, "COLUMNS": str(width)}
     result = subprocess.run([TUNER, "study", "trials", "w"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

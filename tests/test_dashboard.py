@@ -24,7 +24,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_sqlite
 
 try:  # without it the browser tests skip, or fail where TUNER_REQUIRE_BROWSER=1
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -181,12 +181,7 @@ def finished_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def watched(project: Path, finished_db: Path) -> optuna.Study:
     """That study, copied into this test's project as its default storage."""
-    src, dst = sqlite3.connect(finished_db), sqlite3.connect("studies/tuner.db")
-    try:
-        src.backup(dst)  # whole, including what is still in the -wal file
-    finally:
-        src.close()
-        dst.close()
+    copy_sqlite(finished_db, Path("studies/tuner.db"))
     return _load(SQLITE, "watched")
 
 

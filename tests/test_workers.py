@@ -408,7 +408,7 @@ def _as_if_on_another_host(url: str, name: str) -> None:
         storage.set_trial_user_attr(t._trial_id, "worker", {**t.user_attrs["worker"], "host": "elsewhere"})
 
 
-def _beat(url: str, number: int) -> bool:
+def _beat(url: str, name: str, number: int) -> bool:
     """A heartbeat for trial `number` now, as its worker would send it. True, so that a wait's
     condition can beat as it looks."""
     import sqlalchemy
@@ -416,7 +416,7 @@ def _beat(url: str, number: int) -> bool:
     from tuner.storage import open_storage
 
     rdb = open_storage(url)
-    trial_id = next(t._trial_id for t in _trials(url, "gz") if t.number == number)
+    trial_id = next(t._trial_id for t in _trials(url, name) if t.number == number)
     with rdb.engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now') WHERE trial_id = :t"), {"t": trial_id})
     rdb.engine.dispose()
@@ -453,7 +453,7 @@ def test_a_grid_worker_killed_right_after_each_claim_finishes_every_point_once(e
         # falls silent: however long the resume took to start, it waits, then frees the trial
         with (Path("resume.err").open("w")) as err:
             proc = subprocess.Popen([TUNER, "study", "resume", "gz"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-            _wait_for(lambda: _beat(SQLITE, 12) and "waiting for 1 running trial of other workers" in Path("resume.err").read_text(),
+            _wait_for(lambda: _beat(SQLITE, "gz", 12) and "waiting for 1 running trial of other workers" in Path("resume.err").read_text(),
                       what="the resume to wait for the other host's trial")
             out, _ = proc.communicate(timeout=300)
         resumed = subprocess.CompletedProcess(proc.args, proc.returncode, out, Path("resume.err").read_text())
