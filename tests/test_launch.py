@@ -40,11 +40,10 @@ from pathlib import Path
 
 def objective(trial):
     if os.environ.get("SLURM_ARRAY_TASK_ID") == "1":
-        Path("held").touch()
         while True:
             time.sleep(0.1)
     deadline = time.monotonic() + 120
-    while not Path("held").exists() and time.monotonic() < deadline:
+    while not Path("go").exists() and time.monotonic() < deadline:  # the test says when
         time.sleep(0.05)
     time.sleep(0.05)
     return trial.params["x"]
@@ -300,6 +299,13 @@ def test_scancel_of_one_array_task_mid_trial_leaves_its_trial_retried_and_the_bu
     _no_process_shows("s3cret-pw")  # the workers got the URL, not on their command lines
 
     slurm_cluster.run("scancel", victim)
+    # the other tasks wait until the copy is queued: had they run the whole budget before the
+    # cancel (the commands above take seconds on a busy machine), nobody would be left to run it
+    deadline = time.monotonic() + 120
+    while not [t for t in _trials(url, "k") if t.user_attrs.get("retry_of") == hit.number]:
+        assert time.monotonic() < deadline, "the cancelled task queued no copy of its trial"
+        time.sleep(0.1)
+    Path("go").touch()
     slurm_cluster.wait_done(job_id)
     trials = _trials(url, "k")
     assert sum(t.state in FINISHED for t in trials) == 30
