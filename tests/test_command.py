@@ -137,8 +137,8 @@ def test_each_bad_template_is_one_line_naming_the_token_and_the_fix(template, na
     assert isinstance(e.value, TunerError)
 
 
-def test_reserved_names_are_seed_and_trial():
-    assert RESERVED == ("seed", "trial")
+def test_reserved_names_are_seed_trial_and_trial_dir():
+    assert RESERVED == ("seed", "trial", "trial_dir")
 
 
 # --- expand -----------------------------------------------------------------------------------
@@ -280,16 +280,16 @@ def test_stdout_metrics_arrive_in_order_and_the_log_keeps_both_streams_as_printe
         print("starting up")
         for epoch in range(3):
             print(f"epoch={epoch} loss={1 / (epoch + 1)}")
-            print(f"warn {epoch}", file=sys.stderr)
+            print(f"warn {epoch} lr=0.{epoch}", file=sys.stderr)  # stderr's tokens are not metrics
         print("done")
     """)
     outcome, seen = _run(tmp_path, [PY, str(child)])
     assert outcome.exit_code == 0
     assert seen == outcome.records == [{"epoch": 0.0, "loss": 1.0}, {"epoch": 1.0, "loss": 0.5}, {"epoch": 2.0, "loss": 1 / 3}]
     log = outcome.log_path.read_text().splitlines()
-    assert sorted(log) == sorted(["starting up", "epoch=0 loss=1.0", "warn 0", "epoch=1 loss=0.5", "warn 1", "epoch=2 loss=0.3333333333333333", "warn 2", "done"])
+    assert sorted(log) == sorted(["starting up", "epoch=0 loss=1.0", "warn 0 lr=0.0", "epoch=1 loss=0.5", "warn 1 lr=0.1", "epoch=2 loss=0.3333333333333333", "warn 2 lr=0.2", "done"])
     assert [line for line in log if line.startswith("epoch")] == ["epoch=0 loss=1.0", "epoch=1 loss=0.5", "epoch=2 loss=0.3333333333333333"]
-    assert outcome.stderr_tail == "warn 0\nwarn 1\nwarn 2"
+    assert outcome.stderr_tail == "warn 0 lr=0.0\nwarn 1 lr=0.1\nwarn 2 lr=0.2"
 
 
 def test_file_metrics_wait_for_their_newline_and_invalid_lines_are_skipped(tmp_path):

@@ -123,7 +123,7 @@ def test_a_script_is_tuned_unchanged_and_pruned_scripts_are_stopped(script: Path
         assert log.is_file() and "epoch=1 score=" in log.read_text()
     study = optuna.load_study(study_name="c", storage="sqlite:///studies/tuner.db")
     stored = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
-    assert stored and stored[0].filename == "trial-0.log" and stored[0].mimetype == "text/plain"
+    assert stored and stored[0].filename == "tuner-output.log" and stored[0].mimetype == "text/plain"
 
 
 @pytest.mark.parametrize("behave", ["file", "helper"])
@@ -149,7 +149,7 @@ def test_a_command_trial_is_worth_its_best_report_for_the_study_s_direction(scri
     "behave, state, kind, reason",
     [
         ("crash", TrialState.FAIL, "exit code", "command exited with code 3: Traceback (most recent call last): | ValueError: bad batch size"),
-        ("silent", TrialState.FAIL, "no metric", "command exited 0 without reporting score: print `score=0.93` lines"),
+        ("silent", TrialState.FAIL, "no metric", "command exited 0 without reporting score: it reported no metric: print `score=0.93` lines"),
         ("garbage", TrialState.PRUNED, "diverged", "diverged: score=nan at step 1"),
     ],
 )
@@ -166,7 +166,7 @@ def test_a_script_that_crashes_says_nothing_or_prints_nan(script: Path, cli, beh
 
 def test_a_hung_script_is_ended_by_the_trial_timeout(script: Path, cli) -> None:
     r = cli(*_args("hang", "hang"), "--trials", "1", "--trial-timeout", "1", "--pruner", "none")
-    assert r.code == 1 and "failed the same way: command ran past --trial-timeout 1 s" in r.err
+    assert r.code == 1 and "in a row failed the same way; trial 0: command ran past --trial-timeout 1 s" in r.err
     t = _trials("hang")[0]
     assert t.state == TrialState.FAIL and t.user_attrs["fail_kind"] == "timed out" and "--trial-timeout" in t.user_attrs["fail_reason"]
     assert _gone(_pids(script)[t.user_attrs["seed"]])

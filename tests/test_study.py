@@ -14,11 +14,11 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError, StorageError, TunerError
+from tuner.failures import DEFAULT_IN_A_ROW
 from tuner.samplers import PRUNERS, SAMPLERS, FastRandomSampler, make_pruner, make_sampler
 from tuner.spec import StudySpec
 from tuner.study import (
     FINISHED,
-    MAX_CONSECUTIVE_FAILURES,
     create_study,
     delete_study,
     export_trials,
@@ -258,10 +258,10 @@ def test_repeated_identical_failures_stop_the_study_with_the_reason(project):
         "    return rng.normal(size=(60, 4)), rng.integers(0, 2, 60)\n"
     )
     loaded = create_study(_spec(workload="broken_workload:build", trials=20), SQLITE)
-    with pytest.raises(TunerError, match=f"stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: .*CUDA out of memory"):
+    with pytest.raises(TunerError, match=f"stopped: {DEFAULT_IN_A_ROW} trials in a row failed the same way; trial 0: .*CUDA out of memory.*; fix the cause, then `tuner study resume s`"):
         run_study(loaded, device="cpu", pack=1)  # packed, the claim that holds the fifth failure ends first
     failed = open_study("s", SQLITE).study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == MAX_CONSECUTIVE_FAILURES
+    assert len(failed) == DEFAULT_IN_A_ROW
     assert all("CUDA out of memory" in t.user_attrs["fail_reason"] for t in failed)
 
 

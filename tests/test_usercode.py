@@ -288,3 +288,29 @@ def test_retrain_refuses_a_study_of_your_own_code_with_what_to_do(code: Path, cl
     assert cli("study", "run", "obj", "--space", "free", "--objective", "myobj:objective", "--metric", "score", "--direction", "maximize", "--trials", "2", "-q").code == 0
     r = cli("best", "obj", "--retrain")
     assert r.code == 1 and "trains your own objective" in r.err and "tuner study best obj" in r.err and "Traceback" not in r.err
+
+
+def test_a_trial_s_files_are_linked_into_the_artifact_store_or_copied_where_links_fail(project, monkeypatch) -> None:
+    """tuner.handle.attach puts a file in Optuna's file-system artifact store as a hard link (a
+    checkpoint is not stored twice); where os.link fails (another file system), Optuna's copy. Either
+    way Optuna's own store reads it back, as the dashboard does."""
+    import os
+
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+
+    from tuner.handle import attach
+
+    study = optuna.create_study(storage="sqlite:///studies/a.db")
+    trial = study.ask()
+    model = Path("model.pt")
+    model.write_bytes(b"weights" * 1000)
+    linked = attach(trial, model, Path("studies/artifacts"))
+    assert os.stat(Path("studies/artifacts") / linked).st_ino == model.stat().st_ino
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    copied = attach(trial, model, Path("studies/artifacts"))
+    assert os.stat(Path("studies/artifacts") / copied).st_ino != model.stat().st_ino
+    store = FileSystemArtifactStore("studies/artifacts")
+    for artifact in (linked, copied):
+        with store.open_reader(artifact) as f:
+            assert f.read() == model.read_bytes()
+    assert {m.artifact_id for m in get_all_artifact_meta(trial, storage=study._storage)} == {linked, copied}

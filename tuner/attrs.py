@@ -23,6 +23,9 @@ __all__ = [
     "NON_FINITE",
     "NO_METRIC",
     "EXIT_CODE",
+    "EXIT_STATUS",
+    "TRIAL_DIR",
+    "TRIAL_FILES",
     "TIMED_OUT",
     "PRUNED_KIND",
     "PRUNED_REASON",
@@ -42,6 +45,9 @@ FAIL_REASON = "fail_reason"  # why a failed trial failed, for people
 FAIL_KIND = "fail_kind"  # LOST_WORKER, INTERRUPTED, RELEASED, NON_FINITE, TIMED_OUT, EXIT_CODE, NO_METRIC, or the exception's class name
 COMMAND = "command"  # a command trial's command line, as run
 LOG_ARTIFACT = "log_artifact"  # the artifact id of a command trial's stdout and stderr
+EXIT_STATUS = "exit_status"  # a command trial's exit status (negative: killed by that signal)
+TRIAL_DIR = "trial_dir"  # a command or objective trial's own folder for its outputs ({trial_dir})
+TRIAL_FILES = "files"  # what the trial left in its folder: [{"path", "bytes", "artifact"}]
 PRUNED_REASON = "pruned_reason"  # why a pruned trial was pruned, for people
 PRUNED_KIND = "pruned_kind"  # PRUNER or DIVERGED
 EPOCHS_RUN = "epochs_run"  # epochs trained before the trial ended

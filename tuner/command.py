@@ -39,14 +39,16 @@ __all__ = [
     "CommandTimeout",
     "Outcome",
     "check_template",
+    "default_reader",
     "expand",
     "parse_stdout_line",
+    "pattern_reader",
     "run",
     "trial_env",
 ]
 
-RESERVED = ("seed", "trial")  # placeholders tuner fills itself: {seed} the trial's seed, {trial} its number
-_RESERVED_MEANING = {"seed": "the trial's seed", "trial": "the trial's number"}
+RESERVED = ("seed", "trial", "trial_dir")  # placeholders tuner fills itself
+_RESERVED_MEANING = {"seed": "the trial's seed", "trial": "the trial's number", "trial_dir": "the trial's own folder for its outputs"}
 MACROS = ("${args}", "${args_no_hyphens}", "${args_json_file}")  # each stands alone as one argv token
 
 _POLL_S = 0.05  # how often the metrics file is looked at, and the longest a stop or timeout waits unseen
@@ -155,10 +157,11 @@ def _params_json(params: Mapping[str, Any]) -> str:
     return json.dumps(dict(params), default=str)
 
 
-def expand(template: str, params: Mapping[str, Any], *, seed: int, trial: int, args_json_file: Path) -> list[str]:
+def expand(template: str, params: Mapping[str, Any], *, seed: int, trial: int, args_json_file: Path, trial_dir: Path | None = None) -> list[str]:
     """One trial's argv. Call check_template first: here an unknown {name} is taken for an inactive one.
 
-    - `{name}` -> the value, anywhere in a token (`--lr={lr}`); `{seed}`, `{trial}` -> the trial's.
+    - `{name}` -> the value, anywhere in a token (`--lr={lr}`); `{seed}`, `{trial}` -> the trial's;
+      `{trial_dir}` -> the absolute path of `trial_dir`, the trial's own folder for its outputs.
       A token holding the placeholder of a parameter absent from `params` (an inactive conditional
       one) is left out whole, so write `--dropout={dropout}` as one token for the flag to go with it.
     - `${args}` -> one token `--name=value` per parameter in `params`, in its order (W&B's macro;
@@ -170,6 +173,8 @@ def expand(template: str, params: Mapping[str, Any], *, seed: int, trial: int, a
     tokens = _split(template)
     values = {name: _text(v) for name, v in params.items()}
     values.update(seed=str(seed), trial=str(trial))
+    if trial_dir is not None:
+        values["trial_dir"] = os.path.abspath(trial_dir)
     argv: list[str] = []
     for token in tokens:
         if token == "${args}":
@@ -220,13 +225,15 @@ def trial_env(
     metrics_file: Path,
     device: str,
     threads: int | None,
+    trial_dir: Path | None = None,
 ) -> dict[str, str]:
     """The child's environment: `base` (the worker's), less every inherited TUNER_* variable (the
     storage URL in TUNER_STORAGE may carry a password, and an outer run's variables are not this
     trial's), plus:
 
     - TUNER_PARAMS (the parameters as a JSON object), TUNER_TRIAL, TUNER_STUDY, TUNER_SEED,
-      TUNER_METRICS_FILE (absolute, so a script that changes folder still finds it);
+      TUNER_METRICS_FILE and TUNER_TRIAL_DIR (absolute, so a script that changes folder still
+      finds them);
     - TUNER_DEVICE, the device as the child names it: `cuda:N` is the child's only GPU, `cuda:0`;
       `cpu`, `cuda`, `auto` and others pass as given (`auto`: the script picks);
     - CUDA_VISIBLE_DEVICES: `cuda:N` -> the N-th GPU the worker sees (counted within an inherited
@@ -246,6 +253,8 @@ def trial_env(
         TUNER_METRICS_FILE=os.path.abspath(metrics_file),
         TUNER_DEVICE=device,
     )
+    if trial_dir is not None:
+        env["TUNER_TRIAL_DIR"] = os.path.abspath(trial_dir)
     gpu = re.fullmatch(r"cuda:(\d+)", device)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -356,8 +365,9 @@ class _Pipes:
     a progress bar's \\r) so the two streams never split each other's lines; stdout lines are parsed
     for metrics and stderr's last lines kept for a failure's reason."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: Any) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Any, read_line: LineReader) -> None:
         self._log = log
+        self._read_line = read_line
         self._sel = selectors.DefaultSelector()
         self._names: dict[int, str] = {}
         for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):
@@ -400,10 +410,9 @@ class _Pipes:
         self._line[name] = rest if len(rest) <= _MAX_LINE else rest[-_MAX_LINE:]
         if name == "err":
             self._tail.extend(p for p in map(_printable, lines) if p)
-            return []
         if not parse:
             return []
-        return [r for r in (parse_stdout_line(line.decode("utf-8", "replace")) for line in lines) if r is not None]
+        return [r for r in (self._read_line(name, line.decode("utf-8", "replace")) for line in lines) if r is not None]
 
     def drain(self, *, parse: bool) -> list[dict[str, float]]:
         """Read to the end of both pipes; a process outside the child's group (one that left it with
@@ -423,6 +432,32 @@ class _Pipes:
     def stderr_tail(self) -> str:
         pending = _printable(self._line["err"])
         return "\n".join([*self._tail, pending] if pending else self._tail)[-_TAIL_LINES * _TAIL_LINE_CHARS :]
+
+
+LineReader = Callable[[str, str], "dict[str, float] | None"]  # (stream: "out" or "err", line) -> a metrics record
+
+
+def default_reader(stream: str, line: str) -> dict[str, float] | None:
+    """Without patterns: `name=value` tokens on stdout (parse_stdout_line); stderr is not read."""
+    return parse_stdout_line(line) if stream == "out" else None
+
+
+def pattern_reader(reader: Any) -> LineReader:
+    """A study's metric patterns (a tuner.patterns.OutputReader) on both streams, then the
+    `name=value` tokens of stdout; a pattern's value wins over a token of the same name. A group
+    that captured something not a number ends the trial as failed, saying so."""
+
+    def read(stream: str, line: str) -> dict[str, float] | None:
+        try:
+            matched = reader.line(_ANSI.sub("", line.rstrip("\r").rsplit("\r", 1)[-1]))  # as a terminal shows it
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        tokens = default_reader(stream, line)
+        if tokens and matched:
+            return {**tokens, **matched}
+        return matched or tokens
+
+    return read
 
 
 # --- the child --------------------------------------------------------------------------------
@@ -580,6 +615,7 @@ def run(
     timeout_s: float | None = None,
     grace_s: float = 5.0,
     cwd: Path | None = None,
+    read_line: LineReader = default_reader,
 ) -> Outcome:
     """Run one trial's command to its end and return how it ended (a non-zero exit included).
 
@@ -590,7 +626,7 @@ def run(
     Metrics records reach `on_record`, in the calling thread, in the order tuner sees them (each
     channel in its own order; between them, within _POLL_S): the JSON objects the script appends to
     `metrics_file` (emptied first; a line counts once its newline is written) and the `name=value`
-    lines of its stdout. After the child exits, the records still on their way are delivered.
+    lines of its stdout (or what `read_line` reads on either stream). After the child exits, the records still on their way are delivered.
 
     Stopping: if `on_record` raises (the pruner's TrialPruned), or anything interrupts the wait
     (Ctrl-C, SIGTERM made KeyboardInterrupt, SystemExit), the child's group gets SIGTERM, then
@@ -618,7 +654,7 @@ def run(
             raise
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
-        pipes = _Pipes(proc, log)
+        pipes = _Pipes(proc, log, read_line)
         try:
             while proc.poll() is None:
                 wait = _POLL_S

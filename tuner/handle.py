@@ -15,14 +15,16 @@ sampler, pruner or storage the study uses.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 
 from tuner import attrs as A
 
-__all__ = ["Pruned", "TrialHandle"]
+__all__ = ["LinkingStore", "Pruned", "TrialHandle", "attach"]
 
 
 class Pruned(optuna.TrialPruned):
@@ -99,7 +101,7 @@ class TrialHandle:
 def attach(study_or_trial: Any, path: Path, artifacts: Path, *, mimetype: str | None = None) -> str:
     """Upload a file to the artifact store beside the study, linked to the study or to a running
     trial: optuna-dashboard (`tuner dashboard --artifacts`) links it from that page."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.artifacts import upload_artifact
 
     from tuner.errors import TunerError
 
@@ -108,9 +110,29 @@ def attach(study_or_trial: Any, path: Path, artifacts: Path, *, mimetype: str | 
         raise TunerError(f"cannot attach {path} to {owner}: no such file")
     try:
         artifacts.mkdir(parents=True, exist_ok=True)
-        return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(path), study_or_trial=study_or_trial, mimetype=mimetype)
+        return upload_artifact(artifact_store=LinkingStore(artifacts), file_path=str(path), study_or_trial=study_or_trial, mimetype=mimetype)
     except (OSError, optuna.exceptions.OptunaError) as e:
         raise TunerError(f"cannot attach {path} to {owner} in {artifacts}: {e}") from None
+
+
+class LinkingStore(FileSystemArtifactStore):
+    """Optuna's file-system artifact store, which links a file into the store where it can (the
+    same file system) instead of copying it: a trial's checkpoints are not stored twice. Elsewhere,
+    and for a stream that is not a file, Optuna's own copy."""
+
+    def __init__(self, base_path: Path) -> None:
+        super().__init__(base_path)
+        self._root = Path(base_path)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        source = getattr(content_body, "name", None)
+        if isinstance(source, str) and os.path.isfile(source) and os.path.basename(artifact_id) == artifact_id:
+            try:
+                os.link(source, self._root / artifact_id)
+                return
+            except OSError:  # another file system, or links not allowed: copy
+                pass
+        super().write(artifact_id, content_body)
 
 
 def _number(key: str, value: Any) -> float:

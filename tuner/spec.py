@@ -8,6 +8,7 @@ study was created with, on any machine.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ import yaml
 
 from tuner.errors import SpecError
 from tuner.params import METRICS
+from tuner.patterns import METRIC_NAME, parse_metric_pattern, parse_step_pattern
 
 __all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
-RUN_OPTIONS = ("trials", "pack")
+RUN_OPTIONS = ("trials", "pack", "max_failures", "max_failures_in_a_row")
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 DIRECTIONS = ("maximize", "minimize")
 _OPTIONAL_TEXT = ("target", "direction", "objective", "command")
@@ -51,6 +53,10 @@ class StudySpec:
     val_fraction: float = 0.2  # share of the data held out for validation
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
     startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
+    max_failures: int | None = None  # failed trials in one run that stop it; None: a quarter of the budget, at least 10
+    max_failures_in_a_row: int = 5  # consecutive failures of one kind (tuner.failures) that stop a run
+    metric_patterns: list[str] | None = None  # a command's metrics read from its output: "name=REGEX" (tuner.patterns)
+    step_pattern: str | None = None  # a command's step read from its output: a REGEX with one group
     pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: auto on a GPU, 1 on a CPU
 
     @property
@@ -70,10 +76,12 @@ class StudySpec:
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
         self._check_code()
-        for key in ("seed", "trials", "retries", "startup_trials"):
+        for key in ("seed", "trials", "retries", "startup_trials", "max_failures", "max_failures_in_a_row"):
             value = getattr(self, key)
-            if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials") and value is None):
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials", "max_failures") and value is None):
                 raise SpecError(f"{key} must be an integer, got {value!r}")
+            if key.startswith("max_failures") and value is not None and value < 1:
+                raise SpecError(f"{key} must be at least 1, got {value}")
         if self.trials is not None and self.trials < 1:
             raise SpecError(f"trials must be at least 1, got {self.trials}")
         if self.seed < 0:
@@ -106,16 +114,42 @@ class StudySpec:
         else:
             if self.workload != "digits" or self.target is not None:
                 raise SpecError(f"--workload and --target feed tuner's own loop; your {self.code_kind} loads its own data, so drop them")
-            if not self.metric.isidentifier():
-                raise SpecError(f"metric {self.metric!r} must be a name like val_accuracy (letters, digits, '_'), as your code reports it")
+            if not METRIC_NAME.fullmatch(self.metric):
+                raise SpecError(f"metric {self.metric!r} must be a name like val_accuracy or test-loss (a letter, then letters, digits, '_', '.', '-', '/'), as your code reports it")
             if self.direction is None and self.metric not in METRICS:
                 raise SpecError(f"metric {self.metric}: say whether to --direction maximize or minimize it")
             if self.objective is not None and (":" not in self.objective or not all(self.objective.partition(":")[::2])):
                 raise SpecError(f"objective {self.objective!r}: write it module:function, e.g. mypkg.tune:objective")
             if self.command is not None and not self.command.strip():
                 raise SpecError("command is empty; give the command line that trains one trial, e.g. \"python train.py --lr {lr}\"")
+        self._check_patterns()
         if self.direction is None:
             object.__setattr__(self, "direction", METRICS[self.metric])
+
+    def _check_patterns(self) -> None:
+        """--metric-pattern and --step-pattern: a command's output read with regular expressions."""
+        patterns = self.metric_patterns
+        if patterns is None and self.step_pattern is None:
+            return
+        if self.command is None:
+            raise SpecError("--metric-pattern and --step-pattern read a --command's output; an objective or tuner's loop reports its metrics itself")
+        if patterns is not None and (not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns)):
+            raise SpecError(f"metric_patterns must be a list of NAME=REGEX texts, got {patterns!r}"[:300])
+        if self.step_pattern is not None and not isinstance(self.step_pattern, str):
+            raise SpecError(f"step_pattern must be text, a REGEX with one group, got {self.step_pattern!r}"[:300])
+        parsed = [parse_metric_pattern(p) for p in patterns or []]
+        names = [p.name for p in parsed]
+        if len(set(names)) < len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise SpecError(f"metric {twice} has two --metric-pattern; give one pattern a metric")
+        if self.step_pattern is not None:
+            parse_step_pattern(self.step_pattern)
+        if names and self.metric not in names:
+            close = difflib.get_close_matches(self.metric, names, n=1, cutoff=0.6)
+            if close:
+                raise SpecError(
+                    f"metric {self.metric} is read by no --metric-pattern, which read {', '.join(names)}; did you mean --metric {close[0]}?"
+                )
 
     @property
     def user_code(self) -> bool:

@@ -62,6 +62,7 @@ def run_workers(
     threads: int | None = None,
     pack: int | str | None = None,
     on_progress: Callable[[int, int, float | None], None] | None = None,
+    limits: tuple[int | None, int | None] = (None, None),
 ) -> RunResult:
     """Start a worker process on every slot (or `n_workers` plain ones), report progress until
     they end, and return the study's result. A worker that dies (a non-zero exit, a kill) is
@@ -97,6 +98,9 @@ def run_workers(
             cmd += ["--timeout", str(max(1.0, timeout - (time.monotonic() - started)))]
         if threads:
             cmd += ["--threads", str(threads)]
+        for flag, limit in zip(("--max-failures", "--max-failures-in-a-row"), limits):
+            if limit is not None:
+                cmd += [flag, str(limit)]
         if pack is not None:
             cmd += ["--pack", str(pack)]
         env = base_env if slot.gpu is None else {**base_env, "CUDA_VISIBLE_DEVICES": slot.gpu}

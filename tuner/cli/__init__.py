@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from tuner.cli import bench as bench_cli
+from tuner.cli import command as command_cli
 from tuner.cli import launch as launch_cli
 from tuner.cli import report as report_cli
 from tuner.cli import space as space_cli
@@ -39,6 +40,7 @@ app = typer.Typer(
 app.add_typer(space_cli.app, name="space")
 app.add_typer(study_cli.app, name="study")
 app.add_typer(launch_cli.app, name="launch")
+app.add_typer(command_cli.app, name="command")
 
 
 def _print_version(value: bool) -> None:

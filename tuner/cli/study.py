@@ -46,6 +46,22 @@ CommandOpt = Annotated[
     typer.Option("--command", metavar="COMMAND", help='Your own training script, one process per trial: "python train.py --lr {lr}" ({name}, ${args}, $TUNER_*).'),
 ]
 TrialTimeoutOpt = Annotated[Optional[float], typer.Option("--trial-timeout", metavar="SECONDS", help="Seconds a --command trial may run before it is ended as failed.")]
+MetricPatternOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--metric-pattern", metavar="NAME=REGEX",
+        help="Read metric NAME from a --command's output where REGEX matches, its group the number: 'test_loss=test loss: (\\S+)' (repeat for more; try them with `tuner command check-metrics`).",
+    ),
+]
+StepPatternOpt = Annotated[
+    Optional[str], typer.Option("--step-pattern", metavar="REGEX", help="Read the step of a --command's reports from its output: 'step (\\d+)' (or a (?P<step>...) group in a metric pattern).")
+]
+MaxFailuresOpt = Annotated[
+    Optional[int], typer.Option("--max-failures", metavar="N", min=1, help="Failed trials in one run that stop it \\[default: a quarter of the budget, at least 10].")
+]
+InARowOpt = Annotated[
+    Optional[int], typer.Option("--max-failures-in-a-row", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
+]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="INT", min=0, help="Seeds the sampler, the split and every trial \\[default: 0].")]
 TrialsOpt = Annotated[
     Optional[int], typer.Option("--trials", metavar="N", min=1, help="Finished trials the study should hold in total \\[default: 30, grid: its size].")
@@ -103,6 +119,10 @@ def create(
     objective: ObjectiveOpt = None,
     command: CommandOpt = None,
     trial_timeout: TrialTimeoutOpt = None,
+    metric_pattern: MetricPatternOpt = None,
+    step_pattern: StepPatternOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_failures_in_a_row: InARowOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -115,6 +135,7 @@ def create(
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_failures_in_a_row=max_failures_in_a_row,
     )
     url = resolve_url(storage)
     new_db = _new_database(url)
@@ -137,6 +158,10 @@ def run(
     objective: ObjectiveOpt = None,
     command: CommandOpt = None,
     trial_timeout: TrialTimeoutOpt = None,
+    metric_pattern: MetricPatternOpt = None,
+    step_pattern: StepPatternOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_failures_in_a_row: InARowOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -161,6 +186,7 @@ def run(
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_failures_in_a_row=max_failures_in_a_row,
         pack=pack,
     )
     parse_pack(pack)
@@ -184,7 +210,7 @@ def run(
     _say_new_database(new_db)
     _say_budget(loaded.spec.name, change)
     pack = pack or (given.pack if given else None) or loaded.spec.pack
-    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_failures_in_a_row))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +262,8 @@ def resume(
     max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
     threads: ThreadsOpt = None,
     pack: PackOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_failures_in_a_row: InARowOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -251,7 +279,10 @@ def resume(
     loaded = open_study(name, url)
     check_data(loaded)  # before the budget is touched
     _say_budget(name, set_budget(loaded, trials))
-    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)
+    _run(
+        loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt,
+        limits=(max_failures, max_failures_in_a_row),
+    )
 
 
 class _LogLines:
@@ -296,6 +327,7 @@ def _run(
     pack: Optional[str] = None,
     quiet: bool,
     fmt: Format,
+    limits: tuple[Optional[int], Optional[int]] = (None, None),
 ) -> None:
     from tuner.study import FINISHED, run_study
     from tuner.slots import describe_death
@@ -337,11 +369,15 @@ def _run(
 
             if pool is not None:
                 result = run_workers(
-                    loaded, slots=pool.slots, max_restarts=pool.max_restarts, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress
+                    loaded, slots=pool.slots, max_restarts=pool.max_restarts, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress,
+                    limits=limits,
                 )
             else:
                 on_wait = _WaitNotice(progress.console if show_bar else console_err)
-                result = run_study(loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack)
+                result = run_study(
+                    loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack,
+                    max_failures=limits[0], max_failures_in_a_row=limits[1],
+                )
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
         console_err.print(
@@ -474,7 +510,16 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         return
     spec = s["spec"]
     console.print(f"study {s['name']}  ({s['storage']})")
-    console.print(f"  space {spec['space']}, workload {spec['workload']}, sampler {spec['sampler']}, pruner {spec['pruner']}, seed {spec['seed']}")
+    if spec.get("command"):
+        trains = f"command {spec['command']}"
+    elif spec.get("objective"):
+        trains = f"objective {spec['objective']}"
+    else:
+        trains = f"workload {spec['workload']}"
+    console.print(f"  space {spec['space']}, {trains}, sampler {spec['sampler']}, pruner {spec['pruner']}, seed {spec['seed']}", markup=False)
+    if spec.get("metric_patterns") or spec.get("step_pattern"):
+        read = [f"'{p}'" for p in spec.get("metric_patterns") or []] + ([f"step '{spec['step_pattern']}'"] if spec.get("step_pattern") else [])
+        console.print(f"  reads from its output: {', '.join(read)}", markup=False, highlight=False)
     console.print(f"  metric {spec['metric']} ({s['direction']}), budget {spec['trials']}, finished {s['finished']}")
     counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v and k != "total")
     console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
@@ -528,7 +573,13 @@ def best(
         return
     _print_best(d, loaded.spec.metric)
     attrs = d["user_attrs"]
-    console.print("  " + ", ".join(f"{k} {fmt_value(attrs[k])}" for k in (A.EPOCHS_RUN, "duration_s", "device", "seed") if k in attrs))
+    steps = "epochs_run" if loaded.spec.command is None and loaded.spec.objective is None else "last step"  # a script's own count
+    shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in ("duration_s", "device", "seed")}}
+    console.print("  " + ", ".join(f"{k} {fmt_value(v)}" for k, v in shown.items() if v is not None))
+    if attrs.get(A.TRIAL_DIR):
+        listed = attrs.get(A.TRIAL_FILES) or []
+        files = f": {', '.join(f['path'] for f in listed[:10])}" + (", ..." if len(listed) > 10 else "") if listed else ""
+        console.print(f"  its folder: {attrs[A.TRIAL_DIR]}{files}", markup=False, highlight=False)
     if reproduce:
         console.print(f"reproduce it (from {reproduce['cwd']}):", highlight=False)
         typer.echo(reproduce["command"])  # plain, unwrapped: to paste into a shell
@@ -601,7 +652,8 @@ def trials(
     params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width)
     table = Table()
     # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
-    for header in ("#", "state", loaded.spec.metric, *params, "epochs", "s"):
+    steps = "epochs" if loaded.spec.command is None and loaded.spec.objective is None else "step"  # a script's own count
+    for header in ("#", "state", loaded.spec.metric, *params, steps, "s"):
         table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
     table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
@@ -759,6 +811,8 @@ def worker(
     worker_index: Annotated[int, typer.Option("--worker-index", min=0, help="This worker's number (seeds its sampler).")] = 0,
     workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
     pack: PackOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_failures_in_a_row: InARowOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -772,4 +826,4 @@ def worker(
     url = resolve_url(storage)
     loaded = open_study(name, url, worker_index=worker_index)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)  # this worker's share of the cores
-    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt)
+    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_failures_in_a_row))

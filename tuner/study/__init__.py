@@ -26,7 +26,6 @@ from tuner.study.objective import make_objective, trial_workload
 from tuner.study.results import best_trial, export_trials, fail_reason, list_studies, study_summary, trial_dict, trial_rows
 from tuner.study.run import (
     FINISHED,
-    MAX_CONSECUTIVE_FAILURES,
     Interrupted,
     RunResult,
     run_study,
@@ -37,7 +36,6 @@ from tuner.study.run import (
 
 __all__ = [
     "FINISHED",
-    "MAX_CONSECUTIVE_FAILURES",
     "SPACE_ATTR",
     "SPEC_ATTR",
     "Interrupted",

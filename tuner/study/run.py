@@ -8,6 +8,7 @@ import gc
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -22,6 +23,7 @@ from tuner import attrs as A
 from tuner._compat import optuna_paths
 from tuner.buffered import BufferedStorage
 from tuner.errors import TunerError
+from tuner.failures import FailureStop, default_max_failures
 from tuner.heartbeat import Heartbeat, worker_identity
 from tuner.spec import DEFAULT_TRIALS
 from tuner.storage import StudyLock, count_states, heartbeat_settings, progress, rdb_of
@@ -30,9 +32,8 @@ from tuner.study.objective import BuiltinObjective, make_objective
 from tuner.study.results import best_trial
 from tuner.study.store import Loaded, check_data, quiet_optuna
 
-__all__ = ["FINISHED", "MAX_CONSECUTIVE_FAILURES", "Interrupted", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
+__all__ = ["FINISHED", "Interrupted", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
 
-MAX_CONSECUTIVE_FAILURES = 5  # identical failures in a row stop the study instead of burning its budget
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PROGRESS_S = 1.0  # the progress callback's figures are read from the database at most this often
 POLL_S = 1.0  # how often a worker with nothing to claim looks again (others' trials may fail)
@@ -111,9 +112,13 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: st
         reason = f"interrupted by {signal_name}"
         trial.set_user_attr(A.FAIL_REASON, reason)
         trial.set_user_attr(A.FAIL_KIND, A.INTERRUPTED)
-        requeue(study, study.tell(trial, state=TrialState.FAIL), reason)
-    except Exception:  # the database is unreachable: the heartbeat grace period will free the trial
-        pass
+        # the copy first: a kill between the two leaves the trial running with its copy queued,
+        # and the lost check that fails it later finds the copy (a copy after the failure would be
+        # lost with such a kill, and a grid would lose its point)
+        requeue(study, storage.get_trial(trial._trial_id), reason)
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as e:  # the database is unreachable: the heartbeat grace period will free the trial
+        print(f"warning: could not close trial {trial.number} ({e.__class__.__name__}: {e}); it is freed once its heartbeat is missed", file=sys.stderr)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
@@ -249,10 +254,13 @@ def run_study(
     on_wait: Callable[[list[dict[str, Any]]], None] | None = None,
     threads: int | None = None,
     pack: int | str | None = None,
+    max_failures: int | None = None,
+    max_failures_in_a_row: int | None = None,
 ) -> RunResult:
     """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
     workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
-    count toward the budget; a run of identical failures stops the worker with the reason.
+    count toward the budget; consecutive failures of one kind, or too many in all, stop the worker
+    with the first failure and what to fix (tuner.failures; the spec's limits unless given here).
 
     While the rest of the budget is other workers' running trials, the worker waits (one of them
     may fail or be lost) and calls `on_wait` with those trials at each look (see running_trials).
@@ -284,6 +292,11 @@ def run_study(
     started = time.monotonic()
     deadline = started + timeout if timeout else None
     failures: list[str] = []
+    watch = FailureStop(
+        spec.name,
+        in_a_row=max_failures_in_a_row or spec.max_failures_in_a_row,
+        max_failures=max_failures or spec.max_failures or default_max_failures(budget),
+    )
     ran = 0
     stopped = "budget"
     interval, _ = heartbeat_settings()
@@ -339,15 +352,12 @@ def run_study(
                     if _taken_away(frozen):  # not this worker's failure, nor a success: its copy is queued
                         pass
                     elif frozen.state == TrialState.FAIL:
-                        failures.append(frozen.user_attrs.get(A.FAIL_REASON, "unknown error"))
-                        recent = failures[-MAX_CONSECUTIVE_FAILURES:]
-                        if len(recent) == MAX_CONSECUTIVE_FAILURES and len(set(recent)) == 1:
-                            raise TunerError(
-                                f"study '{spec.name}' stopped after {MAX_CONSECUTIVE_FAILURES} trials failed the same way: "
-                                f"{recent[0]} (fix it, then `tuner study resume {spec.name}`)"
-                            )
+                        failures.append(A.fail_reason(frozen.user_attrs))
+                        stop = watch.failed(frozen)
+                        if stop is not None:
+                            raise TunerError(stop)
                     else:
-                        failures.clear()
+                        watch.success()
                     if on_trial is not None:
                         on_trial(frozen, n_finished, budget, best)
     finally:

@@ -87,32 +87,43 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
 def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Callable[[optuna.Trial], float]:
     """Each trial runs the study's command as a child process; its reported metric goes through
     the pruner as it arrives, and the trial's value is the best value it reported (as tuner's own
-    loop takes its best epoch). Its output is kept as the trial's log artifact."""
+    loop takes its best epoch). The trial gets a folder of its own ({trial_dir}) under the
+    study's artifacts, which keeps its output log and whatever the script saves there; both are
+    attached to the trial."""
     import os
     import shlex
     import tempfile
 
-    from tuner.command import CommandError, CommandTimeout, check_template, expand, run, trial_env
+    from tuner.command import CommandError, CommandTimeout, check_template, default_reader, expand, pattern_reader, run, trial_env
+    from tuner.patterns import OutputReader
 
     spec, space = loaded.spec, loaded.space
     template = spec.command or ""
     check_template(template, list(space.params))
     prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)
     sign = 1.0 if spec.direction == "maximize" else -1.0
+    patterns = OutputReader(spec.metric_patterns or [], spec.step_pattern)
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
         seed = spec.seed + trial.number
         handle = TrialHandle(trial, params=params, device=device, seed=seed, metric=spec.metric, pruner=spec.pruner, prunes=prunes, artifacts=DEFAULT_ARTIFACTS)
+        trial_dir = new_trial_dir(spec.name, trial.number)
         with tempfile.TemporaryDirectory(prefix=f"tuner-trial-{trial.number}-") as tmp:
             folder = Path(tmp)
-            argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json")
-            record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd(), "threads": threads})
+            argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json", trial_dir=trial_dir)
+            record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd(), "threads": threads, A.TRIAL_DIR: str(trial_dir)})
             durable(trial)
-            env = trial_env(os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads)
+            env = trial_env(
+                os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads,
+                trial_dir=trial_dir,
+            )
             steps, seen = handle.history["epoch"], handle.history[spec.metric]  # what was reported so far
+            reported: set[str] = set()  # every metric name the script reported, for a missing metric's message
+            reader = pattern_reader(OutputReader(spec.metric_patterns or [], spec.step_pattern)) if patterns else default_reader
 
             def on_record(metrics: dict[str, float]) -> None:
+                reported.update(k for k in metrics if k not in ("step", "epoch"))
                 if spec.metric not in metrics:
                     return
                 raw_step = metrics.get("step", metrics.get("epoch"))
@@ -122,64 +133,137 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
                 extra = {k: v for k, v in metrics.items() if k not in (spec.metric, "step", "epoch")}
                 handle.report(step, metrics[spec.metric], **extra)
 
-            log = folder / f"trial-{trial.number}.log"
+            log = trial_dir / LOG_NAME
             try:
-                outcome = run(argv, env=env, metrics_file=folder / "metrics.jsonl", log_path=log, on_record=on_record, timeout_s=spec.trial_timeout, grace_s=GRACE_S)
+                outcome = run(
+                    argv, env=env, metrics_file=folder / "metrics.jsonl", log_path=log, on_record=on_record, timeout_s=spec.trial_timeout, grace_s=GRACE_S,
+                    read_line=reader,
+                )
             except optuna.TrialPruned:
-                _finish(trial, handle, log)
+                _finish(trial, handle, trial_dir)
                 raise
             except CommandTimeout as e:
                 reason = f"command ran past --trial-timeout {e.timeout_s:g} s and was stopped (its log is attached to the trial)"
-                _finish(trial, handle, log, fail=(reason, A.TIMED_OUT))
+                _finish(trial, handle, trial_dir, fail=(reason, A.TIMED_OUT))
                 raise
             except CommandError as e:
-                _finish(trial, handle, log, fail=(str(e), e.__class__.__name__))
+                _finish(trial, handle, trial_dir, fail=(str(e), e.__class__.__name__))
                 raise
             except BaseException:  # interrupted: the run closes the trial; keep what the script said
-                _finish(trial, handle, log)
+                _finish(trial, handle, trial_dir)
                 raise
             if outcome.exit_code != 0:
                 how = f"killed by signal {-outcome.exit_code}" if outcome.exit_code < 0 else f"exited with code {outcome.exit_code}"
                 tail = " | ".join(line for line in outcome.stderr_tail.splitlines()[-3:] if line.strip())
                 reason = f"command {how}" + (f": {tail}" if tail else " (nothing on stderr)")
-                _finish(trial, handle, log, fail=(reason[:500], A.EXIT_CODE))
+                reason = reason[:500] + _interpreter_hint(argv, outcome.stderr_tail)
+                _finish(trial, handle, trial_dir, fail=(reason, A.EXIT_CODE), extra={A.EXIT_STATUS: outcome.exit_code})
                 raise CommandError(reason)
             finite = [v for v in seen if math.isfinite(v)]
             if not finite:
-                reason = (
-                    f"command exited 0 without reporting {spec.metric}: print `{spec.metric}=0.93` lines on stdout, "
-                    f"append JSON lines to $TUNER_METRICS_FILE, or call tuner.report({spec.metric}=...)"
-                )
-                _finish(trial, handle, log, fail=(reason, A.NO_METRIC))
+                reason = _missing_metric(spec.metric, reported, outcome.stderr_tail, log)
+                _finish(trial, handle, trial_dir, fail=(reason, A.NO_METRIC), extra={A.EXIT_STATUS: 0})
                 raise CommandError(reason)
             best = max(finite, key=lambda v: sign * v)
-            _finish(trial, handle, log, extra={"duration_s": round(outcome.duration_s, 4), "value_from": f"best of {len(seen)} reports"})
+            _finish(trial, handle, trial_dir, extra={"duration_s": round(outcome.duration_s, 4), "value_from": f"best of {len(seen)} reports"})
             return best
 
     return objective
 
 
+LOG_NAME = "tuner-output.log"  # a command trial's stdout and stderr, in its folder
+_MAX_LISTED = 200  # files of a trial's folder listed (and attached) on the trial
+
+
+def new_trial_dir(study: str, number: int, *, root: Path = DEFAULT_ARTIFACTS) -> Path:
+    """A fresh folder for one trial's outputs: ROOT/STUDY/trial-N, or trial-N.2, ... where a
+    study of the same name (deleted since, or in another database) left one."""
+    base = (root / study).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = base / (f"trial-{number}" if k == 1 else f"trial-{number}.{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise SpecError(f"cannot make a folder for trial {number} in {base}: trial-{number} to trial-{number}.9999 all exist; clear out old ones")
+
+
+def _missing_metric(metric: str, reported: set[str], stderr_tail: str, log: Path) -> str:
+    """The reason of a command that ended well without the study's metric: what it did report
+    (with the closest name), its last stderr lines and where its full log is."""
+    import difflib
+
+    if reported:
+        names = sorted(reported)
+        close = difflib.get_close_matches(metric, names, n=1, cutoff=0.6)
+        saw = f"it reported {', '.join(names[:20])}" + (f" (did you mean {close[0]}?)" if close else "")
+    else:
+        saw = (
+            f"it reported no metric: print `{metric}=0.93` lines, append JSON lines to $TUNER_METRICS_FILE, "
+            f"call tuner.report({metric}=...), or read its own output with --metric-pattern"
+        )
+    tail = " | ".join(line for line in stderr_tail.splitlines()[-3:] if line.strip())
+    said = f"; last stderr lines: {tail[:300]}" if tail else ""
+    return f"command exited 0 without reporting {metric}: {saw}{said}; full log: {log}"
+
+
+def _interpreter_hint(argv: list[str], stderr_tail: str) -> str:
+    """A script that cannot import a module while `python` is tuner's own virtual environment's:
+    say so, and name the interpreter the script probably meant."""
+    import os
+    import re
+    import shutil
+    import sys
+
+    missing = re.search(r"ModuleNotFoundError: No module named '([^']+)'", stderr_tail)
+    if not missing or not re.fullmatch(r"python[\d.]*", os.path.basename(argv[0])) or sys.prefix == sys.base_prefix:
+        return ""
+    found = shutil.which(argv[0])
+    venv_bin = os.path.abspath(os.path.join(sys.prefix, "bin"))
+    if found is None or os.path.dirname(os.path.abspath(found)) != venv_bin:  # a venv's python is a link: compare folders
+        return ""
+    outside = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and os.path.abspath(d) != venv_bin)
+    other = shutil.which(argv[0], path=outside)
+    instead = f" (e.g. {other})" if other else ""
+    return (
+        f"; `{argv[0]}` here is tuner's own interpreter ({found}), which lacks {missing.group(1).split('.')[0]}: "
+        f"start --command with your script's interpreter's full path{instead}, or install the package into tuner's environment"
+    )
+
+
 def _finish(
     trial: optuna.Trial,
     handle: TrialHandle,
-    log: Path,
+    trial_dir: Path,
     *,
     fail: tuple[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """What a command trial records however it ends: its history, its log as an artifact (the
-    dashboard links it from the trial's page) and, for a failure, the reason and kind."""
+    """What a command trial records however it ends: its history, its log and the files it left
+    in its folder as artifacts (the dashboard links them from the trial's page) and, for a
+    failure, the reason and kind."""
     from tuner.errors import TunerError
     from tuner.handle import attach
 
     attrs: dict[str, Any] = {**handle.history_attrs(), **(extra or {})}
     if fail is not None:
         attrs[A.FAIL_REASON], attrs[A.FAIL_KIND] = fail
-    if log.is_file():
-        try:
+    log = trial_dir / LOG_NAME
+    try:
+        if log.is_file():
             attrs[A.LOG_ARTIFACT] = attach(trial, log, DEFAULT_ARTIFACTS, mimetype="text/plain")
-        except TunerError as e:  # the trial's result matters more than its log
-            attrs["log_error"] = str(e)
+        files = sorted(p for p in trial_dir.rglob("*") if p.is_file() and p != log)
+        listed = []
+        for path in files[:_MAX_LISTED]:
+            listed.append({"path": str(path.relative_to(trial_dir)), "bytes": path.stat().st_size, "artifact": attach(trial, path, DEFAULT_ARTIFACTS)})
+        if listed:
+            attrs[A.TRIAL_FILES] = listed
+        if len(files) > _MAX_LISTED:
+            attrs["files_not_listed"] = len(files) - _MAX_LISTED
+    except (TunerError, OSError) as e:  # the trial's result matters more than its files
+        attrs["log_error"] = str(e)
     record(trial, attrs)
 
 
