@@ -197,6 +197,23 @@ def test_a_silent_trial_is_failed_and_queued_once_with_its_reason(url):
     assert trials[0].user_attrs["fail_kind"] == "lost worker"
 
 
+def test_a_worker_killed_between_queuing_its_interrupted_trial_s_copy_and_failing_it_leaves_one_copy(url):
+    """A signal's close queues the copy first, then fails the trial: a kill between the two
+    leaves the trial running with its copy queued, and the lost check fails it without a second."""
+    from tuner.study import requeue
+
+    loaded = _study(url)
+    rdb = open_storage(url)
+    trial = loaded.study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    loaded.study._storage.flush(trial._trial_id)
+    assert requeue(loaded.study, loaded.study._storage.get_trial(trial._trial_id), "interrupted by SIGTERM")
+    _age(rdb, trial._trial_id, seconds=120)  # then killed: the trial turns stale
+    assert fail_lost(open_study("s", url).study) == [0]
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [(t.state, t.user_attrs.get("retry_of")) for t in trials] == [(TrialState.FAIL, None), (TrialState.WAITING, 0)]
+
+
 @pytest.mark.parametrize("retries", [0, 2])
 def test_a_trial_lost_again_and_again_is_queued_at_most_retries_times(url, retries):
     """Each copy of a lost trial counts its retries from the first: after `retries` copies, a

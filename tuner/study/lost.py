@@ -28,6 +28,8 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     count = int(trial.user_attrs.get(A.RETRY_COUNT, 0)) + 1
     if count > retries:
         return False
+    if any(t.user_attrs.get(A.RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
+        return True  # queued already, by its worker as it was interrupted (see run._close_interrupted)
     params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))  # a queued point not yet sampled
     study.enqueue_trial(
         params,
