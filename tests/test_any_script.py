@@ -215,3 +215,32 @@ def test_a_missing_module_under_tuner_s_own_python_names_the_interpreter_to_use(
     Path("other/python").symlink_to(sys.base_prefix + "/bin/python3")
     r = cli("study", "run", "needs2", "--space", "charlm", "--command", f"{Path('other/python').absolute()} needs.py", "--metric", "x", "--direction", "minimize", "--trials", "1", "-q")
     assert "tuner's own interpreter" not in _trials("needs2")[0].user_attrs["fail_reason"]
+
+
+def test_a_worker_stopped_by_failures_stops_the_other_workers_too(scripts: Path, cli) -> None:
+    """With --workers, the first worker whose trials keep failing stops the run: the others are
+    stopped at once (their running trials queued again), not left to fail five times each or to
+    run on alone. Here only the first worker's trials fail; the other's take a second each."""
+    Path("half.py").write_text(
+        "import os, sys, time\n"
+        "try:\n    fd = os.open('failing_worker', os.O_CREAT | os.O_EXCL | os.O_WRONLY); os.write(fd, str(os.getppid()).encode()); os.close(fd)\n"
+        "except FileExistsError:\n    pass\n"
+        "if open('failing_worker').read() == str(os.getppid()):\n    sys.exit('error: unrecognized arguments: --lr')\n"
+        "time.sleep(1.0)\nprint('score=1')\n"
+    )
+    r = cli("study", "run", "half", "--space", "charlm", "--command", f"{PY} half.py", "--metric", "score", "--direction", "maximize",
+            "--trials", "30", "--workers", "2", "--pruner", "none", "-q")
+    assert r.code == 1
+    [line] = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: 1 of 2 worker slots stopped (with an error a new worker would meet again): worker pid "), line
+    assert "study 'half' stopped: 5 trials in a row failed the same way" in line
+    assert "; 1 other worker(s) stopped with it, their running trials queued again (logs in " in line
+    trials = _trials("half")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) < 25 and not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_a_metric_named_as_the_readers_read_it_is_accepted(scripts: Path, cli) -> None:
+    Path("dash.py").write_text("print('epoch=1 test-loss=2.5')\nprint('epoch=2 test-loss=2.25')\n")
+    r = cli("study", "run", "dash", "--space", "charlm", "--command", f"{PY} dash.py", "--metric", "test-loss", "--direction", "minimize", "--trials", "1", "-q")
+    assert r.code == 0, r.err
+    assert _trials("dash")[0].value == 2.25

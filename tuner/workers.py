@@ -116,6 +116,7 @@ def run_workers(
                 w.proc.send_signal(signum)
 
     ran, stops, deaths, n_restarts = 0, set(), [], 0
+    halted = 0  # workers stopped because another met tuner's own error
     for slot in slots:
         start(slot)
     try:
@@ -130,6 +131,9 @@ def run_workers(
                         ran += doc["ran"]
                         stops.add(doc["stopped"])
                         continue
+                    if halted and w.proc.returncode != 1:
+                        halted += 1  # stopped by us, below: not a death of its own
+                        continue
                     death = w.death()
                     # work left: no worker has ended well (budget, grid or timeout) and the budget is not met
                     work_left = not stops and finished()[0] < budget and not (timeout and time.monotonic() - started >= timeout)
@@ -140,6 +144,11 @@ def run_workers(
                         death["replaced"] = True
                         start(w.slot)
                     deaths.append(death)
+                    if w.proc.returncode == 1 and not halted:
+                        # the others would meet the error too (a broken command fails in every
+                        # worker): stop them now, each closing and queueing its running trial
+                        halted = 1
+                        stop_all(signal.SIGTERM)
                 time.sleep(_WATCH_S)
     except KeyboardInterrupt as e:
         stop_all(signal.SIGTERM if getattr(e, "signal_name", "") == "SIGTERM" else signal.SIGINT)
@@ -153,9 +162,10 @@ def run_workers(
     if lost:
         errors = any(d["exit"] == describe_exit(1) for d in lost)
         spent = "with an error a new worker would meet again" if errors else f"--max-restarts {max_restarts} spent" if n_restarts >= max_restarts else "after the study's work was done"
+        others = f"; {halted - 1} other worker(s) stopped with it, their running trials queued again" if halted > 1 else ""
         raise TunerError(
             f"{len(lost)} of {n_slots} worker slots stopped ({spent}): " + "; ".join(map(describe_death, lost))
-            + f" (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
+            + f"{others} (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
         )
     shutil.rmtree(logs, ignore_errors=True)
     stopped = "grid_exhausted" if "grid_exhausted" in stops else ("timeout" if stops == {"timeout"} else "budget")
