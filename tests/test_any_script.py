@@ -134,7 +134,7 @@ def test_a_command_with_a_wrong_flag_stops_at_the_fifth_failure_naming_it(script
     [line] = [line for line in r.err.splitlines() if line.startswith("error:")]
     assert line.startswith("error: study 'wrong' stopped: 5 trials in a row failed the same way; trial 0: command exited with code 2: ")
     assert "error: unrecognized arguments: --lr " + repr(trials[0].params["learning_rate"]) in line
-    assert line.endswith("the script refused its command line: compare --command with the script's --help, then `tuner study resume wrong` (--max-failures-in-a-row 5)")
+    assert line.endswith("the script refused its command line: compare --command with the script's --help, then `tuner study resume wrong` (--max-streak 5)")
 
 
 def test_failures_of_different_kinds_stop_at_max_failures(scripts: Path, cli) -> None:
@@ -161,7 +161,7 @@ def test_a_misspelt_metric_says_what_the_script_reported_and_where_its_log_is(sc
     r = cli("study", "run", "kv", "--space", "charlm", "--command", f"{PY} kv.py", "--metric", "testloss", "--direction", "minimize", "--trials", "1", "-q")
     assert r.code == 1
     t = _trials("kv")[0]
-    log = Path(t.user_attrs["trial_dir"]) / "tuner-output.log"
+    log = Path(t.user_attrs["trial_dir"]) / "trial-0.log"
     assert t.user_attrs["fail_reason"] == (
         f"command exited 0 without reporting testloss: it reported test_loss, train_loss (did you mean test_loss?); "
         f"last stderr lines: warming up done; full log: {log}"

@@ -123,7 +123,7 @@ def test_a_script_is_tuned_unchanged_and_pruned_scripts_are_stopped(script: Path
         assert log.is_file() and "epoch=1 score=" in log.read_text()
     study = optuna.load_study(study_name="c", storage="sqlite:///studies/tuner.db")
     stored = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
-    assert stored and stored[0].filename == "tuner-output.log" and stored[0].mimetype == "text/plain"
+    assert stored and stored[0].filename == "trial-0.log" and stored[0].mimetype == "text/plain"
 
 
 @pytest.mark.parametrize("behave", ["file", "helper"])

@@ -93,7 +93,7 @@ class FailureStop:
             first = self._streak[0]
             return (
                 f"study '{self.study}' stopped: {len(self._streak)} trials in a row failed the same way; trial {first.number}: "
-                f"{A.fail_reason(first.user_attrs)}; {fix_hint(first)}, {resume} (--max-failures-in-a-row {self.in_a_row})"
+                f"{A.fail_reason(first.user_attrs)}; {fix_hint(first)}, {resume} (--max-streak {self.in_a_row})"
             )
         if self.n_failed >= self.max_failures:
             first = self._first

@@ -22,7 +22,7 @@ from tuner.patterns import METRIC_NAME, parse_metric_pattern, parse_step_pattern
 __all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
-RUN_OPTIONS = ("trials", "pack", "max_failures", "max_failures_in_a_row")
+RUN_OPTIONS = ("trials", "pack", "max_failures", "max_streak")
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 DIRECTIONS = ("maximize", "minimize")
 _OPTIONAL_TEXT = ("target", "direction", "objective", "command")
@@ -31,8 +31,8 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 def check_study_name(name: object) -> None:
     """A study's name: what a spec, a worker's command line and a launcher's job all carry."""
-    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or len(name) > 100:
-        raise SpecError(f"study name {name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100)")
+    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or len(name) > 100 or not name.strip("."):
+        raise SpecError(f"study name {name!r} is not valid; use letters, digits, '-', '_' and '.' (at most 100, not only dots: it names a folder)")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class StudySpec:
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
     startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
     max_failures: int | None = None  # failed trials in one run that stop it; None: a quarter of the budget, at least 10
-    max_failures_in_a_row: int = 5  # consecutive failures of one kind (tuner.failures) that stop a run
+    max_streak: int = 5  # consecutive failures of one kind (tuner.failures) that stop a run
     metric_patterns: list[str] | None = None  # a command's metrics read from its output: "name=REGEX" (tuner.patterns)
     step_pattern: str | None = None  # a command's step read from its output: a REGEX with one group
     pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: auto on a GPU, 1 on a CPU
@@ -76,7 +76,7 @@ class StudySpec:
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
         self._check_code()
-        for key in ("seed", "trials", "retries", "startup_trials", "max_failures", "max_failures_in_a_row"):
+        for key in ("seed", "trials", "retries", "startup_trials", "max_failures", "max_streak"):
             value = getattr(self, key)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials", "max_failures") and value is None):
                 raise SpecError(f"{key} must be an integer, got {value!r}")

@@ -98,7 +98,7 @@ def run_workers(
             cmd += ["--timeout", str(max(1.0, timeout - (time.monotonic() - started)))]
         if threads:
             cmd += ["--threads", str(threads)]
-        for flag, limit in zip(("--max-failures", "--max-failures-in-a-row"), limits):
+        for flag, limit in zip(("--max-failures", "--max-streak"), limits):
             if limit is not None:
                 cmd += [flag, str(limit)]
         if pack is not None:

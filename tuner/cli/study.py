@@ -59,8 +59,8 @@ StepPatternOpt = Annotated[
 MaxFailuresOpt = Annotated[
     Optional[int], typer.Option("--max-failures", metavar="N", min=1, help="Failed trials in one run that stop it \\[default: a quarter of the budget, at least 10].")
 ]
-InARowOpt = Annotated[
-    Optional[int], typer.Option("--max-failures-in-a-row", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
+StreakOpt = Annotated[
+    Optional[int], typer.Option("--max-streak", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
 ]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="INT", min=0, help="Seeds the sampler, the split and every trial \\[default: 0].")]
 TrialsOpt = Annotated[
@@ -122,7 +122,7 @@ def create(
     metric_pattern: MetricPatternOpt = None,
     step_pattern: StepPatternOpt = None,
     max_failures: MaxFailuresOpt = None,
-    max_failures_in_a_row: InARowOpt = None,
+    max_streak: StreakOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -135,7 +135,7 @@ def create(
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
-        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_failures_in_a_row=max_failures_in_a_row,
+        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_streak=max_streak,
     )
     url = resolve_url(storage)
     new_db = _new_database(url)
@@ -161,7 +161,7 @@ def run(
     metric_pattern: MetricPatternOpt = None,
     step_pattern: StepPatternOpt = None,
     max_failures: MaxFailuresOpt = None,
-    max_failures_in_a_row: InARowOpt = None,
+    max_streak: StreakOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -186,7 +186,7 @@ def run(
     options = dict(
         space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
         objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
-        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_failures_in_a_row=max_failures_in_a_row,
+        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_streak=max_streak,
         pack=pack,
     )
     parse_pack(pack)
@@ -210,7 +210,7 @@ def run(
     _say_new_database(new_db)
     _say_budget(loaded.spec.name, change)
     pack = pack or (given.pack if given else None) or loaded.spec.pack
-    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_failures_in_a_row))
+    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +263,7 @@ def resume(
     threads: ThreadsOpt = None,
     pack: PackOpt = None,
     max_failures: MaxFailuresOpt = None,
-    max_failures_in_a_row: InARowOpt = None,
+    max_streak: StreakOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -281,7 +281,7 @@ def resume(
     _say_budget(name, set_budget(loaded, trials))
     _run(
         loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt,
-        limits=(max_failures, max_failures_in_a_row),
+        limits=(max_failures, max_streak),
     )
 
 
@@ -376,7 +376,7 @@ def _run(
                 on_wait = _WaitNotice(progress.console if show_bar else console_err)
                 result = run_study(
                     loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack,
-                    max_failures=limits[0], max_failures_in_a_row=limits[1],
+                    max_failures=limits[0], max_streak=limits[1],
                 )
     except KeyboardInterrupt as e:
         signal_name = getattr(e, "signal_name", "SIGINT")
@@ -812,7 +812,7 @@ def worker(
     workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
     pack: PackOpt = None,
     max_failures: MaxFailuresOpt = None,
-    max_failures_in_a_row: InARowOpt = None,
+    max_streak: StreakOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -826,4 +826,4 @@ def worker(
     url = resolve_url(storage)
     loaded = open_study(name, url, worker_index=worker_index)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)  # this worker's share of the cores
-    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_failures_in_a_row))
+    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))

@@ -255,7 +255,7 @@ def run_study(
     threads: int | None = None,
     pack: int | str | None = None,
     max_failures: int | None = None,
-    max_failures_in_a_row: int | None = None,
+    max_streak: int | None = None,
 ) -> RunResult:
     """One worker: claim and run trials until the study holds `spec.trials` finished trials (all
     workers and runs together), the grid is exhausted, or the timeout passes. Failed trials do not
@@ -294,7 +294,7 @@ def run_study(
     failures: list[str] = []
     watch = FailureStop(
         spec.name,
-        in_a_row=max_failures_in_a_row or spec.max_failures_in_a_row,
+        in_a_row=max_streak or spec.max_streak,
         max_failures=max_failures or spec.max_failures or default_max_failures(budget),
     )
     ran = 0

@@ -133,7 +133,7 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
                 extra = {k: v for k, v in metrics.items() if k not in (spec.metric, "step", "epoch")}
                 handle.report(step, metrics[spec.metric], **extra)
 
-            log = trial_dir / LOG_NAME
+            log = trial_dir / log_name(trial.number)
             try:
                 outcome = run(
                     argv, env=env, metrics_file=folder / "metrics.jsonl", log_path=log, on_record=on_record, timeout_s=spec.trial_timeout, grace_s=GRACE_S,
@@ -171,8 +171,12 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     return objective
 
 
-LOG_NAME = "tuner-output.log"  # a command trial's stdout and stderr, in its folder
 _MAX_LISTED = 200  # files of a trial's folder listed (and attached) on the trial
+
+
+def log_name(number: int) -> str:
+    """A command trial's stdout and stderr, in its folder (and the name the dashboard downloads)."""
+    return f"trial-{number}.log"
 
 
 def new_trial_dir(study: str, number: int, *, root: Path = DEFAULT_ARTIFACTS) -> Path:
@@ -250,7 +254,7 @@ def _finish(
     attrs: dict[str, Any] = {**handle.history_attrs(), **(extra or {})}
     if fail is not None:
         attrs[A.FAIL_REASON], attrs[A.FAIL_KIND] = fail
-    log = trial_dir / LOG_NAME
+    log = trial_dir / log_name(trial.number)
     try:
         if log.is_file():
             attrs[A.LOG_ARTIFACT] = attach(trial, log, DEFAULT_ARTIFACTS, mimetype="text/plain")
