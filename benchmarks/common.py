@@ -152,15 +152,15 @@ def time_sampler(sampler: optuna.samplers.BaseSampler, clock: Clock) -> None:
 
 @contextlib.contextmanager
 def timed_training(clock: Clock) -> Iterator[None]:
-    """Time tuner's training as the study calls it, through train's timing hook: the time inside
-    `tuner.train.train` less its `on_epoch` callback (reporting to storage and the pruner), which
-    is counted as reports."""
+    """Time tuner's training as the study calls it, through the trainers' timing hook: the time
+    inside `tuner.train.train` and `tuner.packing.train_packed` less their `on_epoch` callbacks
+    (reporting to storage and the pruner), which is counted as reports."""
     from tuner.train import TrainTiming, timing_hook
 
     def count(timing: TrainTiming) -> None:
         clock.train += timing.train_s
         clock.reports += timing.reports_s
-        clock.n_train += 1
+        clock.n_train += timing.n_trials  # a pack trains several
 
     with timing_hook(count):
         yield

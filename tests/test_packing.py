@@ -164,6 +164,21 @@ def test_a_pruned_member_stops_and_the_others_go_on(digits: Dataset) -> None:
     assert_same(alone[2], packed[2])
 
 
+def test_a_pack_reports_its_time_to_the_timing_hook_as_training_does(digits: Dataset) -> None:
+    """The benchmark times training through tuner.epochs' timing hook: a pack reports once, for
+    its trials, with the time its members' reports took apart."""
+    from tuner.epochs import timing_hook
+
+    seen = []
+    cfgs = [cfg(lr=lr) for lr in (0.01, 0.02, 0.05)]
+    with timing_hook(seen.append):
+        train_packed(cfgs, digits, seeds=[1, 2, 3], on_epoch=[lambda r: __import__("time").sleep(0.01)] * 3)
+        train(cfgs[0], digits, seed=1)
+    [packed, alone] = seen
+    assert packed.n_trials == 3 and alone.n_trials == 1
+    assert packed.reports_s >= 0.01 * 3 * cfgs[0].epochs and 0 < packed.train_s < packed.total_s
+
+
 def test_a_diverging_member_ends_alone(digits: Dataset) -> None:
     """A learning rate of 1e6 blows one member up: it ends with DivergedError at the epoch it
     would alone, and its NaNs reach none of its neighbours."""

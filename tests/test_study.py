@@ -18,6 +18,8 @@ from tuner.failures import DEFAULT_IN_A_ROW
 from tuner.samplers import PRUNERS, SAMPLERS, FastRandomSampler, make_pruner, make_sampler
 from tuner.spec import StudySpec
 from tuner.study import (
+    RunResult,
+    Stop,
     FINISHED,
     create_study,
     delete_study,
@@ -118,7 +120,16 @@ def test_grid_runs_every_point_once_and_stops_when_exhausted(project):
     # a larger budget than the grid: the run ends when the grid is exhausted, not after more trials
     bigger = create_study(_spec(name="g2", sampler="grid", trials=50), SQLITE)
     again = run_study(bigger, device="cpu")
-    assert again.stopped == "grid_exhausted" and again.n_finished == 4
+    assert again.stopped is Stop.GRID_EXHAUSTED and again.n_finished == 4
+    # what a worker prints with --format json is what its parent reads back, whole
+    assert RunResult.from_json(json.loads(json.dumps(again.to_json()))) == again
+
+
+def test_a_run_with_several_workers_stops_for_the_reason_their_stops_add_up_to():
+    assert Stop.of_workers({Stop.BUDGET, Stop.GRID_EXHAUSTED}) is Stop.GRID_EXHAUSTED
+    assert Stop.of_workers({Stop.TIMEOUT}) is Stop.TIMEOUT
+    assert Stop.of_workers({Stop.TIMEOUT, Stop.BUDGET}) is Stop.BUDGET
+    assert [s.says for s in Stop] == ["budget reached", "grid exhausted", "timeout"]
 
 
 def test_grid_needs_grid_points_for_continuous_ranges(project):

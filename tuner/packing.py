@@ -25,21 +25,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tuner.errors import DivergedError
-from tuner.params import METRICS, TrainConfig
+from tuner.epochs import EVAL_CHUNK, EpochResult, Schedule, Tally, TrainResult, TrainTiming, TrialEpochs, report_timing, seed_trial
+from tuner.params import TrainConfig
 from tuner.spec import parse_pack
-from tuner.train import (
-    _EVAL_CHUNK,
-    EpochResult,
-    TrainResult,
-    _Best,
-    _metric,
-    _Schedule,
-    _seed,
-    _Tally,
-    device_tensors,
-    layer_weights,
-)
+from tuner.train import device_tensors, layer_weights
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
 
@@ -494,27 +483,18 @@ assert set(_UPDATES) == set(FAMILIES.values()) == set(_STATE)
 
 
 class _Member:
-    """One trial of the pack: its settings, schedule, batch order, best epoch and history."""
+    """One trial of the pack: its settings, batch order, epochs (tuner.epochs) and outcome."""
 
-    def __init__(self, cfg: TrainConfig, seed: int, model: nn.Module, on_epoch: Callable[[EpochResult], Any] | None, maximize: bool, device: torch.device, steps_per_epoch: int) -> None:
-        self.cfg, self.seed, self.model, self.on_epoch = cfg, seed, model, on_epoch
-        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)  # carries the schedule's rate
-        self.schedule = _Schedule(cfg, dummy, steps_per_epoch)
-        dummy.step()  # a no-op (no gradient) that tells a per-batch schedule the optimizer has stepped
+    def __init__(self, cfg: TrainConfig, seed: int, model: nn.Module, epochs: TrialEpochs, device: torch.device) -> None:
+        self.cfg, self.seed, self.model, self.epochs = cfg, seed, model, epochs
         self.generator = torch.Generator(device=device).manual_seed(seed)  # the batch order alone would use
-        self.best = _Best(maximize, False)
-        self.history: list[EpochResult] = []
+        self.steps_taken = 0  # one-cycle's clock, as alone
         self.outcome: TrainResult | BaseException | None = None
-        self.stopped = "completed"
 
-    def rates(self, n_steps: int) -> list[float]:
+    def rates(self, epoch: int, n_steps: int) -> list[float]:
         """The learning rate at each of the epoch's steps."""
-        if self.schedule.onecycle is None:
-            return [self.schedule.lr] * n_steps
-        rates = []
-        for _ in range(n_steps):
-            rates.append(self.schedule.lr)
-            self.schedule.after_batch()
+        rates = self.epochs.schedule.rates(epoch, self.steps_taken, n_steps)
+        self.steps_taken += n_steps
         return rates
 
 
@@ -543,7 +523,25 @@ def train_packed(
     turns NaN or infinite ends with DivergedError. Returns, per member, its TrainResult or the
     exception that ended it."""
     device = torch.device(device)
-    started = time.perf_counter()
+    timing, started = TrainTiming(n_trials=len(cfgs)), time.perf_counter()
+    try:
+        return _train_packed(cfgs, data, seeds=seeds, metric=metric, device=device, on_epoch=on_epoch, timing=timing, started=started)
+    finally:
+        timing.total_s = time.perf_counter() - started
+        report_timing(timing)
+
+
+def _train_packed(
+    cfgs: list[TrainConfig],
+    data: Dataset,
+    *,
+    seeds: list[int],
+    metric: str,
+    device: torch.device,
+    on_epoch: list[Callable[[EpochResult], Any] | None] | None,
+    timing: TrainTiming,
+    started: float,
+) -> list[TrainResult | BaseException]:
     keys = {pack_key(c, data) for c in cfgs}
     if len(keys) != 1 or None in keys:
         raise ValueError(f"trials that cannot share a pack: keys {sorted(map(str, keys))}")
@@ -551,14 +549,14 @@ def train_packed(
     batch_size, n_train, task = cfgs[0].batch_size, len(x_train), data.task
     steps_per_epoch = math.ceil(n_train / batch_size)
     callbacks = on_epoch or [None] * len(cfgs)
-    maximize = METRICS[metric] == "maximize"
     order = _row_order(cfgs)
     members: list[_Member] = []
     for i in order:  # each member's initial weights are those it would have alone
-        _seed(seeds[i], device)
+        seed_trial(seeds[i], device)
         model = build_model(cfgs[i], n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=None)
         apply_init(model, cfgs[i])
-        members.append(_Member(cfgs[i], seeds[i], model, callbacks[i], maximize, device, steps_per_epoch))
+        epochs = TrialEpochs(cfgs[i], metric=metric, schedule=Schedule(cfgs[i], steps_per_epoch), on_epoch=callbacks[i], timing=timing)
+        members.append(_Member(cfgs[i], seeds[i], model, epochs, device))
     active = list(members)
     layer_names = [name for name, _ in layer_weights(members[0].model)]  # as alone; every member has the same layers
     net = _PackedMLP([m.cfg for m in active], [m.model for m in active], n_features=data.n_features, n_outputs=data.n_classes or 1, device=device)
@@ -572,9 +570,6 @@ def train_packed(
     while active:
         epoch += 1
         # train: each member's batches in its own order, one step for all
-        for m in active:
-            m.schedule.start_epoch(epoch)
-        epoch_lr = [m.schedule.lr for m in active]
         perms = torch.stack([torch.randperm(n_train, device=device, generator=m.generator) for m in active])
         # index_select of the flattened orders: 2.5x quicker on a CPU than x_train[perms], whose
         # advanced indexing was a fifth of a small pack's time (same values)
@@ -582,8 +577,10 @@ def train_packed(
         ys = y_train.index_select(0, perms.view(-1)).view(perms.shape)
         bounds = [(a, min(a + batch_size, n_train)) for a in range(0, n_train, batch_size)]
         bounds = [(a, b) for a, b in bounds if not (skip_single and b - a < 2)]
-        rates = torch.tensor([m.rates(len(bounds)) for m in active], device=device)  # (K, steps)
-        tally = _Tally(task, device, n_members=len(active))
+        member_rates = [m.rates(epoch, len(bounds)) for m in active]
+        epoch_lr = [r[0] if r else m.epochs.schedule.rate(epoch, m.steps_taken) for r, m in zip(member_rates, active)]
+        rates = torch.tensor(member_rates, device=device)  # (K, steps)
+        tally = Tally(task, device, n_members=len(active))
         norms = torch.zeros(len(net.weights), len(active), device=device)
         for s, (a, b) in enumerate(bounds):
             xb, yb = xs[:, a:b], ys[:, a:b]
@@ -611,26 +608,14 @@ def train_packed(
         ending: list[int] = []
         for i, m in enumerate(active):
             try:
-                if not math.isfinite(train_loss[i]):
-                    raise DivergedError(epoch, train_loss[i])
-                if not math.isfinite(val_loss[i]):
-                    raise DivergedError(epoch, val_loss[i])
-                m.schedule.end_epoch(epoch, val_loss[i])
                 accuracy = val_accuracy[i] if val_accuracy is not None else None
-                result = EpochResult(
-                    epoch, train_loss[i], val_loss[i], accuracy, _metric(metric, val_loss[i], accuracy), epoch_lr[i],
-                    train_correct[i] if task == "classification" else None,
-                    dict(zip(layer_names, norms_list[i])),
-                )  # fmt: skip
-                m.history.append(result)
-                if m.on_epoch is not None:
-                    m.on_epoch(result)
-                improved = m.best.update(result, m.model)
-                if not improved and m.cfg.patience and epoch - m.best.epoch >= m.cfg.patience:
-                    m.stopped = "early_stopping"
-                elif epoch < m.cfg.epochs:
+                done = m.epochs.end(
+                    epoch, m.model, train_loss=train_loss[i], train_accuracy=train_correct[i] if task == "classification" else None,
+                    val_loss=val_loss[i], val_accuracy=accuracy, lr=epoch_lr[i], grad_norms=dict(zip(layer_names, norms_list[i])),
+                )
+                if not done:
                     continue
-                m.outcome = m.best.result(m.history, m.stopped, str(device), time.perf_counter() - started, net.unpack(i, m.model), task)
+                m.outcome = m.epochs.result(str(device), time.perf_counter() - started, net.unpack(i, m.model), task)
             except Exception as e:  # pruned, diverged or failed: this member only
                 m.outcome = e
             ending.append(i)
@@ -655,7 +640,7 @@ def _evaluate(net: _PackedMLP, x: torch.Tensor, y: torch.Tensor, task: str) -> t
     k = net.flat.shape[0]
     loss_sum = torch.zeros(k, device=x.device)
     correct = torch.zeros(k, device=x.device)
-    for xb, yb in zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)):
+    for xb, yb in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)):
         out = net.forward(xb.expand(k, *xb.shape), training=False)
         yk = yb.expand(k, *yb.shape)
         loss_sum += _members_loss(out, yk, task, None) * len(xb)

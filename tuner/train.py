@@ -17,19 +17,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.errors import DivergedError, TunerError
-from tuner.params import METRICS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from tuner.epochs import (
+    EVAL_CHUNK,
+    Diagnostics,
+    EpochResult,
+    Schedule,
+    Tally,
+    TrainResult,
+    TrainTiming,
+    TrialEpochs,
+    gradient_flags,
+    report_timing,
+    seed_trial,
+    timing_hook,
+)
+from tuner.errors import TunerError
+from tuner.params import OPTIMIZERS, TrainConfig
 from tuner.steps import direct_step
 from tuner.workloads.data import Dataset, TorchData
 from tuner.workloads.models import apply_init, build_model
 
 __all__ = ["Feed", "make_feed", "FUSED", "OPTIMIZER_FACTORIES", "Diagnostics", "EpochResult", "TrainResult", "TrainTiming", "evaluate", "gradient_diagnostics", "layer_weights", "resolve_device", "scale_features", "timing_hook", "train", "warm_up"]
 
-_EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
 _GATHER_ONCE_BYTES = 256 * 2**20  # training splits up to this size are shuffled by one copy an epoch
-# Diagnostics thresholds, from what makes networks fail to learn:
-VANISHING_RATIO = 1e-3  # first layer's gradient norm below this share of the last layer's
-EXPLODING_NORM = 1e3  # any layer's gradient norm above this (before clipping)
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
@@ -58,57 +68,6 @@ OPTIMIZER_FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 FUSED = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW"}  # tuner's name -> torch.optim's class
 assert tuple(OPTIMIZER_FACTORIES) == OPTIMIZERS
-
-
-@dataclass
-class EpochResult:
-    epoch: int  # 1-based
-    train_loss: float
-    val_loss: float
-    val_accuracy: float | None  # classification only
-    metric: float  # the study's metric at this epoch
-    lr: float  # learning rate in force during the epoch
-    train_accuracy: float | None = None  # on the training batches as trained (dropout on)
-    grad_norms: dict[str, float] = field(default_factory=dict)  # per layer, on the epoch's last batch
-
-
-@dataclass
-class Diagnostics:
-    """What a person looks at to judge a trial's training, beyond its score."""
-
-    grad_norm_first: float | None  # first layer's gradient norm at the last epoch
-    grad_norm_last: float | None  # last layer's
-    vanishing_gradients: bool  # early layers' gradients collapsed relative to the last layer's
-    exploding_gradients: bool  # some gradient norm blew up (or the loss diverged)
-    overfit_gap: float  # train minus validation accuracy; for regression, val minus train loss
-
-    @classmethod
-    def of(cls, history: list[EpochResult], task: str) -> "Diagnostics":
-        last = history[-1]
-        first, final, vanishing, exploding = _gradient_flags(list(last.grad_norms.values()), [v for e in history for v in e.grad_norms.values()])
-        if task == "classification" and last.train_accuracy is not None and last.val_accuracy is not None:
-            gap = last.train_accuracy - last.val_accuracy
-        else:
-            gap = last.val_loss - last.train_loss
-        return cls(first, final, vanishing, exploding, gap)
-
-
-@dataclass
-class TrainResult:
-    value: float  # best metric over the epochs run
-    best_epoch: int
-    epochs_run: int
-    stopped: str  # completed | early_stopping
-    history: list[EpochResult]
-    device: str
-    duration_s: float
-    model: nn.Module = field(repr=False)
-    diagnostics: Diagnostics | None = None
-    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # with keep_best
-
-    @property
-    def last(self) -> EpochResult:
-        return self.history[-1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,67 +119,6 @@ def device_tensors(data: Dataset, scaling: str, device: torch.device) -> tuple[t
     return _DEVICE_DATA[key][1]
 
 
-class _Schedule:
-    """Learning rate over training: linear warm-up, then none/step/cosine/plateau per epoch, or
-    one-cycle per batch (one-cycle has its own warm-up phase, sized by warmup_epochs when given)."""
-
-    def __init__(self, cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
-        assert cfg.scheduler in SCHEDULERS
-        self.cfg, self.optimizer = cfg, optimizer
-        self.onecycle = None
-        self.plateau = None
-        if cfg.scheduler == "onecycle":
-            pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs else 0.3
-            # cycle_momentum off: momentum/beta1 stay as configured, and adagrad, adadelta and lbfgs
-            # (which have neither) can use one-cycle at all
-            self.onecycle = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=cfg.lr,
-                total_steps=cfg.epochs * steps_per_epoch,
-                pct_start=min(max(pct, 0.01), 0.99),
-                cycle_momentum=False,
-            )
-        elif cfg.scheduler == "plateau":
-            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
-            )
-
-    def _set(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def start_epoch(self, epoch: int) -> None:
-        cfg = self.cfg
-        if self.onecycle is not None:
-            return
-        if epoch <= cfg.warmup_epochs:
-            self._set(cfg.lr * epoch / (cfg.warmup_epochs + 1))
-            return
-        if self.plateau is not None:
-            if epoch == cfg.warmup_epochs + 1 and cfg.warmup_epochs:
-                self._set(cfg.lr)  # warm-up is over; from here the plateau rule owns the rate
-            return
-        e, n = epoch - cfg.warmup_epochs - 1, max(cfg.epochs - cfg.warmup_epochs, 1)
-        if cfg.scheduler == "step":
-            self._set(cfg.lr * cfg.gamma ** (e // cfg.step_size))
-        elif cfg.scheduler == "cosine":
-            self._set(cfg.lr * 0.5 * (1.0 + math.cos(math.pi * e / n)))
-        else:
-            self._set(cfg.lr)
-
-    def after_batch(self) -> None:
-        if self.onecycle is not None:
-            self.onecycle.step()
-
-    def end_epoch(self, epoch: int, val_loss: float) -> None:
-        if self.plateau is not None and epoch > self.cfg.warmup_epochs:
-            self.plateau.step(val_loss)
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-
 def _flatten(params: list[nn.Parameter]) -> nn.Parameter | None:
     """One parameter holding all of `params`, each of them a view into it, with one gradient
     buffer that their gradients are views of and that backward accumulates into. An optimizer then
@@ -254,14 +152,6 @@ def _penalty(weights: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor | fl
     return total
 
 
-def _seed(seed: int, device: torch.device) -> None:
-    """Seed the generators a trial draws from: the CPU's (initial weights, CPU dropout) and its
-    GPU's (dropout there). torch.manual_seed does both and every other backend's, at ~130 µs."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-
-
 def _batches(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's batches in `perm`'s order. Where the training split is small enough, it is
     gathered once into shuffled copies whose batches are views: two gathers an epoch instead of
@@ -271,43 +161,9 @@ def _batches(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: i
     return ((x[idx], y[idx]) for idx in perm.split(batch_size))
 
 
-class _Tally:
-    """An epoch's summed training loss and correct predictions, kept on the device. Batches are
-    held (detached) and summed a group at a time, so a step pays no bookkeeping operations of its
-    own and memory stays bounded. For a pack (tuner.packing), every figure has a leading member
-    dimension: losses (K,), outputs (K, B, C), targets (K, B), sums (2, K)."""
-
-    GROUP = 64  # batches held before they are summed
-
-    def __init__(self, task: str, device: torch.device, *, n_members: int | None = None) -> None:
-        self.task, self.n = task, 0
-        self.sums = torch.zeros(2, *(() if n_members is None else (n_members,)), device=device)  # loss * rows, correct rows
-        self.held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        self.held.append((loss, out, y))
-        self.n += y.shape[-1]
-        if len(self.held) >= self.GROUP:
-            self._sum()
-
-    def _sum(self) -> None:
-        if not self.held:
-            return
-        losses, outs, ys = zip(*self.held)
-        sizes = torch.tensor([y.shape[-1] for y in ys], dtype=self.sums.dtype, device=self.sums.device)
-        self.sums[0] += (torch.stack(losses, -1).to(sizes.dtype) * sizes).sum(-1)
-        if self.task == "classification":
-            self.sums[1] += (torch.cat(outs, -2).argmax(-1) == torch.cat(ys, -1)).sum(-1)
-        self.held.clear()
-
-    def totals(self) -> torch.Tensor:
-        self._sum()
-        return self.sums
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
     """The model's loss and (classification) accuracy on (x, y), in eval mode."""
-    return _evaluate_batches(model, zip(x.split(_EVAL_CHUNK), y.split(_EVAL_CHUNK)), loss_fn, task, x.device)
+    return _evaluate_batches(model, zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)), loss_fn, task, x.device)
 
 
 @torch.no_grad()
@@ -327,14 +183,6 @@ def _evaluate_batches(
             correct += (out.argmax(1) == yb).sum()
         n += len(xb)
     return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
-
-
-def _metric(name: str, val_loss: float, val_accuracy: float | None) -> float:
-    if name == "val_accuracy":
-        return float(val_accuracy)  # the study checks the metric fits the task before training
-    if name == "val_rmse":
-        return math.sqrt(val_loss)
-    return val_loss
 
 
 def _fast(optimizer: str, device: torch.device) -> dict[str, Any]:
@@ -361,34 +209,6 @@ def warm_up(device: torch.device | str) -> None:
     optimizer.step()
 
 
-@dataclass
-class TrainTiming:
-    """Where a training's wall time went: reports (the study's `on_epoch`: storage and the pruner)
-    apart from the rest. Given to each timing hook when training ends, however it ends."""
-
-    total_s: float = 0.0  # wall time of train()
-    reports_s: float = 0.0  # inside on_epoch
-
-    @property
-    def train_s(self) -> float:
-        return self.total_s - self.reports_s
-
-
-# Callables given each training's TrainTiming when it ends (completed, pruned or failed). The
-# benchmark registers here (see timing_hook) instead of replacing train() at run time.
-_TIMING_HOOKS: list[Callable[[TrainTiming], None]] = []
-
-
-@contextlib.contextmanager
-def timing_hook(hook: Callable[[TrainTiming], None]) -> Iterator[None]:
-    """Call `hook` with the timing of every training that ends inside the block."""
-    _TIMING_HOOKS.append(hook)
-    try:
-        yield
-    finally:
-        _TIMING_HOOKS.remove(hook)
-
-
 def layer_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The layers with a weight matrix, named for people: "0 Linear", "features.3 Conv2d"; the
     layers whose gradient norms diagnostics read."""
@@ -405,17 +225,8 @@ def gradient_diagnostics(model: nn.Module) -> dict[str, Any]:
     flags by the same thresholds as Diagnostics."""
     named = [(n, w) for n, w in layer_weights(model) if w.grad is not None]
     norms = dict(zip((n for n, _ in named), torch.stack([_grad_norm(w) for _, w in named]).tolist())) if named else {}
-    first, last, vanishing, exploding = _gradient_flags(list(norms.values()), norms.values())
+    first, last, vanishing, exploding = gradient_flags(list(norms.values()), norms.values())
     return {"grad_norms": norms, "grad_norm_first": first, "grad_norm_last": last, "vanishing_gradients": vanishing, "exploding_gradients": exploding}
-
-
-def _gradient_flags(last_norms: list[float], every_norm: Iterable[float]) -> tuple[float | None, float | None, bool, bool]:
-    """The first and last layers' norms, whether the first's collapsed against the last's
-    (vanishing) and whether any norm blew up (exploding): one rule wherever diagnostics are read."""
-    first, last = (last_norms[0], last_norms[-1]) if last_norms else (None, None)
-    vanishing = bool(last_norms) and last > 0 and first < VANISHING_RATIO * last
-    exploding = any(v > EXPLODING_NORM or not math.isfinite(v) for v in every_norm)
-    return first, last, vanishing, exploding
 
 
 class Feed:
@@ -510,13 +321,22 @@ class _Stepper:
         self.loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing) if task == "classification" else nn.MSELoss()
         self.penalized = cfg.l1 > 0 or (cfg.optimizer == "lbfgs" and cfg.weight_decay > 0)
         self.grad_norms = torch.zeros(len(self.weights), device=device)
-        self.after_batch: Callable[[], None] = lambda: None  # the schedule's per-batch step, once it exists
-        self._direct: Callable[[], Any] | None = None
+        self._direct = direct_step(self.optimizer) or self.optimizer.step  # the same step, less torch.optim's Python
+        self.steps_taken = 0  # in all of training: one-cycle's clock
+        self.schedule: Schedule | None = None
+        self.epoch = 0
 
-    def bind_schedule(self, schedule: "_Schedule") -> None:
-        self.after_batch = schedule.after_batch
-        # the same step, less torch.optim's Python; taken after the schedule wraps optimizer.step
-        self._direct = direct_step(self.optimizer) or self.optimizer.step
+    def start_epoch(self, schedule: Schedule, epoch: int) -> float:
+        """Set the rate for the epoch's first step; the rate in force as the epoch starts."""
+        self.schedule, self.epoch = schedule, epoch
+        return self._set_lr()
+
+    def _set_lr(self) -> float:
+        assert self.schedule is not None
+        lr = self.schedule.rate(self.epoch, self.steps_taken)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _loss(self, xb: torch.Tensor, yb: torch.Tensor, read_norms: bool, seen: list[torch.Tensor]) -> torch.Tensor:
         """Forward and backward on the batch (called several times a step by L-BFGS, once otherwise)."""
@@ -545,7 +365,9 @@ class _Stepper:
         else:
             loss = self._loss(xb, yb, read_norms, seen)
             self._direct()
-        self.after_batch()
+        self.steps_taken += 1
+        if self.schedule is not None and self.schedule.per_step():
+            self._set_lr()
         return loss.detach(), seen[0]
 
     def _replaying_masks(self, closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -571,7 +393,7 @@ class _Setup:
 
     model: nn.Module
     stepper: _Stepper
-    schedule: _Schedule
+    schedule: Schedule
     eval_loss_fn: nn.Module  # label smoothing shapes training, not the score
     steps_per_epoch: int
 
@@ -583,8 +405,7 @@ def _set_up(cfg: TrainConfig, data: Dataset | TorchData, model: nn.Module | None
     model.to(device)
     stepper = _Stepper(cfg, data.task, model, device)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    schedule = _Schedule(cfg, stepper.optimizer, steps_per_epoch)
-    stepper.bind_schedule(schedule)
+    schedule = Schedule(cfg, steps_per_epoch)
     eval_loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
     return _Setup(model, stepper, schedule, eval_loss_fn, steps_per_epoch)
 
@@ -593,7 +414,7 @@ def _train_epoch(run: _Setup, cfg: TrainConfig, task: str, feed: Feed) -> tuple[
     """One pass over the shuffled training split: mean loss, accuracy as trained (classification)
     and the per-layer gradient norms near the epoch's end (the last batch may be skipped)."""
     run.model.train()
-    tally = _Tally(task, run.stepper.device)
+    tally = Tally(task, run.stepper.device)
     run.stepper.grad_norms.zero_()
     for i, (xb, yb) in enumerate(feed.batches()):
         if len(xb) < 2 and cfg.norm == "batch":
@@ -624,80 +445,23 @@ def train(
     timing, started = TrainTiming(), time.perf_counter()
     try:
         device = torch.device(device)
-        _seed(seed, device)
+        seed_trial(seed, device)
         feed = make_feed(data, cfg.scaling, cfg.batch_size, device, seed)
         run = _set_up(cfg, data, model, device, feed.n_train)
-        history: list[EpochResult] = []
-        best: _Best = _Best(METRICS[metric] == "maximize", keep_best)
-        stopped = "completed"
+        epochs = TrialEpochs(cfg, metric=metric, schedule=run.schedule, on_epoch=on_epoch, timing=timing, keep_best=keep_best)
         for epoch in range(1, cfg.epochs + 1):
-            # train
-            run.schedule.start_epoch(epoch)
-            lr = run.schedule.lr
+            lr = run.stepper.start_epoch(run.schedule, epoch)
             train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, feed)
-            if not math.isfinite(train_loss):
-                raise DivergedError(epoch, train_loss)
-            # evaluate
+            epochs.check(epoch, train_loss)  # before an evaluation that would tell nothing more
             val_loss, val_accuracy = feed.evaluate(run.model, run.eval_loss_fn, data.task)
-            if not math.isfinite(val_loss):
-                raise DivergedError(epoch, val_loss)
-            run.schedule.end_epoch(epoch, val_loss)
-            metric_value = _metric(metric, val_loss, val_accuracy)
             norms_by_layer = dict(zip(run.stepper.layer_names, norms))
-            result = EpochResult(epoch, train_loss, val_loss, val_accuracy, metric_value, lr, train_accuracy, norms_by_layer)
-            history.append(result)
-            # report (may raise to prune), then decide to stop early
-            if on_epoch is not None:
-                timing.reports_s -= time.perf_counter()
-                try:
-                    on_epoch(result)
-                finally:
-                    timing.reports_s += time.perf_counter()
-            if not best.update(result, run.model) and cfg.patience and epoch - best.epoch >= cfg.patience:
-                stopped = "early_stopping"
+            done = epochs.end(
+                epoch, run.model, train_loss=train_loss, train_accuracy=train_accuracy, val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
+                grad_norms=norms_by_layer,
+            )
+            if done:
                 break
-        return best.result(history, stopped, str(device), time.perf_counter() - started, run.model, data.task)
+        return epochs.result(str(device), time.perf_counter() - started, run.model, data.task)
     finally:
         timing.total_s = time.perf_counter() - started
-        for hook in list(_TIMING_HOOKS):
-            hook(timing)
-
-
-class _Best:
-    """The best epoch so far by the study's metric (and its weights, with keep_best)."""
-
-    def __init__(self, maximize: bool, keep_state: bool) -> None:
-        self.sign = 1.0 if maximize else -1.0
-        self.keep_state = keep_state
-        self.epoch_result: EpochResult | None = None
-        self.state: dict[str, torch.Tensor] | None = None
-
-    @property
-    def epoch(self) -> int:
-        assert self.epoch_result is not None
-        return self.epoch_result.epoch
-
-    def update(self, result: EpochResult, model: nn.Module) -> bool:
-        """Whether `result` is the new best."""
-        if self.epoch_result is not None and self.sign * result.metric <= self.sign * self.epoch_result.metric:
-            return False
-        self.epoch_result = result
-        if self.keep_state:
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return True
-
-    def result(self, history: list[EpochResult], stopped: str, device: str, duration_s: float, model: nn.Module, task: str) -> TrainResult:
-        best = self.epoch_result
-        assert best is not None, "epochs >= 1 is checked when the space is validated"
-        return TrainResult(
-            value=best.metric,
-            best_epoch=best.epoch,
-            epochs_run=len(history),
-            stopped=stopped,
-            history=history,
-            device=device,
-            duration_s=duration_s,
-            model=model,
-            diagnostics=Diagnostics.of(history, task),
-            best_state=self.state,
-        )
+        report_timing(timing)

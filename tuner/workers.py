@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from tuner.errors import TunerError
 from tuner.slots import DEFAULT_MAX_RESTARTS, Slot, describe_death, describe_exit
-from tuner.study import Loaded, RunResult, signals_interrupt, summarize
+from tuner.study import Loaded, RunResult, Stop, signals_interrupt, summarize
 
 __all__ = ["run_workers", "worker_device"]
 
@@ -127,9 +127,9 @@ def run_workers(
                 for w in [w for w in running.values() if w.proc.poll() is not None]:
                     del running[w.slot.index]
                     if w.proc.returncode == 0:
-                        doc = json.loads(w.out.read_text())
-                        ran += doc["ran"]
-                        stops.add(doc["stopped"])
+                        done = RunResult.from_json(json.loads(w.out.read_text()))
+                        ran += done.ran
+                        stops.add(done.stopped)
                         continue
                     if halted and w.proc.returncode != 1:
                         halted += 1  # stopped by us, below: not a death of its own
@@ -168,8 +168,7 @@ def run_workers(
             + f"{others} (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
         )
     shutil.rmtree(logs, ignore_errors=True)
-    stopped = "grid_exhausted" if "grid_exhausted" in stops else ("timeout" if stops == {"timeout"} else "budget")
-    result = summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=[])
+    result = summarize(loaded, budget=budget, ran=ran, stopped=Stop.of_workers(stops), elapsed_s=time.monotonic() - started, failures=[])
     return dataclasses.replace(result, worker_deaths=deaths)
 
 

@@ -387,9 +387,9 @@ def _run(
         )
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
     if fmt == Format.json:
-        print_json({**dataclasses.asdict(result), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
+        print_json({**result.to_json(), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
         return
-    why = {"budget": "budget reached", "grid_exhausted": "grid exhausted", "timeout": "timeout"}[result.stopped]
+    why = result.stopped.says
     failed = f"; {result.n_failed} failed (not counted)" if result.n_failed else ""
     console.print(
         f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete + "

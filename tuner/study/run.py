@@ -4,6 +4,8 @@ ended, until the study holds its budget; signals close the running trial first."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import gc
 import math
 import os
@@ -32,7 +34,7 @@ from tuner.study.objective import BuiltinObjective, make_objective
 from tuner.study.results import best_trial
 from tuner.study.store import Loaded, check_data, quiet_optuna
 
-__all__ = ["FINISHED", "Interrupted", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
+__all__ = ["FINISHED", "Interrupted", "Stop", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PROGRESS_S = 1.0  # the progress callback's figures are read from the database at most this often
@@ -48,6 +50,25 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 
+class Stop(str, enum.Enum):
+    """Why a worker's run ended well (an error raises instead)."""
+
+    BUDGET = "budget"  # the study holds its budget of finished trials
+    GRID_EXHAUSTED = "grid_exhausted"  # every grid point has run
+    TIMEOUT = "timeout"  # --timeout passed
+
+    @property
+    def says(self) -> str:
+        return {Stop.BUDGET: "budget reached", Stop.GRID_EXHAUSTED: "grid exhausted", Stop.TIMEOUT: "timeout"}[self]
+
+    @classmethod
+    def of_workers(cls, stops: set["Stop"]) -> "Stop":
+        """The run's reason from its workers': any grid exhausted, all timed out, else the budget."""
+        if cls.GRID_EXHAUSTED in stops:
+            return cls.GRID_EXHAUSTED
+        return cls.TIMEOUT if stops == {cls.TIMEOUT} else cls.BUDGET
+
+
 @dataclass
 class RunResult:
     name: str
@@ -60,11 +81,20 @@ class RunResult:
     best_params: dict[str, Any]
     best_trial: int | None
     elapsed_s: float
-    stopped: str  # budget | grid_exhausted | timeout
+    stopped: Stop
     ran: int  # trials this invocation ran
     failures: list[str] = field(default_factory=list)
     # local workers that died (--workers): slot, gpu, pid, how it ended, last stderr line, replaced
     worker_deaths: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record a worker prints with --format json, and its parent reads (from_json)."""
+        return {**dataclasses.asdict(self), "stopped": self.stopped.value}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "RunResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in doc.items() if k in names}, "stopped": Stop(doc["stopped"])})
 
 
 def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
@@ -79,11 +109,11 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
         finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
         running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
         if finished >= budget:
-            return "budget"
+            return Stop.BUDGET
         if finished + running >= budget:
             return "wait"  # a running trial may still fail and free its place
         if loaded.spec.sampler == "grid" and waiting == 0:
-            return "wait" if running else "grid_exhausted"
+            return "wait" if running else Stop.GRID_EXHAUSTED
         return "trial"
 
     if isinstance(study._storage, BufferedStorage):  # counted and, if a trial is due, created at once
@@ -298,7 +328,7 @@ def run_study(
         max_failures=max_failures or spec.max_failures or default_max_failures(budget),
     )
     ran = 0
-    stopped = "budget"
+    stopped = Stop.BUDGET
     interval, _ = heartbeat_settings()
     stale_checked = -math.inf
     waiting = False
@@ -308,7 +338,7 @@ def run_study(
         with signals_interrupt():
             while True:
                 if deadline is not None and time.monotonic() >= deadline:
-                    stopped = "timeout"
+                    stopped = Stop.TIMEOUT
                     break
                 claimed: list[optuna.Trial] = []
                 try:
@@ -330,7 +360,7 @@ def run_study(
                         time.sleep(POLL_S)
                         continue
                     if not claimed:
-                        stopped = decision
+                        stopped = Stop(decision)
                         break
                     # each closed trial with the study's progress as it closed (the callbacks, which may
                     # raise to stop the run, are called once every claimed trial is closed)
@@ -366,7 +396,7 @@ def run_study(
     return summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
 
 
-def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: str, elapsed_s: float, failures: list[str]) -> RunResult:
+def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: Stop, elapsed_s: float, failures: list[str]) -> RunResult:
     study = loaded.study
     states = count_states(study._storage, study._study_id)
     best = best_trial(study)
