@@ -52,3 +52,31 @@ def test_trials_record_their_kind_of_ending(project):
     assert pruned and all(t.user_attrs[A.PRUNED_KIND] == A.PRUNER for t in pruned)
     summary = study_summary(loaded, url)
     assert sum(summary["pruned_reasons"].values()) == len(pruned)
+
+
+def test_every_trial_attribute_key_is_named_in_attrs_py_alone():
+    """Where tuner writes or reads a trial's attribute (record, set_user_attr, user_attrs,
+    attrs.get/attrs[...]), the key is a name from tuner/attrs.py, never a bare string: one place
+    to rename a key, and a reader and its writer cannot drift apart."""
+    import re
+    from pathlib import Path
+
+    known = {v for k, v in vars(A).items() if k.isupper() and isinstance(v, str)}
+    bare = re.compile(
+        r"""(?:set_user_attr\(\s*|user_attrs(?:\.get\(|\[)|\battrs(?:\.get\(|\[)|record\([^,]+,\s*\{[^}]*?)["']([a-z_]+)["']"""
+    )
+    found = []
+    for path in sorted(Path(A.__file__).parent.rglob("*.py")):
+        if path.name == "attrs.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            found += [f"{path.name}:{number}: {key}" for key in bare.findall(line) if key in known]
+    assert not found, found
+
+
+def test_the_diagnostics_recorded_whole_are_named_in_attrs_py():
+    import dataclasses
+
+    from tuner.epochs import Diagnostics
+
+    assert {f.name for f in dataclasses.fields(Diagnostics)} == {A.GRAD_NORM_FIRST, A.GRAD_NORM_LAST, A.VANISHING, A.EXPLODING, A.OVERFIT_GAP}

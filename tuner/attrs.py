@@ -35,6 +35,26 @@ __all__ = [
     "RETRY_OF",
     "RETRY_REASON",
     "RETRY_ROOT",
+    "SEED",
+    "DEVICE",
+    "CWD",
+    "THREADS",
+    "DURATION_S",
+    "VALUE_FROM",
+    "BEST_EPOCH",
+    "STOPPED",
+    "TRAIN_LOSS",
+    "VAL_LOSS",
+    "VAL_ACCURACY",
+    "TRAIN_ACCURACY",
+    "GRAD_NORMS",
+    "GRAD_NORM_FIRST",
+    "GRAD_NORM_LAST",
+    "VANISHING",
+    "EXPLODING",
+    "OVERFIT_GAP",
+    "LOG_ERROR",
+    "FILES_NOT_LISTED",
     "WORKER",
     "fail_kind",
     "fail_reason",
@@ -46,7 +66,7 @@ FAIL_KIND = "fail_kind"  # LOST_WORKER, INTERRUPTED, RELEASED, NON_FINITE, TIMED
 COMMAND = "command"  # a command trial's command line, as run
 LOG_ARTIFACT = "log_artifact"  # the artifact id of a command trial's stdout and stderr
 EXIT_STATUS = "exit_status"  # a command trial's exit status (negative: killed by that signal)
-TRIAL_DIR = "trial_dir"  # a command or objective trial's own folder for its outputs ({trial_dir})
+TRIAL_DIR = "trial_dir"  # a command trial's own folder for its outputs ({trial_dir})
 TRIAL_FILES = "files"  # what the trial left in its folder: [{"path", "bytes", "artifact"}]
 PRUNED_REASON = "pruned_reason"  # why a pruned trial was pruned, for people
 PRUNED_KIND = "pruned_kind"  # PRUNER or DIVERGED
@@ -57,6 +77,27 @@ RETRY_ROOT = "retry_root"  # the first trial of the chain of copies
 RETRY_COUNT = "retry_count"  # how many times the configuration has been queued again
 RETRY_REASON = "retry_reason"  # why the trial it repeats ended
 PACK = "pack"  # a packed trial: the numbers of the trials it trained beside (tuner.packing)
+SEED = "seed"  # the trial's seed: the study's seed plus its number
+DEVICE = "device"  # where it trained
+CWD = "cwd"  # a command trial's working folder
+THREADS = "threads"  # a command trial's OMP_NUM_THREADS
+DURATION_S = "duration_s"  # seconds its training (or command) took
+VALUE_FROM = "value_from"  # how a command trial's value was chosen among its reports
+BEST_EPOCH = "best_epoch"  # the epoch whose metric is the trial's value
+STOPPED = "stopped"  # completed | early_stopping
+TRAIN_LOSS = "train_loss"  # at the last epoch
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_accuracy"
+TRAIN_ACCURACY = "train_accuracy"
+GRAD_NORMS = "grad_norms"  # per layer, at the last epoch
+# the diagnostics (tuner.epochs.Diagnostics, whose fields are these names)
+GRAD_NORM_FIRST = "grad_norm_first"
+GRAD_NORM_LAST = "grad_norm_last"
+VANISHING = "vanishing_gradients"
+EXPLODING = "exploding_gradients"
+OVERFIT_GAP = "overfit_gap"
+LOG_ERROR = "log_error"  # why a command trial's log or files could not be attached
+FILES_NOT_LISTED = "files_not_listed"  # files of its folder beyond those listed
 WORKER = "worker"  # the process that claimed the trial: {"host", "pid", "proc"; "gpu" when pinned, "slurm" in a Slurm job} (tuner.heartbeat)
 
 # kinds of failure

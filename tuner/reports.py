@@ -45,7 +45,7 @@ from tuner.study import Loaded, best_trial, study_summary
 __all__ = ["DIAGNOSTICS", "Plot", "Report", "build_report", "summary_text"]
 
 # What the objective records on a complete trial to judge its training beyond its score.
-DIAGNOSTICS = ("grad_norm_first", "grad_norm_last", "vanishing_gradients", "exploding_gradients", "overfit_gap", "train_accuracy")
+DIAGNOSTICS = (A.GRAD_NORM_FIRST, A.GRAD_NORM_LAST, A.VANISHING, A.EXPLODING, A.OVERFIT_GAP, A.TRAIN_ACCURACY)
 N_TOP = 3  # parameters named in the terminal summary
 N_REASONS = 5  # distinct failure reasons named in the terminal summary
 MAX_ROWS = 100  # pruned trials listed one by one in the HTML page

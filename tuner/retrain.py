@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner import attrs as A
 from tuner.atomic import atomic_path
 from tuner.handle import attach
 from tuner.errors import SpecError, TunerError
@@ -74,7 +75,7 @@ def retrain_best(
     torch_device = resolve_device(device)
     set_threads(threads)
     params = {**loaded.space.fixed(), **best.params}
-    seed = int(best.user_attrs.get("seed", spec.seed + best.number))
+    seed = int(best.user_attrs.get(A.SEED, spec.seed + best.number))
     data, user_model = trial_workload(loaded, params, seed)
     cfg = TrainConfig.from_params(params)
     result = train(cfg, data, metric=spec.metric, device=torch_device, seed=seed, model=user_model, keep_best=True)

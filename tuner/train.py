@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner import attrs as A
 from tuner.epochs import (
     EVAL_CHUNK,
     Diagnostics,
@@ -226,7 +227,7 @@ def gradient_diagnostics(model: nn.Module) -> dict[str, Any]:
     named = [(n, w) for n, w in layer_weights(model) if w.grad is not None]
     norms = dict(zip((n for n, _ in named), torch.stack([_grad_norm(w) for _, w in named]).tolist())) if named else {}
     first, last, vanishing, exploding = gradient_flags(list(norms.values()), norms.values())
-    return {"grad_norms": norms, "grad_norm_first": first, "grad_norm_last": last, "vanishing_gradients": vanishing, "exploding_gradients": exploding}
+    return {A.GRAD_NORMS: norms, A.GRAD_NORM_FIRST: first, A.GRAD_NORM_LAST: last, A.VANISHING: vanishing, A.EXPLODING: exploding}
 
 
 class Feed:

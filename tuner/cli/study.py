@@ -574,7 +574,7 @@ def best(
     _print_best(d, loaded.spec.metric)
     attrs = d["user_attrs"]
     steps = "epochs_run" if loaded.spec.command is None and loaded.spec.objective is None else "last step"  # a script's own count
-    shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in ("duration_s", "device", "seed")}}
+    shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in (A.DURATION_S, A.DEVICE, A.SEED)}}
     console.print("  " + ", ".join(f"{k} {fmt_value(v)}" for k, v in shown.items() if v is not None))
     if attrs.get(A.TRIAL_DIR):
         listed = attrs.get(A.TRIAL_FILES) or []
@@ -598,12 +598,12 @@ def _reproduce(spec: StudySpec, attrs: dict[str, Any]) -> Optional[dict[str, str
     command = attrs.get(A.COMMAND)
     if not spec.command or not command:
         return None
-    out = {"command": command, "cwd": str(attrs.get("cwd", "."))}
+    out = {"command": command, "cwd": str(attrs.get(A.CWD, "."))}
     notes = []
-    if attrs.get("threads"):
-        notes.append(f"it ran with OMP_NUM_THREADS={attrs['threads']}: another thread count may change the last digits")
+    if attrs.get(A.THREADS):
+        notes.append(f"it ran with OMP_NUM_THREADS={attrs[A.THREADS]}: another thread count may change the last digits")
     if "{seed}" not in spec.command:
-        notes.append(f"its environment also had TUNER_SEED={attrs.get('seed')} and TUNER_PARAMS, if your script reads them")
+        notes.append(f"its environment also had TUNER_SEED={attrs.get(A.SEED)} and TUNER_PARAMS, if your script reads them")
     if notes:
         out["note"] = "(" + "; ".join(notes) + ")"
     return out
@@ -658,7 +658,7 @@ def trials(
     table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
         attrs = r["user_attrs"]
-        note = attrs.get(A.PRUNED_REASON) or ("early stopping" if attrs.get("stopped") == "early_stopping" else "")
+        note = attrs.get(A.PRUNED_REASON) or ("early stopping" if attrs.get(A.STOPPED) == "early_stopping" else "")
         if r["state"] == "fail":
             note = fail_reason(attrs)
         elif A.RETRY_OF in attrs:

@@ -49,7 +49,7 @@ class BuiltinObjective:
         """The trial's configuration drawn, stored before training (durable), and its data."""
         params = self.loaded.space.suggest(trial)
         seed = self.loaded.spec.seed + trial.number
-        record(trial, {"seed": seed, "device": str(self.device)})
+        record(trial, {A.SEED: seed, A.DEVICE: str(self.device)})
         durable(trial)
         return _TrialRun(self, trial, params, seed)
 
@@ -191,7 +191,7 @@ class _TrialRun:
         trial = self.trial
         if isinstance(error, DivergedError):
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
-            attrs = {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, "exploding_gradients": True}
+            attrs = {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, A.EXPLODING: True}
             record(trial, {**attrs, A.HISTORY: _history(self.epochs)})
             raise optuna.TrialPruned(str(error)) from None
         if isinstance(error, Exception) and not isinstance(error, optuna.TrialPruned):
@@ -203,16 +203,16 @@ class _TrialRun:
         """Record what a finished training gives a person to judge it; its value."""
         last, diag = result.last, result.diagnostics
         attrs = {
-            "duration_s": round(result.duration_s, 4),
+            A.DURATION_S: round(result.duration_s, 4),
             A.EPOCHS_RUN: result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "stopped": result.stopped,
-            "train_loss": last.train_loss,
-            "val_loss": last.val_loss,
-            "val_accuracy": last.val_accuracy,
-            "train_accuracy": last.train_accuracy,
-            **(dataclasses.asdict(diag) if diag else {}),
-            "grad_norms": last.grad_norms,
+            A.BEST_EPOCH: result.best_epoch,
+            A.STOPPED: result.stopped,
+            A.TRAIN_LOSS: last.train_loss,
+            A.VAL_LOSS: last.val_loss,
+            A.VAL_ACCURACY: last.val_accuracy,
+            A.TRAIN_ACCURACY: last.train_accuracy,
+            **(dataclasses.asdict(diag) if diag else {}),  # its fields are attrs' diagnostics names
+            A.GRAD_NORMS: last.grad_norms,
             A.HISTORY: _history(result.history),
         }
         record(self.trial, {k: v for k, v in attrs.items() if v is not None})

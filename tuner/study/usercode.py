@@ -59,7 +59,7 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
         seed = spec.seed + trial.number
-        record(trial, {"seed": seed, "device": str(device)})
+        record(trial, {A.SEED: seed, A.DEVICE: str(device)})
         durable(trial)
         # code that does not seed itself still trains the same way whenever the trial is rerun
         torch.manual_seed(seed)
@@ -112,7 +112,7 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
         with tempfile.TemporaryDirectory(prefix=f"tuner-trial-{trial.number}-") as tmp:
             folder = Path(tmp)
             argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json", trial_dir=trial_dir)
-            record(trial, {"seed": seed, "device": str(device), A.COMMAND: shlex.join(argv), "cwd": os.getcwd(), "threads": threads, A.TRIAL_DIR: str(trial_dir)})
+            record(trial, {A.SEED: seed, A.DEVICE: str(device), A.COMMAND: shlex.join(argv), A.CWD: os.getcwd(), A.THREADS: threads, A.TRIAL_DIR: str(trial_dir)})
             durable(trial)
             env = trial_env(
                 os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads,
@@ -165,7 +165,7 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
                 _finish(trial, handle, trial_dir, fail=(reason, A.NO_METRIC), extra={A.EXIT_STATUS: 0})
                 raise CommandError(reason)
             best = max(finite, key=lambda v: sign * v)
-            _finish(trial, handle, trial_dir, extra={"duration_s": round(outcome.duration_s, 4), "value_from": f"best of {len(seen)} reports"})
+            _finish(trial, handle, trial_dir, extra={A.DURATION_S: round(outcome.duration_s, 4), A.VALUE_FROM: f"best of {len(seen)} reports"})
             return best
 
     return objective
@@ -265,9 +265,9 @@ def _finish(
         if listed:
             attrs[A.TRIAL_FILES] = listed
         if len(files) > _MAX_LISTED:
-            attrs["files_not_listed"] = len(files) - _MAX_LISTED
+            attrs[A.FILES_NOT_LISTED] = len(files) - _MAX_LISTED
     except (TunerError, OSError) as e:  # the trial's result matters more than its files
-        attrs["log_error"] = str(e)
+        attrs[A.LOG_ERROR] = str(e)
     record(trial, attrs)
 
 
