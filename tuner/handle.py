@@ -34,7 +34,9 @@ class Pruned(optuna.TrialPruned):
 class TrialHandle:
     """One trial, as a person's objective sees it."""
 
-    def __init__(self, trial: optuna.Trial, *, params: dict[str, Any], device: Any, seed: int, metric: str, pruner: str, prunes: bool, artifacts: Path) -> None:
+    def __init__(
+        self, trial: optuna.Trial, *, params: dict[str, Any], device: Any, seed: int, metric: str, pruner: str, prunes: bool, artifacts: Path, unit: str = "step"
+    ) -> None:
         self._trial = trial
         self.params = dict(params)  # built-in and free parameters, sampled and fixed
         self.device = device  # the worker's torch.device
@@ -43,29 +45,31 @@ class TrialHandle:
         self.study_name = trial.study.study_name
         self.metric = metric  # the name the study optimizes; report() takes its value
         self._pruner, self._prunes, self._artifacts = pruner, prunes, artifacts
+        self._unit = unit  # what a step is called in a reason: an epoch of tuner's loop, else a step
         self.history: dict[str, list[Any]] = {"epoch": [], metric: []}  # what report() saw, per step
 
     def report(self, step: int, value: float, **extra: float) -> None:
         """Store `value` (the study's metric) at `step` (an epoch, or any increasing count) and
         ask the pruner; raises Pruned when the trial should stop. `extra` values (losses, rates)
-        are kept in the trial's history for the report's curves."""
+        are kept in the trial's history for the report's curves (None: not measured)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"report(step={step!r}): step must be an integer >= 0 (the epoch)")
         value = _number(self.metric, value)
         self.history["epoch"].append(step)
         self.history[self.metric].append(value)
         for key, v in extra.items():
-            self.history.setdefault(key, [None] * (len(self.history["epoch"]) - 1)).append(_number(key, v))
+            if key != self.metric:
+                self.history.setdefault(key, [None] * (len(self.history["epoch"]) - 1)).append(None if v is None else _number(key, v))
         for key, column in self.history.items():
             column.extend([None] * (len(self.history["epoch"]) - len(column)))
         if not math.isfinite(value):
             # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
-            reason = f"diverged: {self.metric}={value} at step {step}"
+            reason = f"diverged: {self.metric}={value} at {self._unit} {step}"
             self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: step})
             raise Pruned(reason)
         self._trial.report(value, step)
         if self._prunes and self._trial.should_prune():
-            reason = f"{self._pruner} pruner at step {step}: {self.metric}={value:.4f}"
+            reason = f"{self._pruner} pruner at {self._unit} {step}: {self.metric}={value:.4f}"
             self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
             raise Pruned(reason)
 

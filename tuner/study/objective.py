@@ -9,31 +9,20 @@ from typing import Any, Callable
 import optuna
 
 from tuner import attrs as A
-from tuner.buffered import BufferedStorage
 from tuner.errors import DivergedError
 from tuner.params import TrainConfig
 from tuner.study.store import Loaded
+from tuner.study.trial import begin, durable, record, started
+from tuner.study.usercode import command_objective, python_objective
 from tuner.workloads import load_workload
 
-__all__ = ["BuiltinObjective", "durable", "make_objective", "record", "trial_workload"]
+__all__ = ["OBJECTIVES", "BuiltinObjective", "make_objective", "trial_workload"]
 
 
 def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float]:
-    """The function a worker calls per trial: tuner's own loop on the study's workload, or the
-    person's own code (an objective function or a command)."""
-    if loaded.spec.objective is not None:
-        from tuner.study.usercode import python_objective
-
-        return python_objective(loaded, device)
-    if loaded.spec.command is not None:
-        from tuner.study.usercode import command_objective
-
-        return command_objective(loaded, device, threads=threads)
-    return _builtin_objective(loaded, device)
-
-
-def _builtin_objective(loaded: Loaded, device: Any) -> "BuiltinObjective":
-    return BuiltinObjective(loaded, device)
+    """The function a worker calls per trial, by the kind of code the study runs (OBJECTIVES):
+    tuner's own loop on the study's workload, or the person's own function or command."""
+    return OBJECTIVES[loaded.spec.code_kind](loaded, device, threads)
 
 
 class BuiltinObjective:
@@ -42,16 +31,13 @@ class BuiltinObjective:
 
     def __init__(self, loaded: Loaded, device: Any) -> None:
         self.loaded, self.device = loaded, device
-        self.prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)  # asking a NopPruner costs a trial copy an epoch
         self.unpacked: str | None = None  # why this worker no longer packs (a pack failed as a whole), if it does not
 
     def begin(self, trial: optuna.Trial) -> "_TrialRun":
-        """The trial's configuration drawn, stored before training (durable), and its data."""
-        params = self.loaded.space.suggest(trial)
-        seed = self.loaded.spec.seed + trial.number
-        record(trial, {A.SEED: seed, A.DEVICE: str(self.device)})
+        """The trial's configuration drawn and stored before training (durable)."""
+        handle = begin(self.loaded, trial, self.device, unit="epoch")
         durable(trial)
-        return _TrialRun(self, trial, params, seed)
+        return _TrialRun(self, handle)
 
     def __call__(self, trial: optuna.Trial) -> float:
         run = self.begin(trial)
@@ -129,7 +115,7 @@ class BuiltinObjective:
                 except Exception as e:  # the pack as a whole (out of memory, an op this device lacks): alone, from now on
                     self._stop_packing(e, n_members=len(group))
                     for i in group:
-                        if runs[i].epochs:  # it reported epochs already, which a second training cannot replace
+                        if runs[i].handle.history["epoch"]:  # it reported epochs already, which a second training cannot replace
                             outcomes[i] = _ending(runs[i], e)
                             on_ended(i, outcomes[i])
                         else:
@@ -166,33 +152,32 @@ def _ending(run: "_TrialRun", error: BaseException) -> BaseException:
 
 
 class _TrialRun:
-    """One trial of tuner's loop between its start and its result."""
+    """One trial of tuner's loop between its start and its result: the trial handle it reports
+    through, and its training configuration."""
 
-    def __init__(self, objective: BuiltinObjective, trial: optuna.Trial, params: dict[str, Any], seed: int) -> None:
-        self.objective, self.trial, self.params, self.seed = objective, trial, params, seed
-        self.config = TrainConfig.from_params(params)
-        self.epochs: list[Any] = []
+    def __init__(self, objective: BuiltinObjective, handle: Any) -> None:
+        self.objective, self.handle, self.trial = objective, handle, handle._trial
+        self.params, self.seed = handle.params, handle.seed
+        self.config = TrainConfig.from_params(self.params)
 
     def workload(self) -> tuple[Any, Any]:
         return trial_workload(self.objective.loaded, self.params, self.seed)
 
     def report(self, epoch: Any) -> None:
-        """Each epoch's metric to the study; raises TrialPruned where the pruner says so."""
-        spec, trial = self.objective.loaded.spec, self.trial
-        self.epochs.append(epoch)
-        trial.report(epoch.metric, epoch.epoch)
-        if self.objective.prunes and trial.should_prune():
-            reason = f"{spec.pruner} pruner at epoch {epoch.epoch}: {spec.metric}={epoch.metric:.4f}"
-            record(trial, {A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: epoch.epoch, A.HISTORY: _history(self.epochs)})
-            raise optuna.TrialPruned(reason)
+        """Each epoch's metric to the study, its other figures to the history; raises TrialPruned
+        (tuner.Pruned) where the pruner says so."""
+        self.handle.report(
+            epoch.epoch, epoch.metric, train_loss=epoch.train_loss, val_loss=epoch.val_loss, train_accuracy=epoch.train_accuracy,
+            val_accuracy=epoch.val_accuracy, lr=epoch.lr,
+        )
 
     def ended(self, error: BaseException) -> None:
         """Record why training ended without a result; divergence becomes TrialPruned (raised)."""
         trial = self.trial
+        record(trial, self.handle.history_attrs())
         if isinstance(error, DivergedError):
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
-            attrs = {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, A.EXPLODING: True}
-            record(trial, {**attrs, A.HISTORY: _history(self.epochs)})
+            record(trial, {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, A.EXPLODING: True})
             raise optuna.TrialPruned(str(error)) from None
         if isinstance(error, Exception) and not isinstance(error, optuna.TrialPruned):
             record(trial, {A.FAIL_REASON: f"{error.__class__.__name__}: {error}"[:500], A.FAIL_KIND: error.__class__.__name__})
@@ -204,6 +189,7 @@ class _TrialRun:
         last, diag = result.last, result.diagnostics
         attrs = {
             A.DURATION_S: round(result.duration_s, 4),
+            **self.handle.history_attrs(),
             A.EPOCHS_RUN: result.epochs_run,
             A.BEST_EPOCH: result.best_epoch,
             A.STOPPED: result.stopped,
@@ -213,7 +199,6 @@ class _TrialRun:
             A.TRAIN_ACCURACY: last.train_accuracy,
             **(dataclasses.asdict(diag) if diag else {}),  # its fields are attrs' diagnostics names
             A.GRAD_NORMS: last.grad_norms,
-            A.HISTORY: _history(result.history),
         }
         record(self.trial, {k: v for k, v in attrs.items() if v is not None})
         return result.value
@@ -230,31 +215,6 @@ def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[A
     return load_workload(workload, seed=loaded.spec.seed, val_fraction=loaded.spec.val_fraction, config=params)
 
 
-def _history(epochs: list[Any]) -> dict[str, list[Any]]:
-    """Per-epoch curves, stored with the trial for learning-curve plots."""
-    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")
-    return {"epoch": [e.epoch for e in epochs], **{k: [getattr(e, k) for e in epochs] for k in keys}}
-
-
-def record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    for key, value in attrs.items():  # buffered: written with the trial's other data in one commit
-        trial.set_user_attr(key, value)
-
-
-def started(trials: list[optuna.Trial]) -> None:
-    """These claimed trials start training now: the packs before theirs are not part of their
-    duration (in the dashboard, the report). Optuna's own storage keeps the claim's time."""
-    if trials and isinstance(trials[0].study._storage, BufferedStorage):
-        trials[0].study._storage.set_started([t._trial_id for t in trials])
-
-
-def durable(trial: optuna.Trial) -> None:
-    """The trial's configuration in the database before training starts: a killed worker's trial
-    is queued again with exactly these parameters."""
-    if isinstance(trial.study._storage, BufferedStorage):
-        trial.study._storage.flush(trial._trial_id)
-
-
 def _release_gpu_memory() -> None:
     import gc
 
@@ -263,3 +223,15 @@ def _release_gpu_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _builtin(loaded: Loaded, device: Any, threads: int | None) -> BuiltinObjective:
+    return BuiltinObjective(loaded, device)
+
+
+# the kinds of code a study's trials run (StudySpec.code_kind), each a factory of its objective
+OBJECTIVES: dict[str, Callable[[Loaded, Any, int | None], Callable[[optuna.Trial], float]]] = {
+    "tuner's loop": _builtin,
+    "objective": lambda loaded, device, threads: python_objective(loaded, device),
+    "command": lambda loaded, device, threads: command_objective(loaded, device, threads=threads),
+}

@@ -142,9 +142,9 @@ def check_code(spec: StudySpec, space: Space) -> None:
     loads and fits the space, or the person's objective (it imports) or command (its placeholders
     name parameters of the space)."""
     if spec.objective is not None:
-        from tuner.study.usercode import import_objective
+        from tuner.workloads.data import user_callable
 
-        import_objective(spec.objective)
+        user_callable(spec.objective, what="--objective", error=SpecError)  # it imports (as usercode.import_objective)
     elif spec.command is not None:
         from tuner.command import check_template
 

@@ -17,10 +17,10 @@ import optuna
 
 from tuner import attrs as A
 from tuner.errors import SpecError
-from tuner.handle import Pruned, TrialHandle
+from tuner.handle import Pruned
 from tuner.storage import DEFAULT_ARTIFACTS
-from tuner.study.objective import durable, record
 from tuner.study.store import Loaded
+from tuner.study.trial import begin, durable, record
 
 __all__ = ["command_objective", "import_objective", "python_objective", "trial_value"]
 
@@ -52,20 +52,16 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
     import numpy as np
     import torch
 
-    spec, space = loaded.spec, loaded.space
+    spec = loaded.spec
     func = import_objective(spec.objective or "")
-    prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)
 
     def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial)
-        seed = spec.seed + trial.number
-        record(trial, {A.SEED: seed, A.DEVICE: str(device)})
+        handle = begin(loaded, trial, device)
         durable(trial)
         # code that does not seed itself still trains the same way whenever the trial is rerun
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        handle = TrialHandle(trial, params=params, device=device, seed=seed, metric=spec.metric, pruner=spec.pruner, prunes=prunes, artifacts=DEFAULT_ARTIFACTS)
+        torch.manual_seed(handle.seed)
+        random.seed(handle.seed)
+        np.random.seed(handle.seed % 2**32)
         try:
             value = trial_value(func(handle), spec.metric, f"objective {spec.objective}")
         except optuna.TrialPruned as e:  # tuner's Pruned, or Optuna's own raised by the code
@@ -77,9 +73,7 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
             record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, **handle.history_attrs()})
             raise
         record(trial, handle.history_attrs())
-        if not math.isfinite(value):
-            record(trial, {A.FAIL_REASON: f"objective returned {value}", A.FAIL_KIND: A.NON_FINITE})
-        return value
+        return value  # a NaN or infinite value fails the trial as it is told (run.py), as any objective's
 
     return objective
 
@@ -97,22 +91,20 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     from tuner.command import CommandError, CommandTimeout, check_template, default_reader, expand, pattern_reader, run, trial_env
     from tuner.patterns import OutputReader
 
-    spec, space = loaded.spec, loaded.space
+    spec = loaded.spec
     template = spec.command or ""
-    check_template(template, list(space.params))
-    prunes = not isinstance(loaded.study.pruner, optuna.pruners.NopPruner)
+    check_template(template, list(loaded.space.params))
     sign = 1.0 if spec.direction == "maximize" else -1.0
     patterns = OutputReader(spec.metric_patterns or [], spec.step_pattern)
 
     def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial)
-        seed = spec.seed + trial.number
-        handle = TrialHandle(trial, params=params, device=device, seed=seed, metric=spec.metric, pruner=spec.pruner, prunes=prunes, artifacts=DEFAULT_ARTIFACTS)
+        handle = begin(loaded, trial, device)
+        params, seed = handle.params, handle.seed
         trial_dir = new_trial_dir(spec.name, trial.number)
         with tempfile.TemporaryDirectory(prefix=f"tuner-trial-{trial.number}-") as tmp:
             folder = Path(tmp)
             argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json", trial_dir=trial_dir)
-            record(trial, {A.SEED: seed, A.DEVICE: str(device), A.COMMAND: shlex.join(argv), A.CWD: os.getcwd(), A.THREADS: threads, A.TRIAL_DIR: str(trial_dir)})
+            record(trial, {A.COMMAND: shlex.join(argv), A.CWD: os.getcwd(), A.THREADS: threads, A.TRIAL_DIR: str(trial_dir)})
             durable(trial)
             env = trial_env(
                 os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads,
