@@ -22,15 +22,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
-from tuner._compat import optuna_paths
-from tuner.buffered import BufferedStorage
 from tuner.errors import TunerError
 from tuner.failures import FailureStop, default_max_failures
-from tuner.heartbeat import Heartbeat, worker_identity
+from tuner.heartbeat import Heartbeat
 from tuner.spec import DEFAULT_TRIALS
 from tuner.storage import StudyLock, count_states, heartbeat_settings, progress, rdb_of
 from tuner.study.lost import fail_lost, requeue, running_trials
 from tuner.study.objective import BuiltinObjective, make_objective
+from tuner.study.road import Road, road_of
 from tuner.study.results import best_trial
 from tuner.study.store import Loaded, check_data, quiet_optuna
 
@@ -97,7 +96,7 @@ class RunResult:
         return cls(**{**{k: v for k, v in doc.items() if k in names}, "stopped": Stop(doc["stopped"])})
 
 
-def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
+def _claim(loaded: Loaded, road: Road, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
     """Under the study lock: free the trials of dead workers, then start one trial if the budget
     allows it. Queued trials (grid points, re-queued copies) are taken first, so with K workers
     the study ends with exactly `budget` finished trials and each grid point runs once."""
@@ -116,28 +115,21 @@ def _claim(loaded: Loaded, budget: int, *, look_for_stale: bool = True) -> tuple
             return "wait" if running else Stop.GRID_EXHAUSTED
         return "trial"
 
-    if isinstance(study._storage, BufferedStorage):  # counted and, if a trial is due, created at once
-        states = study._storage.claim(study._study_id, lambda counts: decide(counts) == "trial")
-    else:
-        states = count_states(study._storage, study._study_id)
-    decision = decide(states)
+    decision = decide(road.count(lambda counts: decide(counts) == "trial"))
     if decision != "trial":
         return decision, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trial = study.ask()
-    if not isinstance(study._storage, BufferedStorage):  # Optuna's storage: who runs it, just after (until then its start stands for a beat)
-        trial.set_user_attr(A.WORKER, worker_identity())
+        trial = road.ask()
     return "trial", trial
 
 
-def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: str) -> None:
+def _close_interrupted(road: Road, trial: optuna.Trial, signal_name: str) -> None:
     """A signal landed between claiming the trial and recording its result: close it as failed,
     with the reason, and queue it again (unless its result was already recorded)."""
-    storage = study._storage
     try:
-        storage.remove_session()  # the signal may have broken the session mid-query
-        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        road.reset()
+        if road.get(trial).state != TrialState.RUNNING:
             return
         reason = f"interrupted by {signal_name}"
         trial.set_user_attr(A.FAIL_REASON, reason)
@@ -145,61 +137,48 @@ def _close_interrupted(study: optuna.Study, trial: optuna.Trial, signal_name: st
         # the copy first: a kill between the two leaves the trial running with its copy queued,
         # and the lost check that fails it later finds the copy (a copy after the failure would be
         # lost with such a kill, and a grid would lose its point)
-        requeue(study, storage.get_trial(trial._trial_id), reason)
-        study.tell(trial, state=TrialState.FAIL)
+        requeue(road.study, road.get(trial), reason)
+        road.tell(trial, state=TrialState.FAIL)
     except Exception as e:  # the database is unreachable: the heartbeat grace period will free the trial
         print(f"warning: could not close trial {trial.number} ({e.__class__.__name__}: {e}); it is freed once its heartbeat is missed", file=sys.stderr)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
-    """Study.tell, less the deep copy of the finished trial it returns where tuner's storage
-    already hands out a copy of its own (a deep copy of a trial's attributes costs ~0.2 ms)."""
-    tell = optuna_paths().tell
-    if tell is None or not isinstance(study._storage, BufferedStorage):
-        return study.tell(trial, value, state=state)
-    tell(study, trial, value, state)
-    return study._storage.get_trial(trial._trial_id)
-
-
-def _execute(loaded: Loaded, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
+def _execute(road: Road, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
     with heartbeat.running(trial._trial_id):
         try:
             outcome: float | BaseException = objective(trial)
         except Exception as e:  # pruned, or failed: the objective stored the reason
             outcome = e
-    return _close(loaded.study, trial, outcome)
+    return _close(road, trial, outcome)
 
 
 def _execute_pack(
-    loaded: Loaded, trials: list[optuna.Trial], objective: BuiltinObjective, heartbeat: Heartbeat, n_pack: int, on_closed: Callable[[FrozenTrial], None]
+    road: Road, trials: list[optuna.Trial], objective: BuiltinObjective, heartbeat: Heartbeat, n_pack: int, on_closed: Callable[[FrozenTrial], None]
 ) -> None:
     """Run claimed trials packed where they can be (tuner.packing), all with a heartbeat until
     each one's pack ends; then it is closed (and given to `on_closed`), its beats stopped first."""
 
     def on_ended(i: int, outcome: float | BaseException) -> None:
         heartbeat.release(trials[i]._trial_id)
-        on_closed(_close(loaded.study, trials[i], outcome))
+        on_closed(_close(road, trials[i], outcome))
 
     with heartbeat.running(*(t._trial_id for t in trials)):
         objective.run_pack(trials, n_pack=n_pack, on_ended=on_ended)
 
 
-def _close(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
+def _close(road: Road, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
     """The trial told with the state its outcome gives; or, if another worker has meanwhile failed
     it as lost (this worker's beats came too late: a stalled machine, a saturated pool) and queued
     it again, the trial as that worker left it: this result is dropped, the copy runs again, and
     this worker goes on."""
-    storage = study._storage
     try:
-        return _tell_outcome(study, trial, outcome)
+        return _tell_outcome(road, trial, outcome)
     except optuna.exceptions.UpdateFinishedTrialError:  # tuner's storage, or an attribute written on Optuna's
-        if isinstance(storage, BufferedStorage):
-            return storage.forget(trial._trial_id)
-        return storage.get_trial(trial._trial_id)
+        return road.closed_elsewhere(trial)
     except ValueError:  # Optuna's tell: "Cannot tell a FAIL trial"
-        stored = storage.get_trial(trial._trial_id)
-        if isinstance(storage, BufferedStorage) or not stored.state.is_finished():
+        stored = road.told_twice(trial)
+        if stored is None:
             raise
         return stored
 
@@ -209,16 +188,16 @@ def _taken_away(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get(A.FAIL_KIND) in (A.LOST_WORKER, A.RELEASED)
 
 
-def _tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
+def _tell_outcome(road: Road, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
     if isinstance(outcome, optuna.TrialPruned):
-        return _tell(study, trial, state=TrialState.PRUNED)
+        return road.tell(trial, state=TrialState.PRUNED)
     if isinstance(outcome, BaseException):
-        return _tell(study, trial, state=TrialState.FAIL)
+        return road.tell(trial, state=TrialState.FAIL)
     if not math.isfinite(outcome):
         trial.set_user_attr(A.FAIL_REASON, f"objective returned {outcome}")
         trial.set_user_attr(A.FAIL_KIND, A.NON_FINITE)
-        return _tell(study, trial, state=TrialState.FAIL)
-    return _tell(study, trial, outcome)
+        return road.tell(trial, state=TrialState.FAIL)
+    return road.tell(trial, outcome)
 
 
 @contextlib.contextmanager
@@ -333,7 +312,8 @@ def run_study(
     stale_checked = -math.inf
     waiting = False
     tracker = _Progress(study)
-    heartbeat = Heartbeat(study._storage, interval, first_beat_written=isinstance(study._storage, BufferedStorage))
+    road = road_of(study)
+    heartbeat = Heartbeat(study._storage, interval, first_beat_written=road.first_beat_written)
     try:
         with signals_interrupt():
             while True:
@@ -346,10 +326,10 @@ def run_study(
                     # interval, or at every poll while nothing else is left to do
                     look = waiting or time.monotonic() - stale_checked >= interval
                     with lock.held():
-                        decision, trial = _claim(loaded, budget, look_for_stale=look)
+                        decision, trial = _claim(loaded, road, budget, look_for_stale=look)
                         claimed += [trial] if trial is not None else []
                         while trial is not None and len(claimed) < n_pack:  # the rest of a pack, as the budget allows
-                            _, trial = _claim(loaded, budget, look_for_stale=False)
+                            _, trial = _claim(loaded, road, budget, look_for_stale=False)
                             claimed += [trial] if trial is not None else []
                     if look:
                         stale_checked = time.monotonic()
@@ -370,12 +350,12 @@ def run_study(
                         ended.append((frozen, *tracker.after(frozen)))
 
                     if len(claimed) == 1:
-                        closed(_execute(loaded, claimed[0], objective, heartbeat))
+                        closed(_execute(road, claimed[0], objective, heartbeat))
                     else:
-                        _execute_pack(loaded, claimed, objective, heartbeat, n_pack, closed)  # type: ignore[arg-type]
+                        _execute_pack(road, claimed, objective, heartbeat, n_pack, closed)  # type: ignore[arg-type]
                 except KeyboardInterrupt as e:
                     for trial in claimed:  # those already closed are left as they are
-                        _close_interrupted(study, trial, getattr(e, "signal_name", "SIGINT"))
+                        _close_interrupted(road, trial, getattr(e, "signal_name", "SIGINT"))
                     raise
                 for frozen, n_finished, best in ended:
                     ran += 1
