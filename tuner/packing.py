@@ -32,7 +32,7 @@ from tuner.train import device_tensors, layer_weights
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
 
-__all__ = ["ADAPTIVE", "FAMILIES", "MEMORY_SHARE", "PACK_CPU", "PACK_CUDA", "fit_pack", "free_memory", "member_bytes", "pack_key", "plan_packs", "resolve_pack", "train_packed"]
+__all__ = ["ADAPTIVE", "FAMILIES", "MEMORY_SHARE", "PACK_CPU", "PACK_CUDA", "fit_pack", "free_memory", "member_bytes", "pack_key", "plan_packs", "resolve_pack", "schedule", "train_packed"]
 
 # `--pack auto`: trials claimed at once. On a CPU core the gain flattens past this (tuner bench's
 # packing section shows the figures); on a GPU a pack of small MLPs stays far from its memory.
@@ -141,6 +141,28 @@ def member_bytes(cfg: TrainConfig, data: Dataset, device: torch.device | str) ->
 def fit_pack(n_pack: int, per_member: int, free: int) -> int:
     """The largest pack up to n_pack whose members fit in MEMORY_SHARE of `free` bytes (at least 1)."""
     return max(1, min(n_pack, int(MEMORY_SHARE * free) // max(per_member, 1)))
+
+
+def schedule(cfgs: list[TrainConfig], datas: list[Dataset | None], n_pack: int, device: torch.device | str) -> list[list[int]]:
+    """Claimed trials (their configurations and data; None: no data, it failed to load) grouped
+    into packs: those that can share a pack by pack_key, at most n_pack each, fewer on a GPU whose
+    free memory holds fewer (a dry run of each key's widest member), cut where padding to the
+    widest member would cost more than packing gains. A trial that cannot pack is a pack of one."""
+    keys = [pack_key(c, d) if d is not None else None for c, d in zip(cfgs, datas)]
+    widths = [c.hidden_units for c in cfgs]
+    free = free_memory(device)
+    if free is not None and n_pack > 1:
+        widest = {key: max((i for i, k in enumerate(keys) if k == key), key=lambda i: widths[i]) for key in set(keys) - {None}}
+        for i in widest.values():
+            n_pack = fit_pack(n_pack, member_bytes(cfgs[i], datas[i], device), free)  # type: ignore[arg-type]
+
+    def cost(i: int, width: int) -> float:
+        data = datas[i]
+        assert data is not None
+        return step_flops(cfgs[i], width=width, n_features=data.n_features, n_outputs=data.n_classes or 1)
+
+    overhead = STEP_OVERHEAD_FLOPS["cuda" if str(device).startswith("cuda") else "cpu"]
+    return plan_packs(keys, n_pack, cost=cost, widths=widths, overhead=overhead)
 
 
 def plan_packs(keys: list[tuple[Any, ...] | None], n_max: int, *, cost: Callable[[int, int], float] | None = None, widths: list[int] | None = None, overhead: float = 0.0) -> list[list[int]]:

@@ -64,10 +64,9 @@ class BuiltinObjective:
         of its trials' index and value, or the exception that ended it (TrialPruned for a pruned
         or diverged one)."""
         from tuner import packing
-        from tuner.packing import STEP_OVERHEAD_FLOPS, pack_key, plan_packs, step_flops, train_packed
 
         outcomes: list[Any] = [None] * len(trials)
-        runs, workloads, keys = [], [], []
+        runs, workloads = [], []
         for i, trial in enumerate(trials):
             run = self.begin(trial)
             try:
@@ -78,11 +77,6 @@ class BuiltinObjective:
                 data, model = None, None
             runs.append(run)
             workloads.append((data, model))
-            keys.append(pack_key(run.config, data) if outcomes[i] is None and model is None else None)
-
-        def cost(i: int, width: int) -> float:
-            data = workloads[i][0]
-            return step_flops(runs[i].config, width=width, n_features=data.n_features, n_outputs=data.n_classes or 1)
 
         def alone(i: int) -> None:
             try:
@@ -91,14 +85,9 @@ class BuiltinObjective:
                 outcomes[i] = e
             on_ended(i, outcomes[i])
 
-        widths = [r.config.hidden_units for r in runs]
-        overhead = STEP_OVERHEAD_FLOPS["cuda" if str(self.device).startswith("cuda") else "cpu"]
-        free = packing.free_memory(self.device)
-        if free is not None and n_pack > 1:  # a GPU: as many members as its memory holds, by a dry run of each key's widest
-            widest = {key: max((i for i, k in enumerate(keys) if k == key), key=lambda i: widths[i]) for key in set(keys) - {None}}
-            for i in widest.values():
-                n_pack = packing.fit_pack(n_pack, packing.member_bytes(runs[i].config, workloads[i][0], self.device), free)
-        for group in plan_packs(keys, 1 if self.unpacked else n_pack, cost=cost, widths=widths, overhead=overhead):
+        # a trial whose data failed, or with a model of its own (a callable workload's), trains alone
+        datas = [data if outcomes[i] is None and model is None else None for i, (data, model) in enumerate(workloads)]
+        for group in packing.schedule([r.config for r in runs], datas, 1 if self.unpacked else n_pack, self.device):
             group = [i for i in group if outcomes[i] is None]
             if len(group) == 1 or self.unpacked:  # alone, or packing stopped by an earlier pack's failure
                 for i in group:
@@ -108,7 +97,7 @@ class BuiltinObjective:
                 started([trials[i] for i in group])
                 numbers = [trials[i].number for i in group]
                 try:
-                    results: list[Any] = train_packed(
+                    results: list[Any] = packing.train_packed(
                         [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
                         metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
                     )  # fmt: skip
