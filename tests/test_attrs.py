@@ -80,3 +80,13 @@ def test_the_diagnostics_recorded_whole_are_named_in_attrs_py():
     from tuner.epochs import Diagnostics
 
     assert {f.name for f in dataclasses.fields(Diagnostics)} == {A.GRAD_NORM_FIRST, A.GRAD_NORM_LAST, A.VANISHING, A.EXPLODING, A.OVERFIT_GAP}
+
+
+def test_every_epoch_figure_is_named_in_attrs_py():
+    """A trial records its last epoch's figures (EpochResult.figures) under their own names: each
+    must be a name of attrs.py, so that a figure added to EpochResult is named once, there."""
+    from tuner.epochs import EpochResult
+
+    known = {v for k, v in vars(A).items() if k.isupper() and isinstance(v, str)}
+    figures = EpochResult(1, 0.5, 0.4, 0.9, 0.9, 0.01, 0.95, {}, 1234).figures()
+    assert set(figures) <= known and {A.TRAIN_LOSS, A.VAL_LOSS, A.VAL_ACCURACY, A.TRAIN_ACCURACY, A.LR, A.PARAMS} == set(figures)

@@ -529,3 +529,14 @@ def test_a_gpus_free_memory_caps_the_pack(project, cli, monkeypatch) -> None:
     trials = _study_trials("sqlite:///studies/tuner.db", "m")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8 and sizes
     assert max(len(t.user_attrs.get("pack", [t.number])) for t in trials) == 3
+
+
+def test_a_packed_member_counts_its_own_parameters_as_alone(digits: Dataset) -> None:
+    """`params` (the model's trainable parameters) is measured where both trainers end an epoch:
+    a packed member's is its own unpadded model's, as alone."""
+    cfgs = [cfg(hidden_units=w) for w in (16, 40, 24)]
+    alone, packed = alone_and_packed(cfgs, digits)
+    for a, p in zip(alone, packed):
+        counted = sum(x.numel() for x in a.model.parameters())
+        assert {e.params for e in a.history} == {e.params for e in p.history} == {counted}
+    assert len({a.history[0].params for a in alone}) == 3

@@ -417,3 +417,18 @@ def test_a_spec_file_that_disagrees_with_the_stored_study_is_refused_naming_the_
     Path("studies/more.yaml").write_text("name: twice\nspace: tiny\nworkload: wine\ntrials: 3\n")
     r = cli("study", "run", "twice", "--spec", "studies/more.yaml", "-q")
     assert r.code == 0 and "budget 2 -> 3 finished trials" in r.err
+
+
+def test_a_trial_s_size_is_recorded_shown_and_exported(project, cli):
+    """tuner's loop measures `params` (trainable parameters) each epoch: in the history, as an
+    attribute of the trial, as a column of `study trials` and in exports."""
+    assert cli("study", "run", "size", "--space", "tiny", "--trials", "3", "--sampler", "random", "-q").code == 0
+    trials = _finished(SQLITE, "size")
+    for t in trials:
+        assert t.user_attrs["params"] > 0 and set(t.user_attrs["history"]["params"]) == {t.user_attrs["params"]}
+    table = cli("study", "trials", "size", "--columns", "lr").out
+    header = next(line for line in table.splitlines() if "state" in line)
+    assert " params " in header and str(trials[0].user_attrs["params"]) in table
+    assert cli("study", "export", "size", "--out", "size.csv").code == 0
+    rows = list(csv.DictReader(open("size.csv")))
+    assert [int(r["user_attrs_params"]) for r in rows] == [t.user_attrs["params"] for t in trials]

@@ -48,6 +48,8 @@ __all__ = [
     "VAL_ACCURACY",
     "TRAIN_ACCURACY",
     "GRAD_NORMS",
+    "LR",
+    "PARAMS",
     "GRAD_NORM_FIRST",
     "GRAD_NORM_LAST",
     "VANISHING",
@@ -90,6 +92,8 @@ VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
 TRAIN_ACCURACY = "train_accuracy"
 GRAD_NORMS = "grad_norms"  # per layer, at the last epoch
+LR = "lr"  # the learning rate in force in the last epoch
+PARAMS = "params"  # the model's trainable parameters
 # the diagnostics (tuner.epochs.Diagnostics, whose fields are these names)
 GRAD_NORM_FIRST = "grad_norm_first"
 GRAD_NORM_LAST = "grad_norm_last"

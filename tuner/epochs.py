@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -52,6 +52,13 @@ class EpochResult:
     lr: float  # learning rate in force during the epoch
     train_accuracy: float | None = None  # on the training batches as trained (dropout on)
     grad_norms: dict[str, float] = field(default_factory=dict)  # per layer, on the epoch's last batch
+    params: int | None = None  # the model's trainable parameters (a packed member's: its own, unpadded)
+
+    def figures(self) -> dict[str, float | int | None]:
+        """The epoch's measured figures by name (each a trial attribute's name in tuner.attrs):
+        what a trial's history keeps per epoch and records of its last epoch. A new figure is a
+        field here and its name in attrs.py."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("epoch", "metric", "grad_norms")}
 
 
 def gradient_flags(last_norms: list[float], every_norm: Iterable[float]) -> tuple[float | None, float | None, bool, bool]:
@@ -312,6 +319,7 @@ class TrialEpochs:
         self.best = Best(METRICS[metric] == "maximize", keep_best)
         self.history: list[EpochResult] = []
         self.stopped = "completed"
+        self._params: int | None = None
 
     @staticmethod
     def check(epoch: int, loss: float) -> None:
@@ -336,7 +344,10 @@ class TrialEpochs:
         self.check(epoch, train_loss)
         self.check(epoch, val_loss)
         self.schedule.end_epoch(epoch, val_loss)
-        result = EpochResult(epoch, train_loss, val_loss, val_accuracy, metric_value(self.metric, val_loss, val_accuracy), lr, train_accuracy, grad_norms)
+        if self._params is None:
+            self._params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        value = metric_value(self.metric, val_loss, val_accuracy)
+        result = EpochResult(epoch, train_loss, val_loss, val_accuracy, value, lr, train_accuracy, grad_norms, self._params)
         self.history.append(result)
         if self.on_epoch is not None:
             self.timing.reports_s -= time.perf_counter()

@@ -649,11 +649,14 @@ def trials(
     if fmt == Format.json:
         print_json(rows)
         return
-    params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width)
+    measured = [key for key in FIGURES if any(key in r["user_attrs"] for r in rows)]
+    params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured)
+    figures = [f for f in measured if f in params]  # shown first, as the width allows
+    params = [p for p in params if p not in figures]
     table = Table()
     # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
     steps = "epochs" if loaded.spec.command is None and loaded.spec.objective is None else "step"  # a script's own count
-    for header in ("#", "state", loaded.spec.metric, *params, steps, "s"):
+    for header in ("#", "state", loaded.spec.metric, *figures, *params, steps, "s"):
         table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
     table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
@@ -664,7 +667,8 @@ def trials(
         elif A.RETRY_OF in attrs:
             note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
         table.add_row(
-            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], _short(r["value"]), *(_short(r["params"].get(p)) for p in params),
+            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], _short(r["value"]), *(_short(attrs.get(f)) for f in figures),
+            *(_short(r["params"].get(p)) for p in params),
             _short(attrs.get(A.EPOCHS_RUN)), _seconds(r["duration_s"]), str(note),
         )
     console.print(table)
@@ -676,12 +680,17 @@ def trials(
         )
 
 
+# what a trial measured besides its metric, shown beside it in `study trials` where trials have it
+FIGURES = (A.PARAMS,)
+
+
 def _param_columns(
-    rows: list[dict[str, Any]], metric: str, order: list[str], *, columns: Optional[str], wide: bool, width: int
+    rows: list[dict[str, Any]], metric: str, order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = ()
 ) -> tuple[list[str], list[str]]:
     """The parameter columns to show, and those left out. Asked for by name, they are shown as
     asked; else the parameters that vary between the trials shown (a constant one says nothing
-    row by row), in the space's order (its author's), as many as fit beside the fixed columns."""
+    row by row), in the space's order (its author's), as many as fit beside the fixed columns.
+    The `figures` (measured attributes, FIGURES) come first among the shown, where they fit."""
     seen = {k for r in rows for k in r["params"]}
     every = [k for k in order if k in seen] + sorted(seen - set(order))
     if columns:
@@ -689,10 +698,10 @@ def _param_columns(
         unknown = [c for c in asked if c not in every]
         if unknown:
             raise SpecError(f"--columns {unknown[0]!r} is not a parameter of these trials; they have: {', '.join(every) or 'none'}")
-        return asked, []
+        return [*figures, *asked], []
     varying = [k for k in every if len({repr(r["params"].get(k)) for r in rows}) > 1] if len(rows) > 1 else every
     if wide:
-        return every, []
+        return [*figures, *every], []
 
     fixed = {
         "#": [str(r["number"]) for r in rows],
@@ -702,7 +711,9 @@ def _param_columns(
         "s": [_seconds(r["duration_s"]) for r in rows],
     }
     used = 4 + sum(_column_width(h, c) + 3 for h, c in fixed.items()) + 10  # the note keeps room for a word a line
-    shown = _fitting({k: [_short(r["params"].get(k)) for r in rows] for k in varying}, width - used)
+    cells = {f: [_short(r["user_attrs"].get(f)) for r in rows] for f in figures}
+    cells.update({k: [_short(r["params"].get(k)) for r in rows] for k in varying if k not in cells})
+    shown = _fitting(cells, width - used)
     return shown, [k for k in varying if k not in shown]
 
 

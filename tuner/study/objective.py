@@ -155,10 +155,7 @@ class _TrialRun:
     def report(self, epoch: Any) -> None:
         """Each epoch's metric to the study, its other figures to the history; raises TrialPruned
         (tuner.Pruned) where the pruner says so."""
-        self.handle.report(
-            epoch.epoch, epoch.metric, train_loss=epoch.train_loss, val_loss=epoch.val_loss, train_accuracy=epoch.train_accuracy,
-            val_accuracy=epoch.val_accuracy, lr=epoch.lr,
-        )
+        self.handle.report(epoch.epoch, epoch.metric, **epoch.figures())
 
     def ended(self, error: BaseException) -> None:
         """Record why training ended without a result; divergence becomes TrialPruned (raised)."""
@@ -182,10 +179,9 @@ class _TrialRun:
             A.EPOCHS_RUN: result.epochs_run,
             A.BEST_EPOCH: result.best_epoch,
             A.STOPPED: result.stopped,
-            A.TRAIN_LOSS: last.train_loss,
-            A.VAL_LOSS: last.val_loss,
-            A.VAL_ACCURACY: last.val_accuracy,
-            A.TRAIN_ACCURACY: last.train_accuracy,
+            # the last epoch's figures, each under its name in attrs.py (but the rate, whose name
+            # is the lr parameter's: its last value stays in the history)
+            **{k: v for k, v in last.figures().items() if k != A.LR},
             **(dataclasses.asdict(diag) if diag else {}),  # its fields are attrs' diagnostics names
             A.GRAD_NORMS: last.grad_norms,
         }
