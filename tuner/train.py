@@ -7,10 +7,9 @@ the loss is summed on the device and read once per epoch, so there is no host sy
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np

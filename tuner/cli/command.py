@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tuner.cli.common import Format, FormatOpt, console, print_json
-from tuner.cli.study import MetricPatternOpt, StepPatternOpt
+from tuner.cli.options import MetricPatternOpt, StepPatternOpt
 from tuner.errors import SpecError
 
 app = typer.Typer(help="Studies whose trials run your script (--command).", no_args_is_help=True)

@@ -23,7 +23,7 @@ from tuner.study.store import (
 )
 from tuner.study.lost import fail_lost, lost_reason, release_trials, requeue, running_trials
 from tuner.study.objective import make_objective, trial_workload
-from tuner.study.results import best_trial, export_trials, fail_reason, list_studies, study_summary, trial_dict, trial_rows
+from tuner.study.results import best_trial, export_trials, fail_reason, list_studies, reproduce_command, study_summary, trial_dict, trial_rows
 from tuner.study.run import (
     FINISHED,
     Interrupted,
@@ -60,6 +60,7 @@ __all__ = [
     "quiet_optuna",
     "reconcile",
     "release_trials",
+    "reproduce_command",
     "requeue",
     "run_study",
     "running_trials",

@@ -15,9 +15,10 @@ from tuner.atomic import atomic_path
 from tuner.attrs import fail_reason
 from tuner.storage import mask, open_storage
 from tuner.study.lost import running_trials
+from tuner.spec import StudySpec
 from tuner.study.store import SPEC_ATTR, Loaded
 
-__all__ = ["best_trial", "export_trials", "fail_reason", "list_studies", "study_summary", "trial_dict", "trial_rows"]
+__all__ = ["best_trial", "export_trials", "fail_reason", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -129,3 +130,20 @@ def _cell(value: Any) -> Any:
     """A CSV cell: nested values (histories, gradient norms, the worker) as JSON, which any
     spreadsheet or script reads back; not Python's repr."""
     return json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else value
+
+
+def reproduce_command(spec: StudySpec, attrs: dict[str, Any]) -> dict[str, str] | None:
+    """For a command study: the exact command line a trial ran, where (cwd), and a note on what
+    else it saw (threads, the seed in its environment); None for other studies."""
+    command = attrs.get(A.COMMAND)
+    if not spec.command or not command:
+        return None
+    out = {"command": command, "cwd": str(attrs.get(A.CWD, "."))}
+    notes = []
+    if attrs.get(A.THREADS):
+        notes.append(f"it ran with OMP_NUM_THREADS={attrs[A.THREADS]}: another thread count may change the last digits")
+    if "{seed}" not in spec.command:
+        notes.append(f"its environment also had TUNER_SEED={attrs.get(A.SEED)} and TUNER_PARAMS, if your script reads them")
+    if notes:
+        out["note"] = "(" + "; ".join(notes) + ")"
+    return out

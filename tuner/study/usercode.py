@@ -17,7 +17,7 @@ import optuna
 
 from tuner import attrs as A
 from tuner.errors import SpecError
-from tuner.handle import Pruned
+from tuner.handle import Pruned, TrialHandle
 from tuner.storage import DEFAULT_ARTIFACTS
 from tuner.study.store import Loaded
 from tuner.study.trial import begin, durable, record

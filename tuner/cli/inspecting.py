@@ -1,0 +1,278 @@
+"""`tuner study list`, `show`, `best`, `trials` and `export`: reading a study."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from tuner import attrs as A
+from tuner.attrs import fail_reason
+from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
+from tuner.cli.options import DeviceOpt, NameArg
+from tuner.cli.render import column_width, count, describe_running, fitting, seconds, short
+from tuner.errors import SpecError
+from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
+
+
+def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """List the studies in the storage."""
+    from tuner.study import list_studies
+
+    url = resolve_url(storage)
+    rows = list_studies(url)
+    if fmt == Format.json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no studies in {mask(url)}")
+        return
+    # the name is the one column a person must type: it is never cut; the other columns come in
+    # their order of use while they fit, and the workload (perhaps a long path) takes what is left
+    cells: dict[str, list[str]] = {
+        "name": [r["name"] for r in rows],
+        "trials": [str(r["trials"]) for r in rows],
+        "best": [f"{r['best_value']:.4g}" if isinstance(r["best_value"], float) else fmt_value(r["best_value"]) for r in rows],
+        "budget": [fmt_value(r["budget"]) for r in rows],
+        "dir": [str(r["direction"])[:3] for r in rows],
+        "sampler": [fmt_value(r["sampler"]) for r in rows],
+        "workload": [fmt_value(r["workload"]) for r in rows],
+    }
+    workload = cells.pop("workload")
+    widths = {"name": column_width("name", cells["name"])}
+    room = console.width - 1 - widths["name"] - 3  # the left border, then the name's column
+    rest = {h: c for h, c in cells.items() if h != "name"}
+    fitted = fitting(rest, room)
+    for header in fitted:
+        widths[header] = column_width(header, rest[header])
+        room -= widths[header] + 3
+    if len(fitted) == len(rest) and room - 3 >= 8:  # the workload takes what is left, cut short if it must
+        cells["workload"] = workload
+        widths["workload"] = min(column_width("workload", workload), room - 3)
+    table = Table()
+    for header, width in widths.items():
+        table.add_column(header, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
+    for i in range(len(rows)):
+        table.add_row(*(cells[h][i] for h in widths))
+    console.print(table)
+
+
+def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """A study's settings, trial counts by state, why trials were pruned, and its best trial."""
+    from tuner.study import open_study, study_summary
+
+    url = resolve_url(storage)
+    s = study_summary(open_study(name, url), url)
+    if fmt == Format.json:
+        print_json(s)
+        return
+    spec = s["spec"]
+    console.print(f"study {s['name']}  ({s['storage']})")
+    if spec.get("command"):
+        trains = f"command {spec['command']}"
+    elif spec.get("objective"):
+        trains = f"objective {spec['objective']}"
+    else:
+        trains = f"workload {spec['workload']}"
+    console.print(f"  space {spec['space']}, {trains}, sampler {spec['sampler']}, pruner {spec['pruner']}, seed {spec['seed']}", markup=False)
+    if spec.get("metric_patterns") or spec.get("step_pattern"):
+        read = [f"'{p}'" for p in spec.get("metric_patterns") or []] + ([f"step '{spec['step_pattern']}'"] if spec.get("step_pattern") else [])
+        console.print(f"  reads from its output: {', '.join(read)}", markup=False, highlight=False)
+    console.print(f"  metric {spec['metric']} ({s['direction']}), budget {spec['trials']}, finished {s['finished']}")
+    counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v and k != "total")
+    console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
+    if s["pruned_reasons"]:
+        console.print("  pruned: " + ", ".join(f"{k} {v}" for k, v in s["pruned_reasons"].items()))
+    if s["failed_reasons"]:
+        console.print("  failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()), markup=False)
+    if s["retried"]:
+        console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
+    for r in s["running"]:
+        console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
+    _print_best(s["best"], spec["metric"], indent="  ")
+
+
+def _print_best(best: Optional[dict[str, Any]], metric: str, *, indent: str = "") -> None:
+    if best is None:
+        console.print(f"{indent}no complete trial yet")
+        return
+    console.print(f"{indent}best {metric}: {best['value']:.4f} (trial {best['number']})")
+    for k, v in best["params"].items():
+        console.print(f"{indent}  {k}: {fmt_value(v)}")
+
+
+def best(
+    name: NameArg,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the best configuration and save its model.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file \\[default: studies/models/NAME-trialN.pt].")] = None,
+    device: DeviceOpt = "auto",
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder of files attached to studies.")] = DEFAULT_ARTIFACTS,
+    storage: StorageOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The best trial: value, parameters and its training record; --retrain saves its model."""
+    from tuner.study import open_study, reproduce_command, trial_dict
+
+    loaded = open_study(name, resolve_url(storage))
+    try:
+        trial = loaded.study.best_trial
+    except ValueError:
+        raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
+    d = trial_dict(trial)
+    if retrain:
+        from tuner.retrain import retrain_best
+
+        r = retrain_best(loaded, out=out, device=device, artifacts_dir=artifacts)
+        d["retrained"] = {"file": str(r.path), "epoch": r.epoch, "reproduced": r.reproduced, "artifact_id": r.artifact_id}
+    reproduce = reproduce_command(loaded.spec, d["user_attrs"])
+    if fmt == Format.json:
+        print_json({"metric": loaded.spec.metric, **d, **({"reproduce": reproduce} if reproduce else {})})
+        return
+    _print_best(d, loaded.spec.metric)
+    attrs = d["user_attrs"]
+    steps = "epochs_run" if loaded.spec.command is None and loaded.spec.objective is None else "last step"  # a script's own count
+    shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in (A.DURATION_S, A.DEVICE, A.SEED)}}
+    console.print("  " + ", ".join(f"{k} {fmt_value(v)}" for k, v in shown.items() if v is not None))
+    if attrs.get(A.TRIAL_DIR):
+        listed = attrs.get(A.TRIAL_FILES) or []
+        files = f": {', '.join(f['path'] for f in listed[:10])}" + (", ..." if len(listed) > 10 else "") if listed else ""
+        console.print(f"  its folder: {attrs[A.TRIAL_DIR]}{files}", markup=False, highlight=False)
+    if reproduce:
+        console.print(f"reproduce it (from {reproduce['cwd']}):", highlight=False)
+        typer.echo(reproduce["command"])  # plain, unwrapped: to paste into a shell
+        if reproduce.get("note"):
+            console.print(reproduce["note"], markup=False, highlight=False)
+    if retrain:
+        rt = d["retrained"]
+        console.print(
+            f"retrained: {rt['file']} (weights of epoch {rt['epoch']}, {loaded.spec.metric} {rt['reproduced']:.4f}; "
+            f"attached to the study as artifact {rt['artifact_id']})"
+        )
+
+
+class StateFilter(str, enum.Enum):
+    all = "all"
+    complete = "complete"
+    pruned = "pruned"
+    failed = "failed"
+    fail = "fail"  # Optuna's name for it, as JSON and exports write it
+    running = "running"
+    waiting = "waiting"
+
+    @property
+    def trial_state(self) -> Any:
+        from optuna.trial import TrialState
+
+        return TrialState.FAIL if self in (StateFilter.failed, StateFilter.fail) else TrialState[self.value.upper()]
+
+
+def trials(
+    name: NameArg,
+    state: Annotated[StateFilter, typer.Option(help="Only trials in this state (failed or fail: the same).")] = StateFilter.all,
+    columns: Annotated[
+        Optional[str], typer.Option("--columns", metavar="NAMES", help="Comma-separated parameters to show (default: those that vary, as many as fit).")
+    ] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every parameter, whatever the terminal's width.")] = False,
+    storage: StorageOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Every trial: state, value, parameters, and why it was pruned or failed."""
+    from tuner.study import open_study, trial_rows
+
+    loaded = open_study(name, resolve_url(storage))
+    states = None if state == StateFilter.all else (state.trial_state,)
+    rows = trial_rows(loaded, states=states)
+    if fmt == Format.json:
+        print_json(rows)
+        return
+    measured = [key for key in FIGURES if any(key in r["user_attrs"] for r in rows)]
+    params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured)
+    figures = [f for f in measured if f in params]  # shown first, as the width allows
+    params = [p for p in params if p not in figures]
+    table = Table()
+    # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
+    steps = "epochs" if loaded.spec.command is None and loaded.spec.objective is None else "step"  # a script's own count
+    for header in ("#", "state", loaded.spec.metric, *figures, *params, steps, "s"):
+        table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
+    table.add_column("note", overflow="fold", ratio=1, min_width=8)
+    for r in rows:
+        attrs = r["user_attrs"]
+        note = attrs.get(A.PRUNED_REASON) or ("early stopping" if attrs.get(A.STOPPED) == "early_stopping" else "")
+        if r["state"] == "fail":
+            note = fail_reason(attrs)
+        elif A.RETRY_OF in attrs:
+            note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
+        table.add_row(
+            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], short(r["value"]), *(short(attrs.get(f)) for f in figures),
+            *(short(r["params"].get(p)) for p in params),
+            short(attrs.get(A.EPOCHS_RUN)), seconds(r["duration_s"]), str(note),
+        )
+    console.print(table)
+    if left_out:
+        console_err.print(
+            f"{len(left_out)} more parameter(s) left out for the width: {', '.join(left_out)} (--wide, --columns NAMES or --format json show them)",
+            markup=False,
+            highlight=False,
+        )
+
+
+# what a trial measured besides its metric, shown beside it in `study trials` where trials have it
+FIGURES = (A.PARAMS,)
+
+
+def _param_columns(
+    rows: list[dict[str, Any]], metric: str, order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The parameter columns to show, and those left out. Asked for by name, they are shown as
+    asked; else the parameters that vary between the trials shown (a constant one says nothing
+    row by row), in the space's order (its author's), as many as fit beside the fixed columns.
+    The `figures` (measured attributes, FIGURES) come first among the shown, where they fit."""
+    seen = {k for r in rows for k in r["params"]}
+    every = [k for k in order if k in seen] + sorted(seen - set(order))
+    if columns:
+        asked = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in asked if c not in every]
+        if unknown:
+            raise SpecError(f"--columns {unknown[0]!r} is not a parameter of these trials; they have: {', '.join(every) or 'none'}")
+        return [*figures, *asked], []
+    varying = [k for k in every if len({repr(r["params"].get(k)) for r in rows}) > 1] if len(rows) > 1 else every
+    if wide:
+        return [*figures, *every], []
+
+    fixed = {
+        "#": [str(r["number"]) for r in rows],
+        "state": ["complete"],
+        metric: [short(r["value"]) for r in rows],
+        "epochs": [short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows],
+        "s": [seconds(r["duration_s"]) for r in rows],
+    }
+    used = 4 + sum(column_width(h, c) + 3 for h, c in fixed.items()) + 10  # the note keeps room for a word a line
+    cells = {f: [short(r["user_attrs"].get(f)) for r in rows] for f in figures}
+    cells.update({k: [short(r["params"].get(k)) for r in rows] for k in varying if k not in cells})
+    shown = fitting(cells, width - used)
+    return shown, [k for k in varying if k not in shown]
+
+
+class ExportFormat(str, enum.Enum):
+    csv = "csv"
+    json = "json"
+
+
+def export(
+    name: NameArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[Optional[ExportFormat], typer.Option("--format", help="csv or json \\[default: from --out's suffix].")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Export every trial to CSV or JSON (JSON adds intermediate values, the spec and the space)."""
+    from tuner.study import export_trials, open_study
+
+    suffix = out.suffix.lower()
+    if fmt is None and suffix not in (".csv", ".json", ""):
+        raise SpecError(f"--out {out}: tuner writes CSV or JSON, not {suffix}; name the file .csv or .json (or pass --format)")
+    chosen = fmt.value if fmt else ("json" if suffix == ".json" else "csv")
+    n = export_trials(open_study(name, resolve_url(storage)), out, fmt=chosen)
+    console.print(f"wrote {count(n, 'trial')} to {out} ({chosen.upper()})")

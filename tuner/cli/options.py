@@ -1,0 +1,149 @@
+"""The options the study commands share (typed aliases, as typer declares them), and a spec
+from a spec file and options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from tuner.errors import SpecError
+from tuner.spec import StudySpec, load_spec
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The study's name in storage.")]
+
+
+SpecOpt = Annotated[Optional[Path], typer.Option("--spec", metavar="FILE", help="A study spec YAML file (see studies/); options override it.")]
+
+
+SpaceOpt = Annotated[Optional[str], typer.Option("--space", metavar="NAME|FILE", help="Search space: a name in search_spaces/ or a YAML path.")]
+
+
+WorkloadOpt = Annotated[
+    Optional[str],
+    typer.Option("--workload", metavar="WORKLOAD", help="digits, breast_cancer, wine; a .csv (with --target) or .npz file; or module:function."),
+]
+
+
+TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="COLUMN", help="The column to predict, for a CSV workload.")]
+
+
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", metavar="NAME", help="tpe, random, grid, gp, qmc or cmaes \\[default: tpe].")]
+
+
+PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", metavar="NAME", help="none, median, percentile, sha or hyperband \\[default: median].")]
+
+
+MetricOpt = Annotated[
+    Optional[str],
+    typer.Option("--metric", metavar="NAME", help="val_accuracy, val_loss or val_rmse; with your own code, any name it reports \\[default: val_accuracy]."),
+]
+
+
+DirectionOpt = Annotated[Optional[str], typer.Option("--direction", metavar="DIRECTION", help="maximize or minimize the metric (needed for a metric of your own).")]
+
+
+ObjectiveOpt = Annotated[
+    Optional[str], typer.Option("--objective", metavar="MODULE:FUNCTION", help="Your own objective: a function called with a trial handle per trial.")
+]
+
+
+CommandOpt = Annotated[
+    Optional[str],
+    typer.Option("--command", metavar="COMMAND", help='Your own training script, one process per trial: "python train.py --lr {lr}" ({name}, ${args}, $TUNER_*).'),
+]
+
+
+TrialTimeoutOpt = Annotated[Optional[float], typer.Option("--trial-timeout", metavar="SECONDS", help="Seconds a --command trial may run before it is ended as failed.")]
+
+
+MetricPatternOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--metric-pattern", metavar="NAME=REGEX",
+        help="Read metric NAME from a --command's output where REGEX matches, its group the number: 'test_loss=test loss: (\\S+)' (repeat for more; try them with `tuner command check-metrics`).",
+    ),
+]
+
+
+StepPatternOpt = Annotated[
+    Optional[str], typer.Option("--step-pattern", metavar="REGEX", help="Read the step of a --command's reports from its output: 'step (\\d+)' (or a (?P<step>...) group in a metric pattern).")
+]
+
+
+MaxFailuresOpt = Annotated[
+    Optional[int], typer.Option("--max-failures", metavar="N", min=1, help="Failed trials in one run that stop it \\[default: a quarter of the budget, at least 10].")
+]
+
+
+StreakOpt = Annotated[
+    Optional[int], typer.Option("--max-streak", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
+]
+
+
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="INT", min=0, help="Seeds the sampler, the split and every trial \\[default: 0].")]
+
+
+TrialsOpt = Annotated[
+    Optional[int], typer.Option("--trials", metavar="N", min=1, help="Finished trials the study should hold in total \\[default: 30, grid: its size].")
+]
+
+
+ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", metavar="FRACTION", help="Share held out for validation \\[default: 0.2].")]
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
+
+
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS", min=1, help="Stop starting trials after this many seconds.")]
+
+
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option("--workers", metavar="N", min=1, max=256, help="Worker processes on this machine sharing the study \\[default: 1, with --gpus: its slots]."),
+]
+
+
+GpusOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpus", metavar="IDS", help="Pin the workers to these GPUs (CUDA_VISIBLE_DEVICES): all, 0-7 or 0,2,5."),
+]
+
+
+PerGpuOpt = Annotated[int, typer.Option("--per-gpu", metavar="N", help="Workers on each GPU of --gpus.")]
+
+
+MaxRestartsOpt = Annotated[
+    int, typer.Option("--max-restarts", metavar="N", min=0, help="Dead workers replaced on their slot, in all, while work is left.")
+]
+
+
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", metavar="N", min=1, help="Torch threads per worker \\[default: cores / workers].")
+]
+
+
+PackOpt = Annotated[
+    Optional[str],
+    typer.Option("--pack", metavar="K|auto", help="Trials trained at once as one batched model (tuner's loop, MLPs): a number, 1 for off, or auto (8 on a CPU, 32 on a GPU; at most a quarter of the budget under tpe, gp, cmaes) \\[default: auto on a GPU, 1 on a CPU]."),
+]
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the result.")]
+
+
+SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help="Folder of space files.")]
+
+
+def spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:
+    """A spec file as the base, options on top, the NAME argument naming the study."""
+    base: dict[str, Any] = load_spec(spec_file).as_dict() if spec_file else {}
+    merged = {**base, **{k: v for k, v in options.items() if v is not None}}
+    if name:
+        merged["name"] = name
+    if not merged.get("name"):
+        raise SpecError("give the study a NAME (or a --spec file with `name:`)")
+    if not merged.get("space"):
+        raise SpecError(f"study '{merged['name']}' needs a search space: pass --space NAME (see `tuner space list`) or --spec FILE")
+    return StudySpec.from_dict(merged, source=str(spec_file) if spec_file else "options")

@@ -1,0 +1,48 @@
+"""How the study commands render what the library returns: tables fitted to the terminal and
+the small phrases they share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.cli.common import fmt_value
+
+
+def describe_running(r: dict[str, Any]) -> str:
+    """trial 3 on host:pid, last beat 4s ago, lost in 26s if silent."""
+    beat = "no heartbeat yet" if r["heartbeat_age_s"] is None else f"last beat {r['heartbeat_age_s']:.0f}s ago"
+    if r["worker_gone"]:
+        lost = "its process is gone: freed at the next look"
+    elif r["lost_in_s"] is None:
+        lost = "no start time: cannot tell when it is lost"
+    else:
+        lost = f"lost in {r['lost_in_s']:.0f}s if silent" if r["lost_in_s"] > 0 else "lost at the next look"
+    return f"trial {r['number']} on {r['worker'] or 'an unknown worker'}, {beat}, {lost}"
+
+
+def column_width(header: str, cells: list[str]) -> int:
+    return max([len(header), *map(len, cells)])
+
+
+def fitting(columns: dict[str, list[str]], room: int) -> list[str]:
+    """The leading columns, in order, that fit in `room` characters (each with its padding and
+    border): a table drops the columns a narrow terminal has no room for instead of cutting them."""
+    shown: list[str] = []
+    for header, cells in columns.items():
+        room -= column_width(header, cells) + 3
+        if room < 0:
+            break
+        shown.append(header)
+    return shown
+
+
+def seconds(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else fmt_value(value)
+
+
+def short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else fmt_value(value)
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -1,0 +1,349 @@
+"""`tuner study run`, `resume` and `tuner worker`: a study run in this process or by local
+workers, with its progress on the terminal or as log lines, and its result."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tuner.attrs import fail_reason
+from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
+from tuner.cli.options import (
+    CommandOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
+    TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, spec_from,
+)
+from tuner.cli.render import count, describe_running
+from tuner.errors import SpecError
+from tuner.slots import DEFAULT_MAX_RESTARTS
+from tuner.space import SPACES_DIR
+from tuner.spec import parse_pack, spec_file_settings
+from tuner.urls import mask, resolve_url
+
+
+def run(
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="The study's name; an existing study is continued.")] = None,
+    spec: SpecOpt = None,
+    space: SpaceOpt = None,
+    workload: WorkloadOpt = None,
+    target: TargetOpt = None,
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    metric: MetricOpt = None,
+    direction: DirectionOpt = None,
+    objective: ObjectiveOpt = None,
+    command: CommandOpt = None,
+    trial_timeout: TrialTimeoutOpt = None,
+    metric_pattern: MetricPatternOpt = None,
+    step_pattern: StepPatternOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_streak: StreakOpt = None,
+    seed: SeedOpt = None,
+    trials: TrialsOpt = None,
+    val_fraction: ValOpt = None,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    per_gpu: PerGpuOpt = 1,
+    max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
+    threads: ThreadsOpt = None,
+    pack: PackOpt = None,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+    spaces_dir: SpacesDirOpt = SPACES_DIR,
+) -> None:
+    """Run a study until it holds --trials finished trials (creating it first if it is new)."""
+    from tuner.study import prepare_run
+
+    pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
+    url = resolve_url(storage)
+    options = dict(
+        space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
+        objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
+        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_streak=max_streak,
+        pack=pack,
+    )
+    parse_pack(pack)
+    given = spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
+    study_name = name or (given.name if given else None)
+    if not study_name:
+        raise SpecError("give the study a NAME (or a --spec file with `name:`)")
+    if given is not None:
+        from tuner.space import load_space
+
+        load_space(given.space, spaces_dir=spaces_dir)  # a missing or bad space too
+    from tuner.train import resolve_device  # torch: after the settings are checked
+
+    resolve_device(device)  # a bad --device fails before anything is written
+    file_values = spec_file_settings(spec) if spec else {}
+    new_db = new_database(url)
+    loaded, change = prepare_run(
+        study_name, url, given=given, settings={k: v for k, v in options.items() if v is not None}, spaces_dir=spaces_dir,
+        file_settings=file_values, spec_file=str(spec) if spec else None,
+    )
+    say_new_database(new_db)
+    _say_budget(loaded.spec.name, change)
+    pack = pack or (given.pack if given else None) or loaded.spec.pack
+    _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+    """Local worker processes: their slots (GPU-pinned or not) and how many deaths are replaced."""
+
+    slots: list[Any]
+    max_restarts: int
+    label: str
+
+
+def _pool(*, workers: Optional[int], gpus: Optional[str], per_gpu: int, max_restarts: int, device: str) -> Optional[_Pool]:
+    """--workers, --gpus and --per-gpu as slots, checked before anything is written; None for
+    one worker in this process."""
+    from tuner.slots import parse_gpus, plan_slots
+
+    if gpus is not None and device not in ("auto", "cpu", "cuda", "cuda:0"):
+        raise SpecError(f"--device {device} with --gpus: each worker sees only its own GPU, as cuda:0; pass --device cuda (or auto, or cpu)")
+    ids = parse_gpus(gpus) if gpus is not None else None
+    slots = plan_slots(ids, per_gpu=per_gpu, n_workers=workers)
+    if ids is None and len(slots) == 1:
+        return None
+    label = f"{len(slots)} workers" if ids is None else f"{len(slots)} workers on GPU {','.join(ids)}"
+    return _Pool(slots=slots, max_restarts=max_restarts, label=label)
+
+
+def new_database(url: str) -> Optional[Path]:
+    """The SQLite file a command is about to create, if it does not exist yet."""
+    from tuner.storage import sqlite_path
+
+    path = sqlite_path(url)
+    return path if path is not None and not path.exists() else None
+
+
+def say_new_database(path: Optional[Path]) -> None:
+    if path is not None and path.exists():  # relative URLs depend on the folder: say where it went
+        console_err.print(f"new database {path.resolve()}", markup=False, highlight=False, soft_wrap=True)
+
+
+def resume(
+    name: NameArg,
+    trials: TrialsOpt = None,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    per_gpu: PerGpuOpt = 1,
+    max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
+    threads: ThreadsOpt = None,
+    pack: PackOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_streak: StreakOpt = None,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+) -> None:
+    """Continue a study from the database with its stored space, sampler, pruner and budget."""
+    from tuner.study import check_data, open_study, set_budget
+    from tuner.train import resolve_device
+
+    parse_pack(pack)
+    pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
+    resolve_device(device)
+    url = resolve_url(storage)
+    loaded = open_study(name, url)
+    check_data(loaded)  # before the budget is touched
+    _say_budget(name, set_budget(loaded, trials))
+    _run(
+        loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt,
+        limits=(max_failures, max_streak),
+    )
+
+
+class _LogLines:
+    """Progress as lines, for output that is not a terminal: one per finished trial (a worker's
+    own), or, with --workers, one when the study's count moves, at most every LOG_EVERY_S."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, metric: str) -> None:
+        import time
+
+        self.metric, self._clock, self._last = metric, time.monotonic, (-1, -float("inf"))
+
+    def _say(self, line: str) -> None:
+        console_err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def trial(self, trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
+        state = trial.state.name.lower()
+        what = f"{self.metric}={fmt_value(trial.value)}" if state == "complete" else ("failed: " + fail_reason(trial.user_attrs) if state == "fail" else state)
+        self._say(f"trial {trial.number} {what} ({n_finished}/{budget} finished, best {fmt_value(best)})")
+
+    def counts(self, n_finished: int, budget: int, best: Optional[float]) -> None:
+        now = self._clock()
+        if n_finished != self._last[0] and now - self._last[1] >= self.LOG_EVERY_S:
+            self._last = (n_finished, now)
+            self._say(f"{n_finished}/{budget} finished, best {self.metric} {fmt_value(best)}")
+
+
+def _say_budget(name: str, change: Optional[tuple[int, int]]) -> None:
+    if change is not None:
+        console_err.print(f"study '{name}': budget {change[0]} -> {change[1]} finished trials", markup=False, highlight=False)
+
+
+def _run(
+    loaded: Any,
+    url: str,
+    *,
+    device: str,
+    timeout: Optional[float],
+    pool: Optional[_Pool] = None,
+    threads: Optional[int] = None,
+    pack: Optional[str] = None,
+    quiet: bool,
+    fmt: Format,
+    limits: tuple[Optional[int], Optional[int]] = (None, None),
+) -> None:
+    from tuner.slots import describe_death
+    from tuner.study import FINISHED, run_study
+    from tuner.workers import run_workers
+
+    spec = loaded.spec
+    # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
+    # as a redrawn bar writes nothing there until the study ends
+    show_bar = not quiet and fmt == Format.table and console_err.is_terminal
+    log_lines = _LogLines(spec.metric) if not quiet and fmt == Format.table and not show_bar else None
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console_err,
+        disable=not show_bar,
+    )
+    done_before = len(loaded.study.get_trials(deepcopy=False, states=FINISHED))
+    label = spec.name if pool is None else f"{spec.name} ({pool.label})"
+    try:
+        with progress:
+            task = progress.add_task(label, total=spec.trials, completed=done_before, best=fmt_value(None))
+
+            def on_progress(n_finished: int, budget: int, best: Optional[float]) -> None:
+                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                if log_lines is not None and pool is not None:
+                    log_lines.counts(n_finished, budget, best)
+
+            def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
+                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                if log_lines is not None:
+                    log_lines.trial(trial, n_finished, budget, best)
+                if trial.state.name == "FAIL" and show_bar:
+                    progress.console.print(f"trial {trial.number} failed: {fail_reason(trial.user_attrs)}", markup=False)
+
+            if pool is not None:
+                result = run_workers(
+                    loaded, slots=pool.slots, max_restarts=pool.max_restarts, device=device, timeout=timeout, threads=threads, pack=pack, on_progress=on_progress,
+                    limits=limits,
+                )
+            else:
+                on_wait = _WaitNotice(progress.console if show_bar else console_err)
+                result = run_study(
+                    loaded, device=device, timeout=timeout, on_trial=on_trial, on_wait=on_wait, threads=threads, pack=pack,
+                    max_failures=limits[0], max_streak=limits[1],
+                )
+    except KeyboardInterrupt as e:
+        signal_name = getattr(e, "signal_name", "SIGINT")
+        console_err.print(
+            f"interrupted by {signal_name}: the running {'trials were' if pool is not None else 'trial was'} closed as failed and queued again; "
+            f"`tuner study resume {spec.name}` continues the study",
+            markup=False,
+        )
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
+    if fmt == Format.json:
+        print_json({**result.to_json(), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
+        return
+    why = result.stopped.says
+    failed = f"; {result.n_failed} failed (not counted)" if result.n_failed else ""
+    console.print(
+        f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete + "
+        f"{result.n_pruned} pruned{failed}), {why}; this run: {count(result.ran, 'trial')} in {result.elapsed_s:.1f}s"
+    )
+    for death in result.worker_deaths:
+        console.print(f"{describe_death(death)}; replaced on its slot", markup=False, highlight=False, soft_wrap=True)
+    if result.best_trial is None:
+        console.print("no complete trial yet")
+        return
+    console.print(f"best {spec.metric}: {result.best_value:.4f} (trial {result.best_trial})")
+    for k, v in result.best_params.items():
+        console.print(f"  {k}: {fmt_value(v)}")
+    if not quiet:
+        console.print(_dashboard_hint(url), markup=False, highlight=False, soft_wrap=True)
+
+
+class _WaitNotice:
+    """Says, on stderr, which running trials of other workers this one waits for and when each
+    will be declared lost: when that set changes, and every WAIT_NOTICE_S while it does not."""
+
+    WAIT_NOTICE_S = 30.0
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._last: tuple[tuple[int, ...], float] = ((), -float("inf"))
+
+    def __call__(self, running: list[dict[str, Any]]) -> None:
+        import time
+
+        numbers = tuple(r["number"] for r in running)
+        if numbers == self._last[0] and time.monotonic() - self._last[1] < self.WAIT_NOTICE_S:
+            return
+        self._last = (numbers, time.monotonic())
+        n = len(running)
+        what = "; ".join(describe_running(r) for r in running) or "none left (a queued trial is on its way)"
+        self._out.print(
+            f"waiting for {n} running trial{'s' * (n != 1)} of other workers, the budget's last places: {what}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def _dashboard_hint(url: str) -> str:
+    """A dashboard command that can be pasted as printed: no --storage where the dashboard finds
+    the storage itself (the default, or TUNER_STORAGE), and never a masked password in one."""
+    open_it = "(then open http://127.0.0.1:8080)"
+    if url == resolve_url(None):
+        return f"dashboard: tuner dashboard   {open_it}"
+    if mask(url) != url:  # a password: printed, it would be in the terminal's history and logs
+        return f"dashboard: TUNER_STORAGE='<this study's URL, with its password>' tuner dashboard   {open_it}"
+    return f"dashboard: tuner dashboard --storage '{url}'   {open_it}"
+
+
+def worker(
+    name: NameArg,
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    worker_index: Annotated[int, typer.Option("--worker-index", min=0, help="This worker's number (seeds its sampler).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, help="How many workers share this machine (sizes --threads).")] = 1,
+    pack: PackOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    max_streak: StreakOpt = None,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+    storage: StorageOpt = None,
+) -> None:
+    """Join a study as one more worker, from this or any other host sharing its storage."""
+    from tuner.study import open_study
+    from tuner.train import resolve_device
+
+    parse_pack(pack)
+    resolve_device(device)
+    url = resolve_url(storage)
+    loaded = open_study(name, url, worker_index=worker_index)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)  # this worker's share of the cores
+    _run(loaded, url, device=device, timeout=timeout, threads=threads, pack=pack or loaded.spec.pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))
