@@ -17,8 +17,9 @@ from tuner.buffered import BufferedStorage
 from tuner.params import TrainConfig
 from tuner.spec import StudySpec
 from tuner.steps import direct_step
+from tuner.steps import fast_options as _fast
 from tuner.study import create_study, fail_lost, open_study, release_trials, run_study, running_trials
-from tuner.train import OPTIMIZER_FACTORIES, _fast, train
+from tuner.train import OPTIMIZER_FACTORIES, train
 from tuner.workloads.data import load_workload, parse_workload
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")

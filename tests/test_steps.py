@@ -85,7 +85,8 @@ def test_a_parameter_without_a_gradient_is_left_alone() -> None:
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw"])
 def test_tuners_optimizers_as_training_builds_them_step_directly(name: str) -> None:
     from tuner.params import TrainConfig
-    from tuner.train import OPTIMIZER_FACTORIES, _fast
+    from tuner.steps import OPTIMIZER_FACTORIES
+    from tuner.steps import fast_options as _fast
 
     flat = torch.nn.Parameter(torch.zeros(10))  # training steps one flat parameter
     optimizer = OPTIMIZER_FACTORIES[name]([flat], TrainConfig(optimizer=name, momentum=0.9), **_fast(name, torch.device("cpu")))

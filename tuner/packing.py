@@ -28,6 +28,7 @@ from torch import nn
 from tuner.epochs import EVAL_CHUNK, EpochResult, Schedule, Tally, TrainResult, TrainTiming, TrialEpochs, report_timing, seed_trial
 from tuner.params import TrainConfig
 from tuner.spec import parse_pack
+from tuner.steps import FAMILIES, OPTIMIZERS, PACKED
 from tuner.train import device_tensors, layer_weights
 from tuner.workloads.data import Dataset
 from tuner.workloads.models import ACTIVATION_LAYERS, apply_init, build_model
@@ -40,8 +41,6 @@ PACK_CPU = 8
 PACK_CUDA = 32
 ADAPTIVE = frozenset({"tpe", "gp", "cmaes"})  # samplers whose next trials depend on finished ones
 
-# optimizer -> the update rule it shares with others in a pack (per-row flags tell them apart)
-FAMILIES = {"sgd": "sgd", "momentum": "sgd", "nesterov": "sgd", "adam": "adam", "adamw": "adam", "rmsprop": "rmsprop", "adagrad": "adagrad", "adadelta": "adadelta"}
 _BN_MOMENTUM, _NORM_EPS = 0.1, 1e-5  # nn.BatchNorm1d's and nn.LayerNorm's defaults
 # A layer's gradient is a strided view of the pack's flat gradient (see _PackedMLP._bind), not laid
 # out as autograd would choose; it still accumulates in place, which is the point.
@@ -382,8 +381,12 @@ def _mlp_tensors(model: nn.Module, n_layers: int, norm: str) -> list[torch.Tenso
     return tensors + [linears[-1].weight, linears[-1].bias]
 
 
-def _column(cfgs: list[TrainConfig], value: Callable[[TrainConfig], float], device: torch.device) -> torch.Tensor:
-    return torch.tensor([float(value(c)) for c in cfgs], device=device).view(-1, 1)
+def _column(rows: list[Any], value: Callable[[Any], float], device: torch.device) -> torch.Tensor:
+    return torch.tensor([float(value(r)) for r in rows], device=device).view(-1, 1)
+
+
+# every setting a packed update may read (steps.OPTIMIZERS' `packed`), each a column of the pack
+_SETTINGS = sorted({k for o in OPTIMIZERS.values() if o.packed is not None for k in o.packed(TrainConfig())} | {"beta1", "beta2"})
 
 
 class _PackedOptimizer:
@@ -393,19 +396,11 @@ class _PackedOptimizer:
     def __init__(self, cfgs: list[TrainConfig], n_params: int, device: torch.device) -> None:
         self.cfgs = cfgs
         self.runs = _runs([FAMILIES[c.optimizer] for c in cfgs])
-        col = lambda f: _column(cfgs, f, device)  # noqa: E731
-        self.hp = {
-            "momentum": col(lambda c: c.momentum if c.optimizer in ("momentum", "nesterov", "rmsprop") else 0.0),
-            "nesterov": col(lambda c: c.optimizer == "nesterov"),
-            "beta1": col(lambda c: c.beta1),
-            "beta2": col(lambda c: c.beta2),
-            "eps": col(lambda c: c.eps),
-            "rho": col(lambda c: c.rho),
-            "coupled_wd": col(lambda c: c.weight_decay if c.optimizer != "adamw" else 0.0),
-            "decoupled_wd": col(lambda c: c.weight_decay if c.optimizer == "adamw" else 0.0),
-        }
+        settings = [OPTIMIZERS[c.optimizer].packed(c) for c in cfgs]  # type: ignore[misc]
+        self.hp = {k: _column(settings, lambda s, k=k: s.get(k, 0.0), device) for k in _SETTINGS}  # absent: 0
         self.hp["one_minus_beta1"], self.hp["one_minus_beta2"] = 1 - self.hp["beta1"], 1 - self.hp["beta2"]
-        self.state = {name: torch.zeros(len(cfgs), n_params, device=device) for family in {FAMILIES[c.optimizer] for c in cfgs} for name in _STATE[family]}
+        self.settings = settings
+        self.state = {name: torch.zeros(len(cfgs), n_params, device=device) for family in {FAMILIES[c.optimizer] for c in cfgs} for name in PACKED[family][1]}
         self.steps = 0
         self._plan()
 
@@ -414,19 +409,22 @@ class _PackedOptimizer:
         (an update skips what none does)."""
         self.families = []
         for family, a, b in self.runs:
-            cfgs = self.cfgs[a:b]
+            rows = self.settings[a:b]
+            nesterov = [s.get("nesterov", 0.0) > 0 for s in rows]
             used = {
-                "coupled_wd": any(c.weight_decay > 0 and c.optimizer != "adamw" for c in cfgs),
-                "decoupled_wd": any(c.weight_decay > 0 and c.optimizer == "adamw" for c in cfgs),
-                "nesterov": "all" if all(c.optimizer == "nesterov" for c in cfgs) else any(c.optimizer == "nesterov" for c in cfgs),
+                "coupled_wd": any(s.get("coupled_wd", 0.0) > 0 for s in rows),
+                "decoupled_wd": any(s.get("decoupled_wd", 0.0) > 0 for s in rows),
+                "nesterov": "all" if all(nesterov) else any(nesterov),
             }
             hp = {k: v[a:b] for k, v in self.hp.items()}
-            state = {name: self.state[name][a:b] for name in _STATE[family]}
-            self.families.append((_UPDATES[family], a, b, hp, state, used))
+            update, state_names = PACKED[family]
+            state = {name: self.state[name][a:b] for name in state_names}
+            self.families.append((update, a, b, hp, state, used))
 
     def keep(self, rows: torch.Tensor) -> None:
         kept = rows.tolist()
         self.cfgs = [self.cfgs[i] for i in kept]
+        self.settings = [self.settings[i] for i in kept]
         self.runs = _runs([FAMILIES[c.optimizer] for c in self.cfgs])
         self.hp = {k: v.index_select(0, rows) for k, v in self.hp.items()}
         self.state = {k: v.index_select(0, rows) for k, v in self.state.items()}
@@ -442,66 +440,6 @@ class _PackedOptimizer:
             update(p, g, lr[a:b], hp, state, self.steps, used)
 
 
-Hyper = dict[str, torch.Tensor]
-
-
-def _sgd(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
-    # plain SGD is momentum 0: its buffer is then the gradient itself, as torch's step uses it
-    buf, momentum = state["momentum_buffer"], hp["momentum"]
-    if step == 1:
-        buf.copy_(g)
-    else:
-        buf.mul_(momentum).add_(g)
-    if used["nesterov"] == "all":
-        update = g + momentum * buf
-    else:
-        update = torch.where(hp["nesterov"] > 0, g + momentum * buf, buf) if used["nesterov"] else buf
-    p.sub_(lr * update)
-
-
-def _adam(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
-    beta1, beta2 = hp["beta1"], hp["beta2"]
-    if used["decoupled_wd"]:
-        p.mul_(1 - lr * hp["decoupled_wd"])  # AdamW's decay; 1 for Adam's rows
-    state["exp_avg"].lerp_(g, hp["one_minus_beta1"])
-    state["exp_avg_sq"].mul_(beta2).add_(hp["one_minus_beta2"] * g * g)
-    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-    denom = (state["exp_avg_sq"].sqrt() / bias2.sqrt()).add_(hp["eps"])
-    p.sub_(lr / bias1 * state["exp_avg"] / denom)
-
-
-def _rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
-    alpha = hp["rho"]  # tuner's rho is RMSprop's smoothing constant alpha
-    state["square_avg"].mul_(alpha).add_((1 - alpha) * g * g)
-    avg = state["square_avg"].sqrt().add_(hp["eps"])
-    buf = state["momentum_buffer"]
-    buf.mul_(hp["momentum"]).add_(g / avg)  # momentum 0: the plain step
-    p.sub_(lr * buf)
-
-
-def _adagrad(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
-    state["sum"].add_(g * g)
-    p.sub_(lr * (g / state["sum"].sqrt().add_(hp["eps"])))
-
-
-def _adadelta(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
-    rho, eps = hp["rho"], hp["eps"]
-    state["square_avg"].mul_(rho).add_((1 - rho) * g * g)
-    std = state["square_avg"].add(eps).sqrt_()
-    delta = state["acc_delta"].add(eps).sqrt_().div_(std).mul_(g)
-    state["acc_delta"].mul_(rho).add_((1 - rho) * delta * delta)
-    p.sub_(lr * delta)
-
-
-_UPDATES = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta}
-_STATE = {
-    "sgd": ("momentum_buffer",),
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "rmsprop": ("square_avg", "momentum_buffer"),
-    "adagrad": ("sum",),
-    "adadelta": ("square_avg", "acc_delta"),
-}
-assert set(_UPDATES) == set(FAMILIES.values()) == set(_STATE)
 
 
 class _Member:

@@ -1,4 +1,9 @@
-"""Optimizer steps without torch.optim's per-call Python.
+"""Every optimizer's steps, in one place: how torch builds it for a trial, the fused kernel that
+replaces torch.optim's per-call Python where one exists, and the update a pack (tuner.packing)
+applies to its members' rows. Adding an optimizer is its settings in params.py and its entry in
+OPTIMIZERS here, packed or not.
+
+Steps without torch.optim's per-call Python:
 
 A torch.optim step costs about 100 µs of Python on a CPU core (step hooks, a profiler record,
 compiler guards, regrouping the tensors by device) around a kernel of about 10 µs: a sixth of a
@@ -14,13 +19,16 @@ private kernels are resolved in tuner._compat). The first step is always the opt
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tuner._compat import torch_paths
+from tuner.params import OPTIMIZERS as NAMES
+from tuner.params import TrainConfig
 
-__all__ = ["direct_step"]
+__all__ = ["FAMILIES", "FUSED", "OPTIMIZERS", "OPTIMIZER_FACTORIES", "PACKED", "Optimizer", "direct_step", "fast_options"]
 
 Step = Callable[[], None]
 Kernel = Callable[[dict[str, Any]], bool]  # one step given the parameter's state; False: not made yet
@@ -165,3 +173,130 @@ def direct_step(optimizer: torch.optim.Optimizer) -> Step | None:
         optimizer.step()
 
     return step
+
+
+# --- every optimizer --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer tuner trains with."""
+
+    build: Callable[..., torch.optim.Optimizer]  # (params, cfg, **fast) -> torch's optimizer; weight decay is its own L2 (decoupled for adamw)
+    fused: str | None = None  # torch.optim's class, where torch has a fused kernel for it (fast_options)
+    family: str | None = None  # the packed update it shares (PACKED); None: not packable
+    packed: Callable[[TrainConfig], dict[str, float]] | None = None  # its settings as its family's update reads them (absent: 0)
+
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    "sgd": Optimizer(
+        lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay), family="sgd", packed=lambda c: {"coupled_wd": c.weight_decay}
+    ),
+    "momentum": Optimizer(
+        lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+        family="sgd", packed=lambda c: {"momentum": c.momentum, "coupled_wd": c.weight_decay},
+    ),
+    "nesterov": Optimizer(
+        lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay),
+        family="sgd", packed=lambda c: {"momentum": c.momentum, "nesterov": 1.0, "coupled_wd": c.weight_decay},
+    ),
+    "rmsprop": Optimizer(
+        lambda p, c: torch.optim.RMSprop(p, lr=c.lr, alpha=c.rho, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay),
+        family="rmsprop", packed=lambda c: {"momentum": c.momentum, "rho": c.rho, "eps": c.eps, "coupled_wd": c.weight_decay},
+    ),
+    "adagrad": Optimizer(
+        lambda p, c, **fast: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay, **fast),
+        fused="Adagrad", family="adagrad", packed=lambda c: {"eps": c.eps, "coupled_wd": c.weight_decay},
+    ),
+    "adadelta": Optimizer(
+        lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
+        family="adadelta", packed=lambda c: {"rho": c.rho, "eps": c.eps, "coupled_wd": c.weight_decay},
+    ),
+    "adam": Optimizer(
+        lambda p, c, **fast: torch.optim.Adam(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast),
+        fused="Adam", family="adam", packed=lambda c: {"beta1": c.beta1, "beta2": c.beta2, "eps": c.eps, "coupled_wd": c.weight_decay},
+    ),
+    "adamw": Optimizer(
+        lambda p, c, **fast: torch.optim.AdamW(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast),
+        fused="AdamW", family="adam", packed=lambda c: {"beta1": c.beta1, "beta2": c.beta2, "eps": c.eps, "decoupled_wd": c.weight_decay},
+    ),
+    # quasi-Newton; L-BFGS has no weight_decay argument, so its L2 is added to the loss instead (not packable)
+    "lbfgs": Optimizer(lambda p, c: torch.optim.LBFGS(p, lr=c.lr, history_size=c.lbfgs_history, max_iter=4)),
+}
+assert tuple(OPTIMIZERS) == NAMES, "every optimizer params.py names has its entry here, in the same order"
+
+OPTIMIZER_FACTORIES = {name: o.build for name, o in OPTIMIZERS.items()}  # name -> factory(params, cfg, **fast)
+FUSED = {name: o.fused for name, o in OPTIMIZERS.items() if o.fused}  # tuner's name -> torch.optim's class
+FAMILIES = {name: o.family for name, o in OPTIMIZERS.items() if o.family}  # optimizer -> the update it shares in a pack
+
+
+def fast_options(optimizer: str, device: torch.device) -> dict[str, Any]:
+    """The options that make `optimizer` one fused kernel a step, where torch has one for the device."""
+    from tuner._compat import fused_ok
+
+    return {"fused": True} if optimizer in FUSED and fused_ok(FUSED[optimizer], device.type) else {}
+
+
+# --- packed updates: each family's, as torch.optim's single-tensor code does it, on its members'
+# rows (tuner.packing), every setting a (K, 1) column -------------------------------------------
+
+Hyper = dict[str, torch.Tensor]
+
+
+def _packed_sgd(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
+    # plain SGD is momentum 0: its buffer is then the gradient itself, as torch's step uses it
+    buf, momentum = state["momentum_buffer"], hp["momentum"]
+    if step == 1:
+        buf.copy_(g)
+    else:
+        buf.mul_(momentum).add_(g)
+    if used["nesterov"] == "all":
+        update = g + momentum * buf
+    else:
+        update = torch.where(hp["nesterov"] > 0, g + momentum * buf, buf) if used["nesterov"] else buf
+    p.sub_(lr * update)
+
+
+def _packed_adam(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
+    beta1, beta2 = hp["beta1"], hp["beta2"]
+    if used["decoupled_wd"]:
+        p.mul_(1 - lr * hp["decoupled_wd"])  # AdamW's decay; 1 for Adam's rows
+    state["exp_avg"].lerp_(g, hp["one_minus_beta1"])
+    state["exp_avg_sq"].mul_(beta2).add_(hp["one_minus_beta2"] * g * g)
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    denom = (state["exp_avg_sq"].sqrt() / bias2.sqrt()).add_(hp["eps"])
+    p.sub_(lr / bias1 * state["exp_avg"] / denom)
+
+
+def _packed_rmsprop(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
+    alpha = hp["rho"]  # tuner's rho is RMSprop's smoothing constant alpha
+    state["square_avg"].mul_(alpha).add_((1 - alpha) * g * g)
+    avg = state["square_avg"].sqrt().add_(hp["eps"])
+    buf = state["momentum_buffer"]
+    buf.mul_(hp["momentum"]).add_(g / avg)  # momentum 0: the plain step
+    p.sub_(lr * buf)
+
+
+def _packed_adagrad(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
+    state["sum"].add_(g * g)
+    p.sub_(lr * (g / state["sum"].sqrt().add_(hp["eps"])))
+
+
+def _packed_adadelta(p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, hp: Hyper, state: Hyper, step: int, used: dict[str, Any]) -> None:
+    rho, eps = hp["rho"], hp["eps"]
+    state["square_avg"].mul_(rho).add_((1 - rho) * g * g)
+    std = state["square_avg"].add(eps).sqrt_()
+    delta = state["acc_delta"].add(eps).sqrt_().div_(std).mul_(g)
+    state["acc_delta"].mul_(rho).add_((1 - rho) * delta * delta)
+    p.sub_(lr * delta)
+
+
+# family -> its update and the state it keeps (one (K, n) tensor a name)
+PACKED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
+    "sgd": (_packed_sgd, ("momentum_buffer",)),
+    "adam": (_packed_adam, ("exp_avg", "exp_avg_sq")),
+    "rmsprop": (_packed_rmsprop, ("square_avg", "momentum_buffer")),
+    "adagrad": (_packed_adagrad, ("sum",)),
+    "adadelta": (_packed_adadelta, ("square_avg", "acc_delta")),
+}
+assert set(PACKED) == set(FAMILIES.values())

@@ -32,8 +32,8 @@ from tuner.epochs import (
     timing_hook,
 )
 from tuner.errors import TunerError
-from tuner.params import OPTIMIZERS, TrainConfig
-from tuner.steps import direct_step
+from tuner.params import TrainConfig
+from tuner.steps import FUSED, OPTIMIZER_FACTORIES, direct_step, fast_options
 from tuner.workloads.data import Dataset, TorchData
 from tuner.workloads.models import apply_init, build_model
 
@@ -46,28 +46,6 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-# name -> factory(params, cfg, **fast); weight decay is the optimizer's own L2 (decoupled for adamw).
-# `fast` carries fused=True to the optimizers named in FUSED: one kernel per step on the CPU and CUDA.
-OPTIMIZER_FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay),
-    "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
-    "nesterov": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay),
-    "rmsprop": lambda p, c: torch.optim.RMSprop(
-        p, lr=c.lr, alpha=c.rho, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay
-    ),
-    "adagrad": lambda p, c, **fast: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay, **fast),
-    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=c.rho, eps=c.eps, weight_decay=c.weight_decay),
-    "adam": lambda p, c, **fast: torch.optim.Adam(
-        p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast
-    ),
-    "adamw": lambda p, c, **fast: torch.optim.AdamW(
-        p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay, **fast
-    ),
-    # quasi-Newton; L-BFGS has no weight_decay argument, so its L2 is added to the loss instead
-    "lbfgs": lambda p, c: torch.optim.LBFGS(p, lr=c.lr, history_size=c.lbfgs_history, max_iter=4),
-}
-FUSED = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW"}  # tuner's name -> torch.optim's class
-assert tuple(OPTIMIZER_FACTORIES) == OPTIMIZERS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,11 +163,7 @@ def _evaluate_batches(
     return (loss_sum / n).item(), (correct / n).item() if task == "classification" else None
 
 
-def _fast(optimizer: str, device: torch.device) -> dict[str, Any]:
-    """The options that make `optimizer` one fused kernel a step, where torch has one for the device."""
-    from tuner._compat import fused_ok
 
-    return {"fused": True} if optimizer in FUSED and fused_ok(FUSED[optimizer], device.type) else {}
 
 
 _WARMED: set[str] = set()  # devices this process has warmed up
@@ -204,7 +178,7 @@ def warm_up(device: torch.device | str) -> None:
         return
     _WARMED.add(str(device))
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **_fast("adam", device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fast_options("adam", device))
     nn.CrossEntropyLoss()(model(torch.zeros(3, 4, device=device)), torch.zeros(3, dtype=torch.long, device=device)).backward()
     optimizer.step()
 
@@ -317,7 +291,7 @@ class _Stepper:
         self.weights = [w for _, w in named]
         self.params = _params(model)
         self.flat = None if cfg.optimizer == "lbfgs" else _flatten(self.params)  # L-BFGS keeps its own flat view
-        self.optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([self.flat] if self.flat is not None else self.params, cfg, **_fast(cfg.optimizer, device))
+        self.optimizer = OPTIMIZER_FACTORIES[cfg.optimizer]([self.flat] if self.flat is not None else self.params, cfg, **fast_options(cfg.optimizer, device))
         self.loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing) if task == "classification" else nn.MSELoss()
         self.penalized = cfg.l1 > 0 or (cfg.optimizer == "lbfgs" and cfg.weight_decay > 0)
         self.grad_norms = torch.zeros(len(self.weights), device=device)
