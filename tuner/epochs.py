@@ -58,7 +58,10 @@ class EpochResult:
         """The epoch's measured figures by name (each a trial attribute's name in tuner.attrs):
         what a trial's history keeps per epoch and records of its last epoch. A new figure is a
         field here and its name in attrs.py."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("epoch", "metric", "grad_norms")}
+        return {name: getattr(self, name) for name in _FIGURES}
+
+
+_FIGURES = tuple(f.name for f in fields(EpochResult) if f.name not in ("epoch", "metric", "grad_norms"))
 
 
 def gradient_flags(last_norms: list[float], every_norm: Iterable[float]) -> tuple[float | None, float | None, bool, bool]:

@@ -55,13 +55,18 @@ class TrialHandle:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"report(step={step!r}): step must be an integer >= 0 (the epoch)")
         value = _number(self.metric, value)
-        self.history["epoch"].append(step)
-        self.history[self.metric].append(value)
+        history, n = self.history, len(self.history["epoch"]) + 1
+        history["epoch"].append(step)
+        history[self.metric].append(value)
         for key, v in extra.items():
             if key != self.metric:
-                self.history.setdefault(key, [None] * (len(self.history["epoch"]) - 1)).append(None if v is None else _number(key, v))
-        for key, column in self.history.items():
-            column.extend([None] * (len(self.history["epoch"]) - len(column)))
+                column = history.get(key)
+                if column is None:  # a figure first reported now: None for the steps before
+                    column = history[key] = [None] * (n - 1)
+                column.append(None if v is None else _number(key, v))
+        if any(len(column) != n for column in history.values()):  # a figure this step did not report
+            for column in history.values():
+                column.extend([None] * (n - len(column)))
         if not math.isfinite(value):
             # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
             reason = f"diverged: {self.metric}={value} at {self._unit} {step}"
