@@ -244,3 +244,28 @@ def test_a_metric_named_as_the_readers_read_it_is_accepted(scripts: Path, cli) -
     r = cli("study", "run", "dash", "--space", "charlm", "--command", f"{PY} dash.py", "--metric", "test-loss", "--direction", "minimize", "--trials", "1", "-q")
     assert r.code == 0, r.err
     assert _trials("dash")[0].value == 2.25
+
+
+def test_a_python_objective_saves_to_its_trial_dir_and_the_files_are_attached(scripts: Path, cli) -> None:
+    """trial.trial_dir, a Python objective's own folder (made on first use, as a command's
+    {trial_dir}): what it leaves there is listed on the trial and attached to it, pruned or not."""
+    Path("saver.py").write_text(
+        "def objective(trial):\n"
+        "    (trial.trial_dir / 'model.pt').write_text(f\"lr={trial.params['learning_rate']!r}\")\n"
+        "    (trial.trial_dir / 'plots').mkdir()\n"
+        "    (trial.trial_dir / 'plots' / 'curve.txt').write_text('1 2 3')\n"
+        "    return trial.params['learning_rate']\n"
+    )
+    r = cli("study", "run", "saver", "--space", "charlm", "--objective", "saver:objective", "--metric", "x", "--direction", "minimize",
+            "--trials", "2", "-q")
+    assert r.code == 0, r.err
+    store = FileSystemArtifactStore("studies/artifacts")
+    for t in _trials("saver"):
+        folder = Path(t.user_attrs["trial_dir"])
+        assert folder == Path(f"studies/artifacts/saver/trial-{t.number}").absolute()
+        assert [f["path"] for f in t.user_attrs["files"]] == ["model.pt", "plots/curve.txt"]
+        with store.open_reader(t.user_attrs["files"][0]["artifact"]) as f:
+            assert f.read().decode() == f"lr={t.params['learning_rate']!r}"
+    Path("quiet.py").write_text("def objective(trial):\n    return 1.0\n")  # no folder asked for: none made
+    assert cli("study", "run", "quiet", "--space", "charlm", "--objective", "quiet:objective", "--metric", "x", "--direction", "minimize", "--trials", "1", "-q").code == 0
+    assert "trial_dir" not in _trials("quiet")[0].user_attrs and not Path("studies/artifacts/quiet").exists()

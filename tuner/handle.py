@@ -47,6 +47,7 @@ class TrialHandle:
         self._pruner, self._prunes, self._artifacts = pruner, prunes, artifacts
         self._unit = unit  # what a step is called in a reason: an epoch of tuner's loop, else a step
         self.history: dict[str, list[Any]] = {"epoch": [], metric: []}  # what report() saw, per step
+        self._trial_dir: Path | None = None
 
     def report(self, step: int, value: float, **extra: float) -> None:
         """Store `value` (the study's metric) at `step` (an epoch, or any increasing count) and
@@ -82,6 +83,38 @@ class TrialHandle:
         """What the reports add to the trial when it ends: the history and the last step reached."""
         steps = self.history["epoch"]
         return {A.HISTORY: self.history, **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
+
+    @property
+    def trial_dir(self) -> Path:
+        """A fresh folder for this trial's outputs (a checkpoint, a plot), made on first use:
+        studies/artifacts/STUDY/trial-N. What is left there when the trial ends is attached to it
+        and listed in its `files` attribute (a command's {trial_dir} is the same folder)."""
+        if self._trial_dir is None:
+            self._trial_dir = new_trial_dir(self.study_name, self.number, root=self._artifacts)
+            self._record({A.TRIAL_DIR: str(self._trial_dir)})
+        return self._trial_dir
+
+    def folder_attrs(self, *, leave_out: Path | None = None) -> dict[str, Any]:
+        """The files left in the trial's folder (if it made one), each attached to the trial:
+        the attributes that list them. An error attaching them is kept in LOG_ERROR, not raised."""
+        if self._trial_dir is None:
+            return {}
+        from tuner.errors import TunerError
+
+        attrs: dict[str, Any] = {}
+        try:
+            files = sorted(p for p in self._trial_dir.rglob("*") if p.is_file() and p != leave_out)
+            listed = [
+                {"path": str(path.relative_to(self._trial_dir)), "bytes": path.stat().st_size, "artifact": attach(self._trial, path, self._artifacts)}
+                for path in files[:MAX_LISTED]
+            ]
+            if listed:
+                attrs[A.TRIAL_FILES] = listed
+            if len(files) > MAX_LISTED:
+                attrs[A.FILES_NOT_LISTED] = len(files) - MAX_LISTED
+        except (TunerError, OSError) as e:  # the trial's result matters more than its files
+            attrs[A.LOG_ERROR] = str(e)
+        return attrs
 
     def diagnose(self, model: Any) -> dict[str, Any]:
         """Record the model's gradient diagnostics as tuner's loop does (per-layer norms, the
@@ -122,6 +155,26 @@ def attach(study_or_trial: Any, path: Path, artifacts: Path, *, mimetype: str | 
         return upload_artifact(artifact_store=LinkingStore(artifacts), file_path=str(path), study_or_trial=study_or_trial, mimetype=mimetype)
     except (OSError, optuna.exceptions.OptunaError) as e:
         raise TunerError(f"cannot attach {path} to {owner} in {artifacts}: {e}") from None
+
+
+MAX_LISTED = 200  # files of a trial's folder listed (and attached) on the trial
+
+
+def new_trial_dir(study: str, number: int, *, root: Path) -> Path:
+    """A fresh folder for one trial's outputs: ROOT/STUDY/trial-N, or trial-N.2, ... where a
+    study of the same name (deleted since, or in another database) left one."""
+    from tuner.errors import TunerError
+
+    base = (root / study).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = base / (f"trial-{number}" if k == 1 else f"trial-{number}.{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise TunerError(f"cannot make a folder for trial {number} in {base}: trial-{number} to trial-{number}.9999 all exist; clear out old ones")
 
 
 class LinkingStore(FileSystemArtifactStore):

@@ -67,12 +67,12 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
         except optuna.TrialPruned as e:  # tuner's Pruned, or Optuna's own raised by the code
             if not isinstance(e, Pruned):
                 record(trial, {A.PRUNED_REASON: str(e) or "pruned by the objective", A.PRUNED_KIND: A.PRUNER})
-            record(trial, handle.history_attrs())
+            record(trial, {**handle.history_attrs(), **handle.folder_attrs()})
             raise
         except Exception as e:
-            record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, **handle.history_attrs()})
+            record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, **handle.history_attrs(), **handle.folder_attrs()})
             raise
-        record(trial, handle.history_attrs())
+        record(trial, {**handle.history_attrs(), **handle.folder_attrs()})
         return value  # a NaN or infinite value fails the trial as it is told (run.py), as any objective's
 
     return objective
@@ -100,11 +100,11 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     def objective(trial: optuna.Trial) -> float:
         handle = begin(loaded, trial, device)
         params, seed = handle.params, handle.seed
-        trial_dir = new_trial_dir(spec.name, trial.number)
+        trial_dir = handle.trial_dir
         with tempfile.TemporaryDirectory(prefix=f"tuner-trial-{trial.number}-") as tmp:
             folder = Path(tmp)
             argv = expand(template, params, seed=seed, trial=trial.number, args_json_file=folder / "args.json", trial_dir=trial_dir)
-            record(trial, {A.COMMAND: shlex.join(argv), A.CWD: os.getcwd(), A.THREADS: threads, A.TRIAL_DIR: str(trial_dir)})
+            record(trial, {A.COMMAND: shlex.join(argv), A.CWD: os.getcwd(), A.THREADS: threads})
             durable(trial)
             env = trial_env(
                 os.environ, params=params, study=spec.name, trial=trial.number, seed=seed, metrics_file=folder / "metrics.jsonl", device=str(device), threads=threads,
@@ -163,27 +163,9 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     return objective
 
 
-_MAX_LISTED = 200  # files of a trial's folder listed (and attached) on the trial
-
-
 def log_name(number: int) -> str:
     """A command trial's stdout and stderr, in its folder (and the name the dashboard downloads)."""
     return f"trial-{number}.log"
-
-
-def new_trial_dir(study: str, number: int, *, root: Path = DEFAULT_ARTIFACTS) -> Path:
-    """A fresh folder for one trial's outputs: ROOT/STUDY/trial-N, or trial-N.2, ... where a
-    study of the same name (deleted since, or in another database) left one."""
-    base = (root / study).absolute()
-    base.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        path = base / (f"trial-{number}" if k == 1 else f"trial-{number}.{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise SpecError(f"cannot make a folder for trial {number} in {base}: trial-{number} to trial-{number}.9999 all exist; clear out old ones")
 
 
 def _missing_metric(metric: str, reported: set[str], stderr_tail: str, log: Path) -> str:
@@ -250,16 +232,9 @@ def _finish(
     try:
         if log.is_file():
             attrs[A.LOG_ARTIFACT] = attach(trial, log, DEFAULT_ARTIFACTS, mimetype="text/plain")
-        files = sorted(p for p in trial_dir.rglob("*") if p.is_file() and p != log)
-        listed = []
-        for path in files[:_MAX_LISTED]:
-            listed.append({"path": str(path.relative_to(trial_dir)), "bytes": path.stat().st_size, "artifact": attach(trial, path, DEFAULT_ARTIFACTS)})
-        if listed:
-            attrs[A.TRIAL_FILES] = listed
-        if len(files) > _MAX_LISTED:
-            attrs[A.FILES_NOT_LISTED] = len(files) - _MAX_LISTED
-    except (TunerError, OSError) as e:  # the trial's result matters more than its files
+    except TunerError as e:  # the trial's result matters more than its log
         attrs[A.LOG_ERROR] = str(e)
+    attrs.update(handle.folder_attrs(leave_out=log))
     record(trial, attrs)
 
 
