@@ -150,6 +150,7 @@ def _execute(road: Road, trial: optuna.Trial, objective: Callable[[optuna.Trial]
             outcome: float | BaseException = objective(trial)
         except Exception as e:  # pruned, or failed: the objective stored the reason
             outcome = e
+    honour_signals()
     return _close(road, trial, outcome)
 
 
@@ -160,6 +161,7 @@ def _execute_pack(
     each one's pack ends; then it is closed (and given to `on_closed`), its beats stopped first."""
 
     def on_ended(i: int, outcome: float | BaseException) -> None:
+        honour_signals()
         heartbeat.release(trials[i]._trial_id)
         on_closed(_close(road, trials[i], outcome))
 
@@ -202,15 +204,21 @@ def _tell_outcome(road: Road, trial: optuna.Trial, outcome: float | BaseExceptio
 
 @contextlib.contextmanager
 def signals_interrupt():  # type: ignore[no-untyped-def]
-    """SIGTERM (a scheduler's kill) behaves like Ctrl-C: the trial is closed, then the process exits."""
+    """SIGTERM (a scheduler's kill) behaves like Ctrl-C: the trial is closed, then the process
+    exits. Each signal is also remembered (received_signal): the exception it raises can be
+    swallowed or turned into another on its way out (an import it lands in fails with ImportError,
+    and user code may catch everything), and the worker must stop all the same."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise Interrupted("SIGTERM")
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        _RECEIVED.append(name)
+        raise Interrupted(name)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    _RECEIVED.clear()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except KeyboardInterrupt as e:
@@ -218,7 +226,18 @@ def signals_interrupt():  # type: ignore[no-untyped-def]
             raise Interrupted("SIGINT") from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_RECEIVED: list[str] = []  # signals received inside signals_interrupt, in order
+
+
+def honour_signals() -> None:
+    """Raise Interrupted for a signal received while a trial ran whose exception did not get out
+    (swallowed, or turned into another exception): the trial is then closed as interrupted."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[0])
 
 
 class _Progress:
