@@ -284,8 +284,8 @@ def make_feed(data: Dataset | TorchData, scaling: str, batch_size: int, device: 
 class _Stepper:
     """One optimizer step on a batch, and the per-layer gradient norms read at the steps asked."""
 
-    def __init__(self, cfg: TrainConfig, task: str, model: nn.Module, device: torch.device) -> None:
-        self.cfg, self.task, self.model, self.device = cfg, task, model, device
+    def __init__(self, cfg: TrainConfig, task: str, model: nn.Module, device: torch.device, schedule: Schedule) -> None:
+        self.cfg, self.task, self.model, self.device, self.schedule = cfg, task, model, device, schedule
         named = layer_weights(model)
         self.layer_names = [n for n, _ in named]
         self.weights = [w for _, w in named]
@@ -297,16 +297,15 @@ class _Stepper:
         self.grad_norms = torch.zeros(len(self.weights), device=device)
         self._direct = direct_step(self.optimizer) or self.optimizer.step  # the same step, less torch.optim's Python
         self.steps_taken = 0  # in all of training: one-cycle's clock
-        self.schedule: Schedule | None = None
+        self.per_step = schedule.per_step()  # the rate changes at every step, not only with the epoch
         self.epoch = 0
 
-    def start_epoch(self, schedule: Schedule, epoch: int) -> float:
+    def start_epoch(self, epoch: int) -> float:
         """Set the rate for the epoch's first step; the rate in force as the epoch starts."""
-        self.schedule, self.epoch = schedule, epoch
+        self.epoch = epoch
         return self._set_lr()
 
     def _set_lr(self) -> float:
-        assert self.schedule is not None
         lr = self.schedule.rate(self.epoch, self.steps_taken)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -340,7 +339,7 @@ class _Stepper:
             loss = self._loss(xb, yb, read_norms, seen)
             self._direct()
         self.steps_taken += 1
-        if self.schedule is not None and self.schedule.per_step():
+        if self.per_step:
             self._set_lr()
         return loss.detach(), seen[0]
 
@@ -377,9 +376,9 @@ def _set_up(cfg: TrainConfig, data: Dataset | TorchData, model: nn.Module | None
         model = build_model(cfg, n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=data.image_shape)
     apply_init(model, cfg)
     model.to(device)
-    stepper = _Stepper(cfg, data.task, model, device)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     schedule = Schedule(cfg, steps_per_epoch)
+    stepper = _Stepper(cfg, data.task, model, device, schedule)
     eval_loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
     return _Setup(model, stepper, schedule, eval_loss_fn, steps_per_epoch)
 
@@ -424,7 +423,7 @@ def train(
         run = _set_up(cfg, data, model, device, feed.n_train)
         epochs = TrialEpochs(cfg, metric=metric, schedule=run.schedule, on_epoch=on_epoch, timing=timing, keep_best=keep_best)
         for epoch in range(1, cfg.epochs + 1):
-            lr = run.stepper.start_epoch(run.schedule, epoch)
+            lr = run.stepper.start_epoch(epoch)
             train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, feed)
             epochs.check(epoch, train_loss)  # before an evaluation that would tell nothing more
             val_loss, val_accuracy = feed.evaluate(run.model, run.eval_loss_fn, data.task)
