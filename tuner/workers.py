@@ -116,7 +116,7 @@ def run_workers(
                 w.proc.send_signal(signum)
 
     ran, stops, deaths, n_restarts = 0, set(), [], 0
-    halted = 0  # workers stopped because another met tuner's own error
+    halted, n_halted = False, 0  # whether a worker's own error stopped the others; how many it stopped
     for slot in slots:
         start(slot)
     try:
@@ -132,7 +132,7 @@ def run_workers(
                         stops.add(done.stopped)
                         continue
                     if halted and w.proc.returncode != 1:
-                        halted += 1  # stopped by us, below: not a death of its own
+                        n_halted += 1  # stopped by us, below: not a death of its own
                         continue
                     death = w.death()
                     # work left: no worker has ended well (budget, grid or timeout) and the budget is not met
@@ -147,7 +147,7 @@ def run_workers(
                     if w.proc.returncode == 1 and not halted:
                         # the others would meet the error too (a broken command fails in every
                         # worker): stop them now, each closing and queueing its running trial
-                        halted = 1
+                        halted = True
                         stop_all(signal.SIGTERM)
                 time.sleep(_WATCH_S)
     except KeyboardInterrupt as e:
@@ -162,7 +162,7 @@ def run_workers(
     if lost:
         errors = any(d["exit"] == describe_exit(1) for d in lost)
         spent = "with an error a new worker would meet again" if errors else f"--max-restarts {max_restarts} spent" if n_restarts >= max_restarts else "after the study's work was done"
-        others = f"; {halted - 1} other worker(s) stopped with it, their running trials queued again" if halted > 1 else ""
+        others = f"; {n_halted} other worker(s) stopped with it, their running trials queued again" if n_halted else ""
         raise TunerError(
             f"{len(lost)} of {n_slots} worker slots stopped ({spent}): " + "; ".join(map(describe_death, lost))
             + f"{others} (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
