@@ -1,7 +1,8 @@
 """The worker loop's one road to a study's storage: count and claim, mark who runs a trial, tell
 its end, and say what became of a trial another worker closed first. Two implementations: tuner's
 write-behind storage (tuner.buffered), and Optuna's own storage, the fallback, through its public
-API. The loop (run.py) asks `road_of(study)` once and never which storage it has."""
+API. The loop (run.py) asks `road_of(study)` once and never which storage it has; so do a
+trial's durable and started (tuner.study.trial)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ class Road:
     def get(self, trial: optuna.Trial) -> FrozenTrial:
         return self.storage.get_trial(trial._trial_id)
 
+    def durable(self, trial: optuna.Trial) -> None:
+        """Make what the trial recorded so far durable (Optuna's storage writes each value at once)."""
+
+    def started(self, trials: list[optuna.Trial]) -> None:
+        """These claimed trials start training now (Optuna's storage keeps the claim's time)."""
+
     def reset(self) -> None:
         """A signal may have broken the connection's session mid-query: start a fresh one."""
         self.storage.remove_session()
@@ -72,6 +79,12 @@ class BufferedRoad(Road):
 
     def ask(self) -> optuna.Trial:
         return self.study.ask()  # the claim recorded its worker
+
+    def durable(self, trial: optuna.Trial) -> None:
+        self.storage.flush(trial._trial_id)
+
+    def started(self, trials: list[optuna.Trial]) -> None:
+        self.storage.set_started([t._trial_id for t in trials])
 
     def tell(self, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
         """Study.tell, less the deep copy of the finished trial it returns: this storage hands out

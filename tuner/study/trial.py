@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 
 from tuner import attrs as A
-from tuner.buffered import BufferedStorage
 from tuner.handle import TrialHandle
+from tuner.study.road import road_of
 from tuner.urls import DEFAULT_ARTIFACTS
 
 __all__ = ["begin", "durable", "prunes", "record", "started"]
@@ -26,15 +26,14 @@ def record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 def durable(trial: optuna.Trial) -> None:
     """The trial's configuration in the database before training starts: a killed worker's trial
     is queued again with exactly these parameters."""
-    if isinstance(trial.study._storage, BufferedStorage):
-        trial.study._storage.flush(trial._trial_id)
+    road_of(trial.study).durable(trial)
 
 
 def started(trials: list[optuna.Trial]) -> None:
     """These claimed trials start training now: the packs before theirs are not part of their
     duration (in the dashboard, the report). Optuna's own storage keeps the claim's time."""
-    if trials and isinstance(trials[0].study._storage, BufferedStorage):
-        trials[0].study._storage.set_started([t._trial_id for t in trials])
+    if trials:
+        road_of(trials[0].study).started(trials)
 
 
 def prunes(study: optuna.Study) -> bool:
