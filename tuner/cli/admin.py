@@ -9,7 +9,7 @@ import typer
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, print_json
 from tuner.cli.options import (
     CommandOpt, DirectionOpt, MaxFailuresOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
-    SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, spec_from,
+    SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, spec_from, spec_options,
 )
 from tuner.cli.render import count
 from tuner.cli.running import new_database, say_new_database
@@ -42,13 +42,9 @@ def create(
     spaces_dir: SpacesDirOpt = SPACES_DIR,
 ) -> None:
     """Create a study without running it (grid points are queued now)."""
+    options = spec_options(locals())
     from tuner.study import create_study
 
-    options = dict(
-        space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
-        objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
-        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_streak=max_streak,
-    )
     url = resolve_url(storage)
     new_db = new_database(url)
     loaded = create_study(spec_from(name, spec, options), url, spaces_dir=spaces_dir)

@@ -136,6 +136,26 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; 
 SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help="Folder of space files.")]
 
 
+# the options `study create` and `study run` share that are settings of the study's spec, by the
+# name of the command's argument (its spec field's name, but --metric-pattern's: metric_patterns)
+SPEC_OPTIONS = (
+    "space", "workload", "target", "sampler", "pruner", "metric", "direction", "objective", "command", "trial_timeout", "seed", "trials",
+    "val_fraction", "metric_pattern", "step_pattern", "max_failures", "max_streak",
+)
+
+
+def spec_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The spec settings among a command's arguments (pass `locals()` first thing), None where not
+    given; a repeatable --metric-pattern given no times is None too."""
+    options: dict[str, Any] = {}
+    for name in SPEC_OPTIONS:
+        if name == "metric_pattern":  # repeatable: given no times, an empty list
+            options["metric_patterns"] = arguments[name] or None
+        else:
+            options[name] = arguments[name]
+    return options
+
+
 def spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:
     """A spec file as the base, options on top, the NAME argument naming the study."""
     base: dict[str, Any] = load_spec(spec_file).as_dict() if spec_file else {}

@@ -16,7 +16,7 @@ from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err
 from tuner.cli.options import (
     CommandOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
-    TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, spec_from,
+    TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, spec_from, spec_options,
 )
 from tuner.cli.render import count, describe_running
 from tuner.errors import SpecError
@@ -60,16 +60,11 @@ def run(
     spaces_dir: SpacesDirOpt = SPACES_DIR,
 ) -> None:
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
+    options = {**spec_options(locals()), "pack": pack}
     from tuner.study import prepare_run
 
     pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     url = resolve_url(storage)
-    options = dict(
-        space=space, workload=workload, target=target, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
-        objective=objective, command=command, trial_timeout=trial_timeout, seed=seed, trials=trials, val_fraction=val_fraction,
-        metric_patterns=metric_pattern or None, step_pattern=step_pattern, max_failures=max_failures, max_streak=max_streak,
-        pack=pack,
-    )
     parse_pack(pack)
     given = spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
     study_name = name or (given.name if given else None)
