@@ -95,7 +95,7 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     template = spec.command or ""
     check_template(template, list(loaded.space.params))
     sign = 1.0 if spec.direction == "maximize" else -1.0
-    patterns = OutputReader(spec.metric_patterns or [], spec.step_pattern)
+    reads_output = bool(spec.metric_patterns or spec.step_pattern)  # patterns the spec checked as it was made
 
     def objective(trial: optuna.Trial) -> float:
         handle = begin(loaded, trial, device)
@@ -112,7 +112,8 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
             )
             steps, seen = handle.history["epoch"], handle.history[spec.metric]  # what was reported so far
             reported: set[str] = set()  # every metric name the script reported, for a missing metric's message
-            reader = pattern_reader(OutputReader(spec.metric_patterns or [], spec.step_pattern)) if patterns else default_reader
+            # a reader of its own a trial: a step pattern's last step is this trial's
+            reader = pattern_reader(OutputReader(spec.metric_patterns or [], spec.step_pattern)) if reads_output else default_reader
 
             def on_record(metrics: dict[str, float]) -> None:
                 reported.update(k for k in metrics if k not in ("step", "epoch"))
