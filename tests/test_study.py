@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import SpecError, StorageError, TunerError
 from tuner.failures import DEFAULT_IN_A_ROW
+from tuner.pruning import ParetoPruner
 from tuner.samplers import PRUNERS, SAMPLERS, FastRandomSampler, make_pruner, make_sampler
 from tuner.spec import StudySpec
 from tuner.study import (
@@ -50,6 +51,8 @@ SAMPLER_CLASSES = {
     "gp": optuna.samplers.GPSampler,
     "qmc": optuna.samplers.QMCSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "nsga3": optuna.samplers.NSGAIIISampler,
 }
 # (class, settings read back from the pruner): the epoch is the resource
 PRUNER_CLASSES = {
@@ -58,6 +61,7 @@ PRUNER_CLASSES = {
     "percentile": (optuna.pruners.PercentilePruner, {"_percentile": 25.0, "_n_startup_trials": 5, "_n_warmup_steps": 2}),
     "sha": (optuna.pruners.SuccessiveHalvingPruner, {"_min_resource": 1, "_reduction_factor": 3}),
     "hyperband": (optuna.pruners.HyperbandPruner, {"_min_resource": 1, "_reduction_factor": 3}),
+    "pareto": (ParetoPruner, {"n_startup_trials": 5, "n_warmup_steps": 1, "n_dominating": 3, "margin": 0.02}),
 }
 
 
@@ -139,7 +143,7 @@ def test_grid_needs_grid_points_for_continuous_ranges(project):
     assert not Path("studies/tuner.db").exists()  # nothing written
 
 
-@pytest.mark.parametrize("pruner", list(PRUNERS))
+@pytest.mark.parametrize("pruner", [p for p in PRUNERS if p != "pareto"])  # pareto: several metrics (tests/test_tradeoffs.py)
 def test_each_pruner_is_applied_from_the_stored_spec(project, pruner):
     Path("search_spaces/wide.yaml").write_text(
         textwrap.dedent(

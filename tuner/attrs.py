@@ -50,6 +50,10 @@ __all__ = [
     "GRAD_NORMS",
     "LR",
     "PARAMS",
+    "TRAIN_SECONDS",
+    "LATENCY_MS",
+    "VECTORS",
+    "VIOLATED",
     "GRAD_NORM_FIRST",
     "GRAD_NORM_LAST",
     "VANISHING",
@@ -94,6 +98,10 @@ TRAIN_ACCURACY = "train_accuracy"
 GRAD_NORMS = "grad_norms"  # per layer, at the last epoch
 LR = "lr"  # the learning rate in force in the last epoch
 PARAMS = "params"  # the model's trainable parameters
+TRAIN_SECONDS = "train_seconds"  # seconds of training and evaluation (a packed trial's: its share of each epoch)
+LATENCY_MS = "latency_ms"  # milliseconds of a forward pass on one validation batch (tuner.epochs.forward_latency_ms)
+VECTORS = "intermediate_vectors"  # with several metrics: {step: [each metric's value]}, what the pareto pruner compares
+VIOLATED = "violated"  # the constraints an infeasible trial missed, as written: ["params<=20000"]
 # the diagnostics (tuner.epochs.Diagnostics, whose fields are these names)
 GRAD_NORM_FIRST = "grad_norm_first"
 GRAD_NORM_LAST = "grad_norm_last"

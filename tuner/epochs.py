@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,7 @@ __all__ = [
     "TrainResult",
     "TrainTiming",
     "TrialEpochs",
+    "forward_latency_ms",
     "gradient_flags",
     "metric_value",
     "report_timing",
@@ -37,6 +39,11 @@ __all__ = [
 ]
 
 EVAL_CHUNK = 8192  # rows evaluated at once; bounds memory on large validation splits
+# latency_ms, measured the same way on every trial: one batch of LATENCY_ROWS validation rows (all
+# of them if fewer), LATENCY_WARMUP passes first, then the median of LATENCY_REPEATS timed passes
+LATENCY_ROWS = 64
+LATENCY_WARMUP = 3
+LATENCY_REPEATS = 15
 # Diagnostics thresholds, from what makes networks fail to learn:
 VANISHING_RATIO = 1e-3  # first layer's gradient norm below this share of the last layer's
 EXPLODING_NORM = 1e3  # any layer's gradient norm above this (before clipping)
@@ -53,12 +60,21 @@ class EpochResult:
     train_accuracy: float | None = None  # on the training batches as trained (dropout on)
     grad_norms: dict[str, float] = field(default_factory=dict)  # per layer, on the epoch's last batch
     params: int | None = None  # the model's trainable parameters (a packed member's: its own, unpadded)
+    train_seconds: float | None = None  # training and evaluation so far (a packed member's: its share of each epoch)
+    latency_ms: float | None = None  # inference: median forward pass on one validation batch (forward_latency_ms)
 
     def figures(self) -> dict[str, float | int | None]:
         """The epoch's measured figures by name (each a trial attribute's name in tuner.attrs):
         what a trial's history keeps per epoch and records of its last epoch. A new figure is a
         field here and its name in attrs.py."""
         return {name: getattr(self, name) for name in _FIGURES}
+
+    def value_of(self, name: str) -> float | None:
+        """A metric of the study (tuner.metrics) at this epoch: a figure, or one computed from them."""
+        if name == "val_rmse":
+            return math.sqrt(self.val_loss)
+        value = getattr(self, name) if name in _FIGURES else None
+        return None if value is None else float(value)
 
 
 _FIGURES = tuple(f.name for f in fields(EpochResult) if f.name not in ("epoch", "metric", "grad_norms"))
@@ -147,6 +163,30 @@ def timing_hook(hook: Callable[[TrainTiming], None]) -> Iterator[None]:
 def report_timing(timing: TrainTiming) -> None:
     for hook in list(_TIMING_HOOKS):
         hook(timing)
+
+
+@torch.no_grad()
+def forward_latency_ms(model: nn.Module, batch: torch.Tensor) -> float:
+    """Milliseconds of one forward pass over `batch` in eval mode: the median of LATENCY_REPEATS
+    passes after LATENCY_WARMUP, each waited for on a GPU (kernels run asynchronously there)."""
+    was_training = model.training
+    model.eval()
+    cuda = batch.device.type == "cuda"
+    try:
+        for _ in range(LATENCY_WARMUP):
+            model(batch)
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            if cuda:
+                torch.cuda.synchronize(batch.device)
+            started = time.perf_counter()
+            model(batch)
+            if cuda:
+                torch.cuda.synchronize(batch.device)
+            times.append(time.perf_counter() - started)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) * 1e3
 
 
 # --- the learning rate --------------------------------------------------------------------------
@@ -316,6 +356,7 @@ class TrialEpochs:
         schedule: Schedule,
         on_epoch: Callable[[EpochResult], Any] | None,
         timing: TrainTiming,
+        probe: torch.Tensor | None = None,
         keep_best: bool = False,
     ) -> None:
         self.cfg, self.metric, self.schedule, self.on_epoch, self.timing = cfg, metric, schedule, on_epoch, timing
@@ -323,6 +364,9 @@ class TrialEpochs:
         self.history: list[EpochResult] = []
         self.stopped = "completed"
         self._params: int | None = None
+        self._probe = None if probe is None else probe[:LATENCY_ROWS]  # the validation batch latency is timed on
+        self._latency_ms: float | None = None
+        self._seconds = 0.0
 
     @staticmethod
     def check(epoch: int, loss: float) -> None:
@@ -341,16 +385,22 @@ class TrialEpochs:
         val_accuracy: float | None,
         lr: float,
         grad_norms: dict[str, float],
+        seconds: float,
     ) -> bool:
-        """Close the epoch; True when the trial is done (early stopping, or its last epoch).
-        Raises DivergedError, or what `on_epoch` raises (pruning)."""
+        """Close the epoch, which took `seconds` to train and evaluate; True when the trial is done
+        (early stopping, or its last epoch). Raises DivergedError, or what `on_epoch` raises (pruning)."""
+        self._seconds += seconds
         self.check(epoch, train_loss)
         self.check(epoch, val_loss)
         self.schedule.end_epoch(epoch, val_loss)
         if self._params is None:
             self._params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self._latency_ms is None and self._probe is not None:  # the architecture is the trial's: timed once
+            self._latency_ms = round(forward_latency_ms(model, self._probe), 4)
         value = metric_value(self.metric, val_loss, val_accuracy)
-        result = EpochResult(epoch, train_loss, val_loss, val_accuracy, value, lr, train_accuracy, grad_norms, self._params)
+        result = EpochResult(
+            epoch, train_loss, val_loss, val_accuracy, value, lr, train_accuracy, grad_norms, self._params, round(self._seconds, 4), self._latency_ms
+        )
         self.history.append(result)
         if self.on_epoch is not None:
             self.timing.reports_s -= time.perf_counter()

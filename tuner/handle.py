@@ -23,19 +23,41 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
 from tuner import attrs as A
+from tuner.metrics import Constraint, Metric
+from tuner.pruning import OneMetric, ParetoPruner
 
-__all__ = ["LinkingStore", "Pruned", "TrialHandle", "attach"]
+__all__ = ["LinkingStore", "MissingMetric", "Pruned", "TrialHandle", "attach"]
 
 
 class Pruned(optuna.TrialPruned):
     """Raised by TrialHandle.report when the study's pruner stops the trial; let it propagate."""
 
 
+class MissingMetric(ValueError):
+    """A trial ended without a value for one of the study's metrics, or a constrained one."""
+
+    def __init__(self, metric: str, reported: list[str]) -> None:
+        super().__init__(f"the trial reported no {metric} (it reported {', '.join(reported) or 'nothing'})")
+        self.metric, self.reported = metric, reported
+
+
 class TrialHandle:
     """One trial, as a person's objective sees it."""
 
     def __init__(
-        self, trial: optuna.Trial, *, params: dict[str, Any], device: Any, seed: int, metric: str, pruner: str, prunes: bool, artifacts: Path, unit: str = "step"
+        self,
+        trial: optuna.Trial,
+        *,
+        params: dict[str, Any],
+        device: Any,
+        seed: int,
+        objectives: tuple[Metric, ...],
+        pruner: str,
+        prunes: bool,
+        artifacts: Path,
+        prune_on: str | None = None,
+        constraints: tuple[Constraint, ...] = (),
+        unit: str = "step",
     ) -> None:
         self._trial = trial
         self.params = dict(params)  # built-in and free parameters, sampled and fixed
@@ -43,41 +65,108 @@ class TrialHandle:
         self.seed = seed  # the study's seed plus the trial's number; torch is seeded with it already
         self.number = trial.number
         self.study_name = trial.study.study_name
-        self.metric = metric  # the name the study optimizes; report() takes its value
+        self.metric = objectives[0].name  # the (first) metric the study optimizes; report() takes its value
+        self.metrics = [m.name for m in objectives]  # every metric it optimizes, in order
+        self._objectives, self._constraints = objectives, constraints
         self._pruner, self._prunes, self._artifacts = pruner, prunes, artifacts
+        self._prune_on = prune_on if len(objectives) > 1 else None
         self._unit = unit  # what a step is called in a reason: an epoch of tuner's loop, else a step
-        self.history: dict[str, list[Any]] = {"epoch": [], metric: []}  # what report() saw, per step
+        self.history: dict[str, list[Any]] = {"epoch": [], **{name: [] for name in self.metrics}}  # what report() saw, per step
+        self._vectors: dict[str, list[float]] = {}  # with several metrics: each step's, as the pareto pruner reads them
         self._trial_dir: Path | None = None
 
-    def report(self, step: int, value: float, **extra: float) -> None:
-        """Store `value` (the study's metric) at `step` (an epoch, or any increasing count) and
-        ask the pruner; raises Pruned when the trial should stop. `extra` values (losses, rates)
-        are kept in the trial's history for the report's curves (None: not measured)."""
+    def report(self, step: int, value: float | dict[str, float] | None = None, **extra: float | None) -> None:
+        """Store the study's metric at `step` (an epoch, or any increasing count) and ask the
+        pruner; raises Pruned when the trial should stop. `value` is the metric's number, or a
+        dict of metrics by name (with several metrics, each of them; `extra` works the same). Other
+        values (losses, rates) are kept in the trial's history for the report's curves (None: not
+        measured)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"report(step={step!r}): step must be an integer >= 0 (the epoch)")
-        value = _number(self.metric, value)
+        figures: dict[str, Any] = dict(value) if isinstance(value, dict) else ({} if value is None else {self.metric: value})
+        figures.update(extra)
+        if self.metric not in figures and len(self.metrics) == 1:
+            raise TypeError(f"report(step={step}): give the study's metric {self.metric}, as report(step, value)")
+        figures = {k: None if v is None else _number(k, v) for k, v in figures.items()}
         history, n = self.history, len(self.history["epoch"]) + 1
         history["epoch"].append(step)
-        history[self.metric].append(value)
-        for key, v in extra.items():
-            if key != self.metric:
-                column = history.get(key)
-                if column is None:  # a figure first reported now: None for the steps before
-                    column = history[key] = [None] * (n - 1)
-                column.append(None if v is None else _number(key, v))
+        for key, v in figures.items():
+            column = history.get(key)
+            if column is None:  # a figure first reported now: None for the steps before
+                column = history[key] = [None] * (n - 1)
+            column.append(v)
         if any(len(column) != n for column in history.values()):  # a figure this step did not report
             for column in history.values():
                 column.extend([None] * (n - len(column)))
-        if not math.isfinite(value):
-            # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
-            reason = f"diverged: {self.metric}={value} at {self._unit} {step}"
-            self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: step})
-            raise Pruned(reason)
-        self._trial.report(value, step)
-        if self._prunes and self._trial.should_prune():
-            reason = f"{self._pruner} pruner at {self._unit} {step}: {self.metric}={value:.4f}"
-            self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
-            raise Pruned(reason)
+        for name in self.metrics:
+            v = figures.get(name)
+            if v is not None and not math.isfinite(v):
+                # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
+                reason = f"diverged: {name}={v} at {self._unit} {step}"
+                self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: step})
+                raise Pruned(reason)
+        if len(self.metrics) == 1:
+            self._trial.report(figures[self.metric], step)
+            if self._prunes and self._trial.should_prune():
+                self._prune(step, f"{self._pruner} pruner at {self._unit} {step}: {self.metric}={figures[self.metric]:.4f}")
+            return
+        self._report_vector(step, figures)
+
+    def _report_vector(self, step: int, figures: dict[str, float | None]) -> None:
+        """Several metrics: the step's vector kept for the pareto pruner (a step that lacks a
+        metric has none, and is not pruned), the watched metric as Optuna's intermediate value."""
+        watched = self._prune_on or self.metric
+        storage, trial_id = self._trial.storage, self._trial._trial_id
+        if figures.get(watched) is not None:  # Trial.report refuses a study of several metrics
+            storage.set_trial_intermediate_value(trial_id, step, figures[watched])
+        vector = [figures.get(name) for name in self.metrics]
+        if any(v is None for v in vector):
+            return
+        self._vectors[str(step)] = vector  # type: ignore[assignment]
+        self._record({A.VECTORS: dict(self._vectors)})
+        if not self._prunes:
+            return
+        study, pruner = self._trial.study, self._trial.study.pruner
+        frozen = storage.get_trial(trial_id)
+        if isinstance(pruner, ParetoPruner):
+            dominating = pruner.dominating(study, frozen)
+            if len(dominating) >= pruner.n_dominating:
+                shown = ", ".join(f"{name}={_fmt(v)}" for name, v in zip(self.metrics, vector))
+                by = ", ".join(map(str, dominating[:8])) + (f" and {len(dominating) - 8} more" if len(dominating) > 8 else "")
+                self._prune(step, f"pareto pruner at {self._unit} {step}: {shown} dominated by trials {by} at that {self._unit}")
+        elif figures.get(watched) is not None:
+            direction = next(m.direction for m in self._objectives if m.name == watched)
+            if pruner.prune(OneMetric(study, direction), frozen):
+                self._prune(step, f"{self._pruner} pruner on {watched} at {self._unit} {step}: {watched}={_fmt(figures[watched])}")
+
+    def _prune(self, step: int, reason: str) -> None:
+        self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
+        raise Pruned(reason)
+
+    def conclude(self, figures: dict[str, Any]) -> float | list[float]:
+        """The trial's value (a list with several metrics) from its figures at the step chosen as
+        its result (a metric it lacks: its last reported value), with each constraint recorded
+        as Optuna's constraint value (at most 0: met), the missed ones in attrs.VIOLATED.
+        Raises MissingMetric for a metric it never reported."""
+        def value(name: str) -> float:
+            v = figures.get(name)
+            if v is None:
+                v = next((x for x in reversed(self.history.get(name, [])) if x is not None), None)
+            if v is None:
+                reported = sorted(k for k in {*figures, *self.history} - {"epoch", "step"} if figures.get(k) is not None or any(x is not None for x in self.history.get(k, [])))
+                raise MissingMetric(name, reported)
+            return _number(name, v)
+
+        values = [value(name) for name in self.metrics]
+        missed = []
+        for constraint in self._constraints:
+            violation = constraint.violation(value(constraint.metric))
+            self._trial.set_constraint(constraint.text(), violation)
+            if violation > 0:
+                missed.append(constraint.text())
+        if missed:
+            self._record({A.VIOLATED: missed})
+        return values[0] if len(values) == 1 else values
 
     def history_attrs(self) -> dict[str, Any]:
         """What the reports add to the trial when it ends: the history and the last step reached."""
@@ -195,6 +284,10 @@ class LinkingStore(FileSystemArtifactStore):
             except OSError:  # another file system, or links not allowed: copy
                 pass
         super().write(artifact_id, content_body)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
 
 
 def _number(key: str, value: Any) -> float:

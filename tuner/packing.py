@@ -515,7 +515,8 @@ def _train_packed(
         seed_trial(seeds[i], device)
         model = build_model(cfgs[i], n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=None)
         apply_init(model, cfgs[i])
-        epochs = TrialEpochs(cfgs[i], metric=metric, schedule=Schedule(cfgs[i], steps_per_epoch), on_epoch=callbacks[i], timing=timing)
+        model.to(device)  # its own copy, on the device: latency is timed on it, and the trained weights land in it
+        epochs = TrialEpochs(cfgs[i], metric=metric, schedule=Schedule(cfgs[i], steps_per_epoch), on_epoch=callbacks[i], timing=timing, probe=x_val)
         members.append(_Member(cfgs[i], seeds[i], model, epochs, device))
     active = list(members)
     layer_names = [name for name, _ in layer_weights(members[0].model)]  # as alone; every member has the same layers
@@ -529,6 +530,7 @@ def _train_packed(
     epoch = 0
     while active:
         epoch += 1
+        epoch_started = time.perf_counter()
         # train: each member's batches in its own order, one step for all
         perms = torch.stack([torch.randperm(n_train, device=device, generator=m.generator) for m in active])
         # index_select of the flattened orders: 2.5x quicker on a CPU than x_train[perms], whose
@@ -564,14 +566,15 @@ def _train_packed(
         norms_list = norms.t().tolist()
         # evaluate every member on the validation split
         val_loss, val_accuracy = _evaluate(net, x_val, y_val, task)
-        # report, then decide who stops
+        # report, then decide who stops; each member's train_seconds is its share of the epoch
+        share = (time.perf_counter() - epoch_started) / len(active)
         ending: list[int] = []
         for i, m in enumerate(active):
             try:
                 accuracy = val_accuracy[i] if val_accuracy is not None else None
                 done = m.epochs.end(
                     epoch, m.model, train_loss=train_loss[i], train_accuracy=train_correct[i] if task == "classification" else None,
-                    val_loss=val_loss[i], val_accuracy=accuracy, lr=epoch_lr[i], grad_norms=dict(zip(layer_names, norms_list[i])),
+                    val_loss=val_loss[i], val_accuracy=accuracy, lr=epoch_lr[i], grad_norms=dict(zip(layer_names, norms_list[i])), seconds=share,
                 )
                 if not done:
                     continue

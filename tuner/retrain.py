@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from tuner import attrs as A
@@ -60,7 +61,11 @@ def retrain_best(
     device: str = "auto",
     artifacts_dir: Path = DEFAULT_ARTIFACTS,
     threads: int | None = None,
+    trial: FrozenTrial | None = None,
 ) -> Retrained:
+    """Retrain the study's best trial (or `trial`, a complete one: a point of a front) with its
+    seed, keep the weights of its best epoch, save them with what loads them again, and attach
+    the file to the study."""
     quiet_optuna()
     study, spec = loaded.study, loaded.spec
     if spec.user_code:
@@ -68,17 +73,21 @@ def retrain_best(
             f"study '{spec.name}' trains your own {spec.code_kind}, and retrain runs tuner's own loop; "
             f"`tuner study best {spec.name}` gives the best parameters (and the command line) to retrain it with your code"
         )
+    if trial is None and len(spec.objectives) > 1:
+        raise SpecError(f"study '{spec.name}' has several metrics and no single best: pick a trial of its front (`tuner best {spec.name} --trial N --retrain`)")
     try:
-        best = study.best_trial
+        best = trial or study.best_trial
     except ValueError:
-        raise SpecError(f"study '{spec.name}' has no complete trial yet; run it with `tuner study run {spec.name}`") from None
+        raise SpecError(f"study '{spec.name}' has no complete{' feasible' if spec.constraints else ''} trial yet; run it with `tuner study run {spec.name}`") from None
+    metric = spec.epoch_metric  # the one that picked its best epoch
+    reported = best.values[[m.name for m in spec.objectives].index(metric)] if metric in (m.name for m in spec.objectives) else best.values[0]
     torch_device = resolve_device(device)
     set_threads(threads)
     params = {**loaded.space.fixed(), **best.params}
     seed = int(best.user_attrs.get(A.SEED, spec.seed + best.number))
     data, user_model = trial_workload(loaded, params, seed)
     cfg = TrainConfig.from_params(params)
-    result = train(cfg, data, metric=spec.metric, device=torch_device, seed=seed, model=user_model, keep_best=True)
+    result = train(cfg, data, metric=metric, device=torch_device, seed=seed, model=user_model, keep_best=True)
     model = result.model
     assert result.best_state is not None
     model.load_state_dict(result.best_state)
@@ -93,9 +102,9 @@ def retrain_best(
         "study": spec.name,
         "trial": best.number,
         "seed": seed,
-        "metric": spec.metric,
+        "metric": metric,
         "value": reproduced,
-        "reported_value": best.value,
+        "reported_value": reported,
         "best_epoch": result.best_epoch,
         "workload": {"ref": spec.workload, "target": spec.target, "seed": spec.seed, "val_fraction": spec.val_fraction},
         "task": data.task,
@@ -109,9 +118,9 @@ def retrain_best(
     artifact_id = attach(loaded.study, out, artifacts_dir, mimetype="application/octet-stream")
     study.set_user_attr(
         BEST_MODEL_ATTR,
-        {"trial": best.number, "file": str(out), "artifact_id": artifact_id, spec.metric: reproduced, "epoch": result.best_epoch},
+        {"trial": best.number, "file": str(out), "artifact_id": artifact_id, metric: reproduced, "epoch": result.best_epoch},
     )
-    return Retrained(out, best.number, spec.metric, float(best.value), reproduced, result.best_epoch, artifact_id)
+    return Retrained(out, best.number, metric, float(reported), reproduced, result.best_epoch, artifact_id)
 
 
 def _save(payload: dict[str, Any], out: Path) -> None:

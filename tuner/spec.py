@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from tuner.errors import SpecError
-from tuner.params import METRICS
-from tuner.patterns import METRIC_NAME, parse_metric_pattern, parse_step_pattern
+from tuner.metrics import MEASURES, RECORDED, VALIDATION, Constraint, Metric, parse_constraint, parse_metric
+from tuner.patterns import parse_metric_pattern, parse_step_pattern
 
 __all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
 
@@ -25,7 +25,8 @@ __all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "lo
 RUN_OPTIONS = ("trials", "pack", "max_failures", "max_streak")
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 DIRECTIONS = ("maximize", "minimize")
-_OPTIONAL_TEXT = ("target", "direction", "objective", "command")
+_OPTIONAL_TEXT = ("target", "direction", "objective", "command", "sampler", "pruner", "metric", "prune_on")
+_OMITTED_WHEN_UNSET = ("metrics", "constraints", "prune_on")  # not stored with a study that does not use them: its record reads as before
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -41,10 +42,13 @@ class StudySpec:
     space: str  # search space: a name in search_spaces/ or a path to a YAML file
     workload: str = "digits"  # builtin name, a .csv or .npz path, or module:function (tuner's own loop only)
     target: str | None = None  # the column to predict, for a CSV workload
-    sampler: str = "tpe"  # see tuner.samplers.SAMPLERS
-    pruner: str = "median"  # see tuner.samplers.PRUNERS
-    metric: str = "val_accuracy"  # see tuner.params.METRICS; with your own code, any name it reports
+    sampler: str | None = None  # see tuner.samplers.SAMPLERS; None: tpe, or nsga2 with several metrics
+    pruner: str | None = None  # see tuner.samplers.PRUNERS; None: median, or pareto with several metrics
+    metric: str | None = None  # the (first) metric: see tuner.metrics; with your own code, any name it reports; None: val_accuracy
     direction: str | None = None  # maximize | minimize; None: the built-in metric's own
+    metrics: list[str] | None = None  # with several objectives, each as NAME:DIRECTION (the first is `metric`); None: one
+    constraints: list[str] | None = None  # bounds a feasible trial meets: "params<=50000" (tuner.metrics.Constraint)
+    prune_on: str | None = None  # with several metrics, the one a single-metric pruner (median, ...) watches
     objective: str | None = None  # your own code as module:function, called with a trial handle
     command: str | None = None  # your own script, run once a trial: "python train.py --lr {lr}"
     trial_timeout: float | None = None  # seconds a command trial may run before it is ended as failed
@@ -68,14 +72,16 @@ class StudySpec:
     def __post_init__(self) -> None:
         from tuner.samplers import PRUNERS, SAMPLERS, check_name
 
-        for key in ("name", "space", "workload", "sampler", "pruner", "metric", "target", "direction", "objective", "command"):
+        for key in ("name", "space", "workload", "sampler", "pruner", "metric", "target", "direction", "objective", "command", "prune_on"):
             value = getattr(self, key)
             if not isinstance(value, str) and not (key in _OPTIONAL_TEXT and value is None):
                 raise SpecError(f"{key} must be text, got {value!r}"[:300])
         check_study_name(self.name)
+        self._check_code()
+        self._resolve_objectives()
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
-        self._check_code()
+        self._check_search()
         for key in ("seed", "trials", "retries", "startup_trials", "max_failures", "max_streak"):
             value = getattr(self, key)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials", "max_failures") and value is None):
@@ -106,27 +112,132 @@ class StudySpec:
                 raise SpecError(f"trial_timeout must be a number of seconds above 0, got {self.trial_timeout!r}")
             if self.command is None:
                 raise SpecError("--trial-timeout ends a --command trial's process; an objective or tuner's loop runs in the worker itself")
-        if not self.user_code:
-            if self.metric not in METRICS:
-                raise SpecError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)} (any name your own code reports, with --objective or --command)")
-            if self.direction not in (None, METRICS[self.metric]):
-                raise SpecError(f"metric {self.metric} is {METRICS[self.metric]}d, not {self.direction}d; drop --direction")
-        else:
+        if self.user_code:
             if self.workload != "digits" or self.target is not None:
                 raise SpecError(f"--workload and --target feed tuner's own loop; your {self.code_kind} loads its own data, so drop them")
-            if not METRIC_NAME.fullmatch(self.metric):
-                raise SpecError(f"metric {self.metric!r} must be a name like val_accuracy or test-loss (a letter, then letters, digits, '_', '.', '-', '/'), as your code reports it")
-            if self.direction is None and self.metric not in METRICS:
-                raise SpecError(f"metric {self.metric}: say whether to --direction maximize or minimize it")
             if self.objective is not None and (":" not in self.objective or not all(self.objective.partition(":")[::2])):
                 raise SpecError(f"objective {self.objective!r}: write it module:function, e.g. mypkg.tune:objective")
             if self.command is not None and not self.command.strip():
                 raise SpecError("command is empty; give the command line that trains one trial, e.g. \"python train.py --lr {lr}\"")
-        self._check_patterns()
-        if self.direction is None:
-            object.__setattr__(self, "direction", METRICS[self.metric])
 
-    def _check_patterns(self) -> None:
+    def _resolve_objectives(self) -> None:
+        """The study's metrics, each with its direction: `metric` (and `direction`) for one, or
+        `metrics` for several, stored as NAME:DIRECTION; then its constraints, its sampler and
+        pruner (NSGA-II and pareto by default with several metrics) and the metric they prune on."""
+        if self.metrics is not None and (not isinstance(self.metrics, list) or not self.metrics or not all(isinstance(m, str) for m in self.metrics)):
+            raise SpecError(f"metrics must be a list of NAME or NAME:DIRECTION texts, got {self.metrics!r}"[:300])
+        given = [parse_metric(m) for m in self.metrics] if self.metrics else [parse_metric(self.metric or "val_accuracy")]
+        if self.metrics and self.metric is not None and parse_metric(self.metric)[0] != given[0][0]:
+            raise SpecError(f"metric {self.metric} and metrics {', '.join(self.metrics)} disagree; give the metrics alone (the first is the study's metric)")
+        names = [name for name, _ in given]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise SpecError(f"metric {twice} is given twice; name each metric once")
+        if self.direction is not None and len(given) == 1:
+            given[0] = (given[0][0], self._agree(given[0][0], given[0][1], self.direction))
+        resolved = [Metric(name, self._direction_of(name, direction)) for name, direction in given]
+        if len(given) > 1 and self.direction not in (None, resolved[0].direction):  # a stored spec has the first's
+            raise SpecError("--direction sets one metric's direction; with several metrics give each as NAME:DIRECTION, e.g. --metric test_loss:minimize")
+        self._check_metrics(resolved)
+        object.__setattr__(self, "metric", resolved[0].name)
+        object.__setattr__(self, "direction", resolved[0].direction)
+        object.__setattr__(self, "metrics", [m.text() for m in resolved] if len(resolved) > 1 else None)
+        if self.constraints is not None and (not isinstance(self.constraints, list) or not all(isinstance(c, str) for c in self.constraints)):
+            raise SpecError(f"constraints must be a list of METRIC<=NUMBER or METRIC>=NUMBER texts, got {self.constraints!r}"[:300])
+        parsed = [parse_constraint(c) for c in self.constraints or []]
+        for constraint in parsed:
+            self._check_recorded(constraint)
+        object.__setattr__(self, "constraints", [c.text() for c in parsed] or None)
+        multi = len(resolved) > 1
+        if self.sampler is None:
+            object.__setattr__(self, "sampler", "nsga2" if multi else "tpe")
+        if self.pruner is None:
+            object.__setattr__(self, "pruner", "pareto" if multi else "median")
+
+    @staticmethod
+    def _agree(name: str, suffix: str | None, flag: str) -> str:
+        if flag not in DIRECTIONS:
+            raise SpecError(f"direction must be maximize or minimize, got {flag!r}")
+        if suffix is not None and suffix != flag:
+            raise SpecError(f"metric {name}:{suffix} and --direction {flag} disagree; give one")
+        return flag
+
+    def _direction_of(self, name: str, direction: str | None) -> str:
+        """A metric's direction: as given, or a built-in metric's own (which tuner's loop requires)."""
+        builtin = {**VALIDATION, **MEASURES}.get(name)
+        if not self.user_code:
+            if builtin is None:
+                raise SpecError(
+                    f"unknown metric {name!r}; valid: {', '.join([*VALIDATION, *MEASURES])}, which tuner's loop measures "
+                    "(any name your own code reports, with --objective or --command)"
+                )
+            if direction not in (None, builtin):
+                raise SpecError(f"metric {name} is {builtin}d, not {direction}d; drop --direction (or the :{direction})")
+        if direction is None and builtin is None:
+            raise SpecError(f"metric {name}: say whether to --direction maximize or minimize it (with several metrics: --metric {name}:maximize)")
+        return direction or builtin or "maximize"
+
+    def _check_metrics(self, metrics: list[Metric]) -> None:
+        if not self.user_code and not any(m.name in VALIDATION for m in metrics):
+            costs = " and ".join(m.name for m in metrics)
+            raise SpecError(
+                f"{costs} alone would tune for the cheapest model whatever it learns; add a validation metric: "
+                f"--metric val_accuracy --metric {metrics[0].name}:minimize"
+            )
+        self._check_patterns([m.name for m in metrics])
+
+    def _check_recorded(self, constraint: Constraint) -> None:
+        """A constraint bounds a metric the trials record: tuner's loop's, or a command's patterns'."""
+        if not self.user_code and constraint.metric not in RECORDED:
+            raise SpecError(f"constraint {constraint.text()}: tuner's loop records no {constraint.metric}; constrain one of {', '.join(RECORDED)}")
+        names = [parse_metric_pattern(p).name for p in self.metric_patterns or []]
+        if names and constraint.metric not in names:
+            raise SpecError(f"constraint {constraint.text()}: no --metric-pattern reads {constraint.metric} (they read {', '.join(names)}); add one")
+
+    def _check_search(self) -> None:
+        """Samplers and pruners that fit the number of metrics."""
+        from tuner.samplers import MULTI_SAMPLERS, SINGLE_PRUNERS
+
+        multi = self.metrics is not None
+        if multi and self.sampler not in MULTI_SAMPLERS:
+            raise SpecError(f"sampler {self.sampler} optimizes one metric; with several metrics use {', '.join(MULTI_SAMPLERS)} (nsga2 by default)")
+        if not multi and self.pruner == "pareto":
+            raise SpecError("pruner pareto compares trials on several metrics; with one metric use median, percentile, sha or hyperband")
+        if self.prune_on is not None:
+            names = [parse_metric(m)[0] for m in self.metrics or []]
+            if not multi:
+                raise SpecError(f"--prune-on picks which of several metrics a single-metric pruner watches; this study has one ({self.metric}): drop it")
+            if self.prune_on not in names:
+                raise SpecError(f"--prune-on {self.prune_on} is not one of the study's metrics ({', '.join(names)})")
+            if self.pruner == "hyperband":
+                raise SpecError("hyperband cannot watch one of several metrics (its brackets read the study's directions); use --pruner sha (its one-bracket form) or pareto")
+            if self.pruner not in SINGLE_PRUNERS:
+                raise SpecError(f"--prune-on goes with a single-metric pruner ({', '.join(SINGLE_PRUNERS)}), not {self.pruner}: add --pruner median, or drop --prune-on")
+        elif multi and self.pruner in SINGLE_PRUNERS:
+            raise SpecError(
+                f"pruner {self.pruner} watches one metric and this study has {len(self.metrics or [])}; use --pruner pareto (the default with several), "
+                f"or name the metric it watches: --prune-on {self.metric}"
+            )
+
+    @property
+    def objectives(self) -> tuple[Metric, ...]:
+        """The metrics the study optimizes, in order, each with its direction."""
+        if self.metrics is None:
+            return (Metric(str(self.metric), str(self.direction)),)
+        return tuple(Metric(*parse_metric(m)) for m in self.metrics)  # type: ignore[arg-type]
+
+    @property
+    def epoch_metric(self) -> str:
+        """The metric that picks a trial's best epoch in tuner's loop: the first validation metric
+        among the study's (a model's cost does not say which epoch learned most)."""
+        return next((m.name for m in self.objectives if m.name in VALIDATION), str(self.metric))
+
+    @property
+    def bounds(self) -> tuple[Constraint, ...]:
+        """The constraints a feasible trial meets."""
+        return tuple(parse_constraint(c) for c in self.constraints or [])
+
+    def _check_patterns(self, metrics: list[str]) -> None:
         """--metric-pattern and --step-pattern: a command's output read with regular expressions."""
         patterns = self.metric_patterns
         if patterns is None and self.step_pattern is None:
@@ -144,12 +255,11 @@ class StudySpec:
             raise SpecError(f"metric {twice} has two --metric-pattern; give one pattern a metric")
         if self.step_pattern is not None:
             parse_step_pattern(self.step_pattern)
-        if names and self.metric not in names:
-            close = difflib.get_close_matches(self.metric, names, n=1, cutoff=0.6)
-            if close:
-                raise SpecError(
-                    f"metric {self.metric} is read by no --metric-pattern, which read {', '.join(names)}; did you mean --metric {close[0]}?"
-                )
+        for metric in metrics:
+            if names and metric not in names:
+                close = difflib.get_close_matches(metric, names, n=1, cutoff=0.6)
+                if close:
+                    raise SpecError(f"metric {metric} is read by no --metric-pattern, which read {', '.join(names)}; did you mean --metric {close[0]}?")
 
     @property
     def user_code(self) -> bool:
@@ -161,7 +271,7 @@ class StudySpec:
         return "objective" if self.objective is not None else "command" if self.command is not None else "tuner's loop"
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in _OMITTED_WHEN_UNSET and v is None)}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> "StudySpec":

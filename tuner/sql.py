@@ -209,30 +209,41 @@ def _count_states(cur: _Cursor, study_id: int) -> Counter[TrialState]:
     return counts
 
 
-def progress(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) -> tuple[int, float | None]:
-    """Finished trials (complete or pruned) and the best finite value of a complete trial."""
+# a complete trial whose constraints (Optuna's system attributes "constraints:NAME", each a JSON
+# number: at most 0 when met) all hold; never the best
+_FEASIBLE = (
+    "NOT EXISTS (SELECT 1 FROM trial_system_attributes c WHERE c.trial_id = t.trial_id "
+    "AND SUBSTR(c.key, 1, 12) = 'constraints:' AND CAST(c.value_json AS REAL) > 0)"
+)
+
+
+def progress(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool, best: bool = True) -> tuple[int, float | None]:
+    """Finished trials (complete or pruned) and (with `best`) the best finite value of a feasible
+    complete trial."""
     best_of = "MAX" if maximize else "MIN"
     with _transaction(rdb) as cur:
         n_finished = cur.execute(
             "SELECT COUNT(*) FROM trials WHERE study_id = ? AND state IN ('COMPLETE', 'PRUNED')", (study_id,)
         ).fetchone()[0]
-        best = cur.execute(
-            f"SELECT {best_of}(v.value) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
-            "WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE'",
-            (study_id,),
-        ).fetchone()[0]
-    return int(n_finished), best
+        value = None
+        if best:
+            value = cur.execute(
+                f"SELECT {best_of}(v.value) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+                f"WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' AND {_FEASIBLE}",
+                (study_id,),
+            ).fetchone()[0]
+    return int(n_finished), value
 
 
 def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) -> int | None:
-    """The complete trial with the best first value (infinities ranked as Optuna ranks them; the
-    earliest among equals), or None if no trial is complete."""
+    """The feasible complete trial with the best first value (infinities ranked as Optuna ranks
+    them; the earliest among equals), or None if no trial is complete and feasible."""
     order = "DESC" if maximize else "ASC"
     rank = "CASE v.value_type WHEN 'INF_NEG' THEN 0 WHEN 'FINITE' THEN 1 ELSE 2 END"  # INF_POS highest
     with _transaction(rdb) as cur:
         row = cur.execute(
             "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
-            "WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 "
+            f"WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 AND {_FEASIBLE} "
             f"ORDER BY {rank} {order}, v.value {order}, t.number ASC LIMIT 1",
             (study_id,),
         ).fetchone()

@@ -352,19 +352,22 @@ def fail_running(storage: Any, trial_id: int, *, reason: str, kind: str) -> bool
         return False
 
 
-def progress(storage: Any, study_id: int, direction: Any) -> tuple[int, float | None]:
-    """Finished trials (complete or pruned) and the best complete value, from two aggregate
-    queries: what a progress line needs, without loading the best trial whole."""
+def progress(storage: Any, study_id: int, directions: list[Any]) -> tuple[int, float | None]:
+    """Finished trials (complete or pruned) and the best feasible complete value (None with several
+    metrics, which have a front, not a best), from aggregate queries: what a progress line needs,
+    without loading the best trial whole."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
     from tuner import sql
 
-    maximize = direction == StudyDirection.MAXIMIZE
+    maximize = directions[0] == StudyDirection.MAXIMIZE
+    one = len(directions) == 1
     rdb = sql_rdb(storage)
     if rdb is not None:
-        return sql.progress(rdb, study_id, maximize=maximize)
+        return sql.progress(rdb, study_id, maximize=maximize, best=one)
     trials = storage.get_all_trials(study_id, deepcopy=False)
-    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    values = [t.value for t in trials if one and t.state == TrialState.COMPLETE and t.value is not None and all(c <= 0 for c in t.constraints.values())]
     best_of = max if maximize else min
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), best_of(values) if values else None
+    return n_finished, best_of(values) if values else None

@@ -19,6 +19,7 @@ from torch import nn
 from tuner import attrs as A
 from tuner.epochs import (
     EVAL_CHUNK,
+    LATENCY_ROWS,
     Diagnostics,
     EpochResult,
     Schedule,
@@ -215,6 +216,10 @@ class Feed:
     def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
         raise NotImplementedError
 
+    def probe(self) -> torch.Tensor:
+        """A batch of validation inputs on the device: what latency_ms is timed on."""
+        raise NotImplementedError
+
 
 class _TensorFeed(Feed):
     def __init__(self, data: Dataset, scaling: str, batch_size: int, device: torch.device, seed: int) -> None:
@@ -228,6 +233,9 @@ class _TensorFeed(Feed):
 
     def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
         return evaluate(model, self.x_val, self.y_val, loss_fn, task)
+
+    def probe(self) -> torch.Tensor:
+        return self.x_val[:LATENCY_ROWS]
 
 
 class _Permutations:
@@ -271,6 +279,9 @@ class _LoaderFeed(Feed):
 
     def evaluate(self, model: nn.Module, loss_fn: nn.Module, task: str) -> tuple[float, float | None]:
         return _evaluate_batches(model, map(self._on_device, self.val_loader), loss_fn, task, self.device)
+
+    def probe(self) -> torch.Tensor:
+        return self._on_device(next(iter(self.val_loader)))[0][:LATENCY_ROWS]
 
 
 def make_feed(data: Dataset | TorchData, scaling: str, batch_size: int, device: torch.device, seed: int) -> Feed:
@@ -421,8 +432,9 @@ def train(
         seed_trial(seed, device)
         feed = make_feed(data, cfg.scaling, cfg.batch_size, device, seed)
         run = _set_up(cfg, data, model, device, feed.n_train)
-        epochs = TrialEpochs(cfg, metric=metric, schedule=run.schedule, on_epoch=on_epoch, timing=timing, keep_best=keep_best)
+        epochs = TrialEpochs(cfg, metric=metric, schedule=run.schedule, on_epoch=on_epoch, timing=timing, probe=feed.probe(), keep_best=keep_best)
         for epoch in range(1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
             lr = run.stepper.start_epoch(epoch)
             train_loss, train_accuracy, norms = _train_epoch(run, cfg, data.task, feed)
             epochs.check(epoch, train_loss)  # before an evaluation that would tell nothing more
@@ -430,7 +442,7 @@ def train(
             norms_by_layer = dict(zip(run.stepper.layer_names, norms))
             done = epochs.end(
                 epoch, run.model, train_loss=train_loss, train_accuracy=train_accuracy, val_loss=val_loss, val_accuracy=val_accuracy, lr=lr,
-                grad_norms=norms_by_layer,
+                grad_norms=norms_by_layer, seconds=time.perf_counter() - epoch_started,
             )
             if done:
                 break

@@ -77,7 +77,7 @@ def run_workers(
     n_slots = len(slots)
 
     def finished() -> tuple[int, float | None]:
-        return progress(loaded.study._storage, loaded.study._study_id, loaded.study.direction)
+        return progress(loaded.study._storage, loaded.study._study_id, loaded.study.directions)
 
     # The storage URL travels in the environment, not on the command line, where `ps` shows it.
     base_env = {**os.environ, "TUNER_STORAGE": loaded.url}

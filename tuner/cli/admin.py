@@ -8,7 +8,7 @@ import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, print_json
 from tuner.cli.options import (
-    CommandOpt, DirectionOpt, MaxFailuresOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
     SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, spec_from, spec_options,
 )
 from tuner.cli.render import count
@@ -27,6 +27,8 @@ def create(
     sampler: SamplerOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
+    constraint: ConstraintOpt = None,
+    prune_on: PruneOnOpt = None,
     direction: DirectionOpt = None,
     objective: ObjectiveOpt = None,
     command: CommandOpt = None,

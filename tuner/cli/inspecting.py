@@ -37,7 +37,7 @@ def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
         "trials": [str(r["trials"]) for r in rows],
         "best": [f"{r['best_value']:.4g}" if isinstance(r["best_value"], float) else fmt_value(r["best_value"]) for r in rows],
         "budget": [fmt_value(r["budget"]) for r in rows],
-        "dir": [str(r["direction"])[:3] for r in rows],
+        "dir": [",".join(d[:3] for d in str(r["direction"]).split(",")) for r in rows],
         "sampler": [fmt_value(r["sampler"]) for r in rows],
         "workload": [fmt_value(r["workload"]) for r in rows],
     }
@@ -65,7 +65,8 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     from tuner.study import open_study, study_summary
 
     url = resolve_url(storage)
-    s = study_summary(open_study(name, url), url)
+    loaded = open_study(name, url)
+    s = study_summary(loaded, url)
     if fmt == Format.json:
         print_json(s)
         return
@@ -81,7 +82,12 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     if spec.get("metric_patterns") or spec.get("step_pattern"):
         read = [f"'{p}'" for p in spec.get("metric_patterns") or []] + ([f"step '{spec['step_pattern']}'"] if spec.get("step_pattern") else [])
         console.print(f"  reads from its output: {', '.join(read)}", markup=False, highlight=False)
-    console.print(f"  metric {spec['metric']} ({s['direction']}), budget {spec['trials']}, finished {s['finished']}")
+    metrics = ", ".join(f"{m['name']} ({m['direction']})" for m in s["metrics"])
+    console.print(f"  {'metrics' if len(s['metrics']) > 1 else 'metric'} {metrics}, budget {spec['trials']}, finished {s['finished']}")
+    if s.get("constraints"):
+        c = s["constraints"]
+        missed = ", ".join(f"{bound} missed by {n}" for bound, n in c["missed"].items())
+        console.print(f"  constraints {', '.join(c['bounds'])}: {c['feasible']} of {count(c['complete'], 'complete trial')} feasible ({missed})", markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v and k != "total")
     console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
     if s["pruned_reasons"]:
@@ -92,46 +98,113 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
     for r in s["running"]:
         console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
-    _print_best(s["best"], spec["metric"], indent="  ")
-
-
-def _print_best(best: Optional[dict[str, Any]], metric: str, *, indent: str = "") -> None:
-    if best is None:
-        console.print(f"{indent}no complete trial yet")
+    if s.get("front") is not None:
+        console.print("  " + _front_line(s["front"], loaded.spec) + f": trials {', '.join(map(str, s['front']['trials'][:20]))}", markup=False, highlight=False)
         return
-    console.print(f"{indent}best {metric}: {best['value']:.4f} (trial {best['number']})")
+    _print_best(s["best"], loaded.spec, indent="  ")
+
+
+def _print_best(best: Optional[dict[str, Any]], spec: Any, *, indent: str = "", label: str = "best") -> None:
+    if best is None:
+        console.print(f"{indent}no complete{' feasible' if spec.constraints else ''} trial yet")
+        return
+    if len(spec.objectives) == 1:
+        console.print(f"{indent}{label} {spec.metric}: {best['value']:.4f} (trial {best['number']})")
+    else:
+        shown = ", ".join(f"{m.name} {short(v)}" for m, v in zip(spec.objectives, best.get("values") or []))
+        console.print(f"{indent}trial {best['number']}: {shown}")
+    if best.get("feasible") is False:
+        console.print(f"{indent}  infeasible: misses {', '.join(best['user_attrs'].get(A.VIOLATED) or [])}", markup=False)
     for k, v in best["params"].items():
         console.print(f"{indent}  {k}: {fmt_value(v)}")
 
 
+def chosen_trial(loaded: Any, number: Optional[int]) -> Any:
+    """The study's best trial (feasible, single metric), or complete trial `number` when asked."""
+    from optuna.trial import TrialState
+
+    name = loaded.spec.name
+    if number is None:
+        try:
+            return loaded.study.best_trial
+        except ValueError:
+            complete = loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if complete and loaded.spec.constraints:
+                raise SpecError(
+                    f"study '{name}' has no feasible trial: its {count(len(complete), 'complete trial')} all miss {' or '.join(loaded.spec.constraints)}; "
+                    f"`tuner study trials {name}` shows by how much (run more trials, or pick one with --trial N)"
+                ) from None
+            raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
+    trials = loaded.study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        raise SpecError(f"study '{name}' has no trial {number} (its trials are 0..{len(trials) - 1})")
+    if found.state != TrialState.COMPLETE:
+        raise SpecError(f"trial {number} of study '{name}' is {found.state.name.lower()}, not complete; `tuner study best {name}` lists the complete ones that are best")
+    return found
+
+
+def _print_front(loaded: Any, front: dict[str, Any], *, fmt: Format, retrain: bool) -> None:
+    """A study of several metrics: its Pareto front as a table, best first by the first metric,
+    and its hypervolume."""
+    from tuner.study import trial_dict
+
+    name = loaded.spec.name
+    if retrain:
+        raise SpecError(f"study '{name}' has several metrics and no single best: pick a trial of its front with --trial N (`tuner study best {name}` lists them)")
+    by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
+    rows = [trial_dict(by_number[n]) for n in front["trials"]]
+    if fmt == Format.json:
+        print_json({"metrics": [m.text() for m in loaded.spec.objectives], **front, "trials": rows})
+        return
+    if not rows:
+        console.print(f"no complete{' feasible' if loaded.spec.constraints else ''} trial yet")
+        return
+    _print_trials(rows, loaded)
+    console.print(_front_line(front, loaded.spec), markup=False, highlight=False)
+    console.print(f"`tuner best {name} --trial N --retrain` saves the model of trial N", markup=False, highlight=False)
+
+
+def _front_line(front: dict[str, Any], spec: Any) -> str:
+    reference = ", ".join(f"{k} {short(v)}" for k, v in (front["reference"] or {}).items())
+    return (
+        f"Pareto front: {count(front['size'], 'trial')}; hypervolume {front['hypervolume']} of the box from the reference point "
+        f"({reference}: each metric's worst among the feasible complete trials) to the ideal one (each metric's best)"
+    )
+
+
 def best(
     name: NameArg,
-    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the best configuration and save its model.")] = False,
+    trial_number: Annotated[
+        Optional[int], typer.Option("--trial", metavar="N", min=0, help="This complete trial instead of the best (a point of the front, to --retrain).")
+    ] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the best configuration (or --trial N) and save its model.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file \\[default: studies/models/NAME-trialN.pt].")] = None,
     device: DeviceOpt = "auto",
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Folder of files attached to studies.")] = DEFAULT_ARTIFACTS,
     storage: StorageOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """The best trial: value, parameters and its training record; --retrain saves its model."""
-    from tuner.study import open_study, reproduce_command, trial_dict
+    """The best trial: value, parameters and its training record; with several metrics, the Pareto
+    front. --retrain saves the best's model (or --trial N's, a point of the front)."""
+    from tuner.study import front_summary, open_study, reproduce_command, trial_dict
 
     loaded = open_study(name, resolve_url(storage))
-    try:
-        trial = loaded.study.best_trial
-    except ValueError:
-        raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
+    if trial_number is None and len(loaded.spec.objectives) > 1:
+        _print_front(loaded, front_summary(loaded), fmt=fmt, retrain=retrain)
+        return
+    trial = chosen_trial(loaded, trial_number)
     d = trial_dict(trial)
     if retrain:
         from tuner.retrain import retrain_best
 
-        r = retrain_best(loaded, out=out, device=device, artifacts_dir=artifacts)
+        r = retrain_best(loaded, out=out, device=device, artifacts_dir=artifacts, trial=trial)
         d["retrained"] = {"file": str(r.path), "epoch": r.epoch, "reproduced": r.reproduced, "artifact_id": r.artifact_id}
     reproduce = reproduce_command(loaded.spec, d["user_attrs"])
     if fmt == Format.json:
         print_json({"metric": loaded.spec.metric, **d, **({"reproduce": reproduce} if reproduce else {})})
         return
-    _print_best(d, loaded.spec.metric)
+    _print_best(d, loaded.spec, label="best" if trial_number is None else "trial")
     attrs = d["user_attrs"]
     steps = "epochs_run" if loaded.spec.command is None and loaded.spec.objective is None else "last step"  # a script's own count
     shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in (A.DURATION_S, A.DEVICE, A.SEED)}}
@@ -148,7 +221,7 @@ def best(
     if retrain:
         rt = d["retrained"]
         console.print(
-            f"retrained: {rt['file']} (weights of epoch {rt['epoch']}, {loaded.spec.metric} {rt['reproduced']:.4f}; "
+            f"retrained: {rt['file']} (weights of epoch {rt['epoch']}, {loaded.spec.epoch_metric} {rt['reproduced']:.4f}; "
             f"attached to the study as artifact {rt['artifact_id']})"
         )
 
@@ -188,14 +261,21 @@ def trials(
     if fmt == Format.json:
         print_json(rows)
         return
-    measured = [key for key in FIGURES if any(key in r["user_attrs"] for r in rows)]
-    params, left_out = _param_columns(rows, loaded.spec.metric, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured)
+    _print_trials(rows, loaded, columns=columns, wide=wide)
+
+
+def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[str] = None, wide: bool = False) -> None:
+    """Trials as a table fitted to the terminal: number, state, each metric, measured figures and
+    the parameters that fit, steps, seconds and a note (why it was pruned, failed or is infeasible)."""
+    metrics = [m.name for m in loaded.spec.objectives]
+    measured = [key for key in FIGURES if key not in metrics and any(key in r["user_attrs"] for r in rows)]
+    params, left_out = _param_columns(rows, metrics, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured)
     figures = [f for f in measured if f in params]  # shown first, as the width allows
     params = [p for p in params if p not in figures]
     table = Table()
     # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
     steps = "epochs" if loaded.spec.command is None and loaded.spec.objective is None else "step"  # a script's own count
-    for header in ("#", "state", loaded.spec.metric, *figures, *params, steps, "s"):
+    for header in ("#", "state", *metrics, *figures, *params, steps, "s"):
         table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
     table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
@@ -205,11 +285,13 @@ def trials(
             note = fail_reason(attrs)
         elif A.RETRY_OF in attrs:
             note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
+        if attrs.get(A.VIOLATED):
+            note = f"infeasible: misses {', '.join(attrs[A.VIOLATED])}" + (f"; {note}" if note else "")
         table.add_row(
-            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], short(r["value"]), *(short(attrs.get(f)) for f in figures),
-            *(short(r["params"].get(p)) for p in params),
+            str(r["number"]), "failed" if r["state"] == "fail" else r["state"], *(short(v) for v in _values(r, len(metrics))),
+            *(short(attrs.get(f)) for f in figures), *(short(r["params"].get(p)) for p in params),
             short(attrs.get(A.EPOCHS_RUN)), seconds(r["duration_s"]), str(note),
-        )
+        )  # fmt: skip
     console.print(table)
     if left_out:
         console_err.print(
@@ -219,12 +301,17 @@ def trials(
         )
 
 
-# what a trial measured besides its metric, shown beside it in `study trials` where trials have it
+def _values(row: dict[str, Any], n: int) -> list[Any]:
+    """A trial row's value of each of the study's n metrics (None where it has none)."""
+    return row.get("values") or ([row["value"]] + [None] * (n - 1) if n > 1 else [row["value"]])
+
+
+# what a trial measured besides its metrics, shown beside them in `study trials` where trials have it
 FIGURES = (A.PARAMS,)
 
 
 def _param_columns(
-    rows: list[dict[str, Any]], metric: str, order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = ()
+    rows: list[dict[str, Any]], metrics: list[str], order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = ()
 ) -> tuple[list[str], list[str]]:
     """The parameter columns to show, and those left out. Asked for by name, they are shown as
     asked; else the parameters that vary between the trials shown (a constant one says nothing
@@ -245,7 +332,7 @@ def _param_columns(
     fixed = {
         "#": [str(r["number"]) for r in rows],
         "state": ["complete"],
-        metric: [short(r["value"]) for r in rows],
+        **{metric: [short(_values(r, len(metrics))[i]) for r in rows] for i, metric in enumerate(metrics)},
         "epochs": [short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows],
         "s": [seconds(r["duration_s"]) for r in rows],
     }

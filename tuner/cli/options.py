@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tuner.errors import SpecError
+from tuner.metrics import parse_metric
 from tuner.spec import StudySpec, load_spec
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The study's name in storage.")]
@@ -29,15 +30,35 @@ WorkloadOpt = Annotated[
 TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="COLUMN", help="The column to predict, for a CSV workload.")]
 
 
-SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", metavar="NAME", help="tpe, random, grid, gp, qmc or cmaes \\[default: tpe].")]
+SamplerOpt = Annotated[
+    Optional[str], typer.Option("--sampler", metavar="NAME", help="tpe, random, grid, gp, qmc, cmaes, nsga2 or nsga3; nsga2 with several metrics \\[default: tpe].")
+]
 
 
-PrunerOpt = Annotated[Optional[str], typer.Option("--pruner", metavar="NAME", help="none, median, percentile, sha or hyperband \\[default: median].")]
+PrunerOpt = Annotated[
+    Optional[str],
+    typer.Option("--pruner", metavar="NAME", help="none, median, percentile, sha, hyperband or pareto; pareto with several metrics \\[default: median]."),
+]
 
 
 MetricOpt = Annotated[
-    Optional[str],
-    typer.Option("--metric", metavar="NAME", help="val_accuracy, val_loss or val_rmse; with your own code, any name it reports \\[default: val_accuracy]."),
+    Optional[list[str]],
+    typer.Option(
+        "--metric", metavar="NAME[:DIRECTION]",
+        help="val_accuracy, val_loss, val_rmse, params, train_seconds or latency_ms; with your own code, any name it reports. "
+        "Repeat for several objectives, each NAME:maximize or NAME:minimize where not built in: --metric val_accuracy --metric params:minimize \\[default: val_accuracy].",
+    ),
+]
+
+
+ConstraintOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--constraint", metavar="METRIC<=N", help="A bound feasible trials meet, on any metric trials record: \"params<=50000\", \"latency_ms<=2\" (repeat for more)."),
+]
+
+
+PruneOnOpt = Annotated[
+    Optional[str], typer.Option("--prune-on", metavar="METRIC", help="With several metrics: the one a single-metric pruner (median, percentile, sha) watches.")
 ]
 
 
@@ -140,18 +161,30 @@ SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help=
 # name of the command's argument (its spec field's name, but --metric-pattern's: metric_patterns)
 SPEC_OPTIONS = (
     "space", "workload", "target", "sampler", "pruner", "metric", "direction", "objective", "command", "trial_timeout", "seed", "trials",
-    "val_fraction", "metric_pattern", "step_pattern", "max_failures", "max_streak",
+    "val_fraction", "metric_pattern", "step_pattern", "max_failures", "max_streak", "constraint", "prune_on",
 )
 
 
 def spec_options(arguments: dict[str, Any]) -> dict[str, Any]:
     """The spec settings among a command's arguments (pass `locals()` first thing), None where not
-    given; a repeatable --metric-pattern given no times is None too."""
+    given; a repeatable option given no times is None too. One --metric is the spec's `metric`
+    (NAME:DIRECTION as metric and direction), several its `metrics`."""
     options: dict[str, Any] = {}
     for name in SPEC_OPTIONS:
         if name == "metric_pattern":  # repeatable: given no times, an empty list
             options["metric_patterns"] = arguments[name] or None
-        else:
+        elif name == "constraint":
+            options["constraints"] = arguments[name] or None
+        elif name == "metric":
+            given = arguments[name] or []
+            if len(given) > 1:
+                options["metrics"] = given
+            elif given:
+                metric, direction = parse_metric(given[0])
+                if direction is not None and arguments["direction"] not in (None, direction):
+                    raise SpecError(f"--metric {given[0]} and --direction {arguments['direction']} disagree; give one")
+                options["metric"], options["direction"] = metric, direction or arguments["direction"]
+        elif name != "direction" or "direction" not in options:
             options[name] = arguments[name]
     return options
 
@@ -159,6 +192,8 @@ def spec_options(arguments: dict[str, Any]) -> dict[str, Any]:
 def spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:
     """A spec file as the base, options on top, the NAME argument naming the study."""
     base: dict[str, Any] = load_spec(spec_file).as_dict() if spec_file else {}
+    if options.get("metrics") or options.get("metric"):  # the metrics given replace the file's, one or several
+        base = {k: v for k, v in base.items() if k not in ("metric", "metrics", "direction")}
     merged = {**base, **{k: v for k, v in options.items() if v is not None}}
     if name:
         merged["name"] = name

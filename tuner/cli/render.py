@@ -41,7 +41,18 @@ def seconds(value: Any) -> str:
 
 
 def short(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e12:
+        return str(int(value))  # a count stored as a float (a model's parameters): every digit
     return f"{value:.4g}" if isinstance(value, float) else fmt_value(value)
+
+
+def values_text(trial: Any, names: list[str]) -> str:
+    """A complete trial's metrics, `val_accuracy=0.9722 params=4810`, and any constraint it misses."""
+    from tuner import attrs as A
+
+    shown = " ".join(f"{name}={short(v)}" for name, v in zip(names, trial.values or []))
+    missed = trial.user_attrs.get(A.VIOLATED)
+    return shown + (f" (infeasible: misses {', '.join(missed)})" if missed else "")
 
 
 def count(n: int, noun: str) -> str:

@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, spec_from, spec_options,
 )
-from tuner.cli.render import count, describe_running
+from tuner.cli.render import values_text, count, describe_running
 from tuner.errors import SpecError
 from tuner.slots import DEFAULT_MAX_RESTARTS
 from tuner.space import SPACES_DIR
@@ -35,6 +35,8 @@ def run(
     sampler: SamplerOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
+    constraint: ConstraintOpt = None,
+    prune_on: PruneOnOpt = None,
     direction: DirectionOpt = None,
     objective: ObjectiveOpt = None,
     command: CommandOpt = None,
@@ -166,24 +168,25 @@ class _LogLines:
 
     LOG_EVERY_S = 5.0
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, spec: Any) -> None:
         import time
 
-        self.metric, self._clock, self._last = metric, time.monotonic, (-1, -float("inf"))
+        self.metric, self.names, self._clock, self._last = spec.metric, [m.name for m in spec.objectives], time.monotonic, (-1, -float("inf"))
 
     def _say(self, line: str) -> None:
         console_err.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def trial(self, trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
         state = trial.state.name.lower()
-        what = f"{self.metric}={fmt_value(trial.value)}" if state == "complete" else ("failed: " + fail_reason(trial.user_attrs) if state == "fail" else state)
-        self._say(f"trial {trial.number} {what} ({n_finished}/{budget} finished, best {fmt_value(best)})")
+        what = values_text(trial, self.names) if state == "complete" else ("failed: " + fail_reason(trial.user_attrs) if state == "fail" else state)
+        best_text = f", best {fmt_value(best)}" if len(self.names) == 1 else ""
+        self._say(f"trial {trial.number} {what} ({n_finished}/{budget} finished{best_text})")
 
     def counts(self, n_finished: int, budget: int, best: Optional[float]) -> None:
         now = self._clock()
         if n_finished != self._last[0] and now - self._last[1] >= self.LOG_EVERY_S:
             self._last = (n_finished, now)
-            self._say(f"{n_finished}/{budget} finished, best {self.metric} {fmt_value(best)}")
+            self._say(f"{n_finished}/{budget} finished" + (f", best {self.metric} {fmt_value(best)}" if len(self.names) == 1 else ""))
 
 
 def _say_budget(name: str, change: Optional[tuple[int, int]]) -> None:
@@ -212,12 +215,12 @@ def _run(
     # a bar on a terminal; in a log (nohup, CI, a cluster job) a line per finished trial instead,
     # as a redrawn bar writes nothing there until the study ends
     show_bar = not quiet and fmt == Format.table and console_err.is_terminal
-    log_lines = _LogLines(spec.metric) if not quiet and fmt == Format.table and not show_bar else None
+    log_lines = _LogLines(spec) if not quiet and fmt == Format.table and not show_bar else None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[best]}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
@@ -226,17 +229,22 @@ def _run(
     )
     done_before = len(loaded.study.get_trials(deepcopy=False, states=FINISHED))
     label = spec.name if pool is None else f"{spec.name} ({pool.label})"
+    one = len(spec.objectives) == 1
+
+    def best_field(best: Optional[float]) -> str:  # several metrics have a front, shown at the end
+        return f"best {fmt_value(best)}" if one else ""
+
     try:
         with progress:
-            task = progress.add_task(label, total=spec.trials, completed=done_before, best=fmt_value(None))
+            task = progress.add_task(label, total=spec.trials, completed=done_before, best=best_field(None))
 
             def on_progress(n_finished: int, budget: int, best: Optional[float]) -> None:
-                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                progress.update(task, completed=n_finished, total=budget, best=best_field(best))
                 if log_lines is not None and pool is not None:
                     log_lines.counts(n_finished, budget, best)
 
             def on_trial(trial: Any, n_finished: int, budget: int, best: Optional[float]) -> None:
-                progress.update(task, completed=n_finished, total=budget, best=fmt_value(best))
+                progress.update(task, completed=n_finished, total=budget, best=best_field(best))
                 if log_lines is not None:
                     log_lines.trial(trial, n_finished, budget, best)
                 if trial.state.name == "FAIL" and show_bar:
@@ -272,8 +280,22 @@ def _run(
     )
     for death in result.worker_deaths:
         console.print(f"{describe_death(death)}; replaced on its slot", markup=False, highlight=False, soft_wrap=True)
+    if result.front is not None:
+        from tuner.cli.inspecting import _front_line, _print_trials
+        from tuner.study import front_summary, trial_dict
+
+        summary = front_summary(loaded)
+        if summary["trials"]:
+            by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
+            _print_trials([trial_dict(by_number[n]) for n in summary["trials"]], loaded)
+            console.print(_front_line(summary, spec), markup=False, highlight=False)
+        else:
+            console.print(f"no complete{' feasible' if spec.constraints else ''} trial yet")
+        if not quiet:
+            console.print(_dashboard_hint(url), markup=False, highlight=False, soft_wrap=True)
+        return
     if result.best_trial is None:
-        console.print("no complete trial yet")
+        console.print(f"no complete{' feasible' if spec.constraints else ''} trial yet")
         return
     console.print(f"best {spec.metric}: {result.best_value:.4f} (trial {result.best_trial})")
     for k, v in result.best_params.items():

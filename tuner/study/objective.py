@@ -10,6 +10,7 @@ import optuna
 
 from tuner import attrs as A
 from tuner.errors import DivergedError
+from tuner.metrics import RECORDED
 from tuner.params import TrainConfig
 from tuner.study.store import Loaded
 from tuner.study.trial import begin, durable, record, started
@@ -19,7 +20,7 @@ from tuner.workloads import load_workload
 __all__ = ["OBJECTIVES", "BuiltinObjective", "make_objective", "trial_workload"]
 
 
-def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float]:
+def make_objective(loaded: Loaded, device: Any, *, threads: int | None = None) -> Callable[[optuna.Trial], float | list[float]]:
     """The function a worker calls per trial, by the kind of code the study runs (OBJECTIVES):
     tuner's own loop on the study's workload, or the person's own function or command."""
     return OBJECTIVES[loaded.spec.code_kind](loaded, device, threads)
@@ -52,7 +53,7 @@ class BuiltinObjective:
         from tuner.train import train
 
         try:
-            result = train(run.config, data, metric=self.loaded.spec.metric, device=self.device, seed=run.seed, model=model, on_epoch=run.report)
+            result = train(run.config, data, metric=self.loaded.spec.epoch_metric, device=self.device, seed=run.seed, model=model, on_epoch=run.report)
         except BaseException as e:
             run.ended(e)
             raise
@@ -99,7 +100,7 @@ class BuiltinObjective:
                 try:
                     results: list[Any] = packing.train_packed(
                         [runs[i].config for i in group], workloads[group[0]][0], seeds=[runs[i].seed for i in group],
-                        metric=self.loaded.spec.metric, device=self.device, on_epoch=[runs[i].report for i in group],
+                        metric=self.loaded.spec.epoch_metric, device=self.device, on_epoch=[runs[i].report for i in group],
                     )  # fmt: skip
                 except Exception as e:  # the pack as a whole (out of memory, an op this device lacks): alone, from now on
                     self._stop_packing(e, n_members=len(group))
@@ -153,9 +154,9 @@ class _TrialRun:
         return trial_workload(self.objective.loaded, self.params, self.seed)
 
     def report(self, epoch: Any) -> None:
-        """Each epoch's metric to the study, its other figures to the history; raises TrialPruned
+        """Each epoch's metrics to the study, its other figures to the history; raises TrialPruned
         (tuner.Pruned) where the pruner says so."""
-        self.handle.report(epoch.epoch, epoch.metric, **epoch.figures())
+        self.handle.report(epoch.epoch, {**epoch.figures(), **{name: epoch.value_of(name) for name in self.handle.metrics}})
 
     def ended(self, error: BaseException) -> None:
         """Record why training ended without a result; divergence becomes TrialPruned (raised)."""
@@ -170,8 +171,9 @@ class _TrialRun:
             if "out of memory" in str(error).lower():
                 _release_gpu_memory()  # so the next, perhaps smaller, trial starts with a clean slate
 
-    def finish(self, result: Any) -> float:
-        """Record what a finished training gives a person to judge it; its value."""
+    def finish(self, result: Any) -> float | list[float]:
+        """Record what a finished training gives a person to judge it; its value (values), the
+        study's metrics at its best epoch."""
         last, diag = result.last, result.diagnostics
         attrs = {
             A.DURATION_S: round(result.duration_s, 4),
@@ -186,7 +188,8 @@ class _TrialRun:
             A.GRAD_NORMS: last.grad_norms,
         }
         record(self.trial, {k: v for k, v in attrs.items() if v is not None})
-        return result.value
+        best = result.history[result.best_epoch - 1]
+        return self.handle.conclude({name: best.value_of(name) for name in RECORDED})
 
 
 def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[Any, Any]:
@@ -215,7 +218,7 @@ def _builtin(loaded: Loaded, device: Any, threads: int | None) -> BuiltinObjecti
 
 
 # the kinds of code a study's trials run (StudySpec.code_kind), each a factory of its objective
-OBJECTIVES: dict[str, Callable[[Loaded, Any, int | None], Callable[[optuna.Trial], float]]] = {
+OBJECTIVES: dict[str, Callable[[Loaded, Any, int | None], Callable[[optuna.Trial], float | list[float]]]] = {
     "tuner's loop": _builtin,
     "objective": lambda loaded, device, threads: python_objective(loaded, device),
     "command": lambda loaded, device, threads: command_objective(loaded, device, threads=threads),

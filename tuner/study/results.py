@@ -18,15 +18,28 @@ from tuner.study.lost import running_trials
 from tuner.spec import StudySpec
 from tuner.study.store import SPEC_ATTR, Loaded
 
-__all__ = ["best_trial", "export_trials", "fail_reason", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
+__all__ = ["best_trial", "export_trials", "front", "fail_reason", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """Optuna's pick (so reports, `study best` and summaries agree on ties), or None if no trial is complete."""
+    """Optuna's pick among feasible trials (so reports, `study best` and summaries agree on ties),
+    or None if no trial is complete and feasible, or the study has several metrics (see front)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return study.best_trial
-    except ValueError:  # no complete trial yet
+    except ValueError:  # no complete (feasible) trial yet
         return None
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's Pareto front: the feasible complete trials no other one dominates (one metric:
+    the best trial), ordered by the first metric, best first."""
+    if len(study.directions) == 1:
+        best = best_trial(study)
+        return [best] if best else []
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
@@ -37,9 +50,9 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": s.study_name,
-                "direction": s.direction.name.lower(),
+                "direction": ",".join(d.name.lower() for d in s.directions),
                 "trials": s.n_trials,
-                "best_value": s.best_trial.value if s.best_trial else None,
+                "best_value": s.best_trial.value if s.best_trial and len(s.directions) == 1 else None,
                 "sampler": spec.get("sampler"),
                 # what its trials run: tuner's loop on a workload, or the person's own code
                 "workload": f"objective {spec['objective']}" if spec.get("objective") else "command" if spec.get("command") else spec.get("workload"),
@@ -54,6 +67,7 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     best = best_trial(study)
+    objectives = loaded.spec.objectives
     pruned_reasons: dict[str, int] = {}
     failed_reasons: dict[str, int] = {}
     for t in trials:
@@ -75,15 +89,57 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "retried": sum(A.RETRY_OF in t.user_attrs for t in trials),
         "running": running_trials(study),
         "best": trial_dict(best) if best else None,
+        "metrics": [{"name": m.name, "direction": m.direction} for m in objectives],
+        **({"constraints": _feasibility(loaded, trials)} if loaded.spec.constraints else {}),
+        **({"front": front_summary(loaded)} if len(objectives) > 1 else {}),
+    }
+
+
+def _feasibility(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
+    """How many complete trials meet the study's constraints, and how many miss each."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    missed = {c: sum(c in (t.user_attrs.get(A.VIOLATED) or []) for t in complete) for c in loaded.spec.constraints or []}
+    return {"bounds": loaded.spec.constraints, "feasible": sum(all(v <= 0 for v in t.constraints.values()) for t in complete), "complete": len(complete), "missed": missed}
+
+
+def front_summary(loaded: Loaded) -> dict[str, Any]:
+    """The Pareto front's trials and its hypervolume, normalized: each metric scaled so that the
+    reference point (the worst value of each metric among the feasible complete trials) is 0 and
+    the ideal point (the best of each) is 1; 1.0 would be one trial best at everything."""
+    from tuner.metrics import hypervolume
+
+    objectives = loaded.spec.objectives
+    trials = [t for t in front(loaded.study)]
+    feasible = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if all(c <= 0 for c in t.constraints.values())]
+    if not trials:
+        return {"trials": [], "size": 0, "hypervolume": None, "reference": None, "ideal": None}
+    signs = [1.0 if m.direction == "maximize" else -1.0 for m in objectives]
+    columns = list(zip(*(t.values for t in feasible)))
+    reference = [min(c) if s > 0 else max(c) for c, s in zip(columns, signs)]
+    ideal = [max(c) if s > 0 else min(c) for c, s in zip(columns, signs)]
+    spans = [(i - r) or 1.0 for i, r in zip(ideal, reference)]
+    scaled = [[(v - r) / span for v, r, span in zip(t.values, reference, spans)] for t in trials]
+    volume = hypervolume(scaled, [0.0] * len(signs), [1.0] * len(signs))  # scaled: more is better in each
+    return {
+        "trials": [t.number for t in trials],
+        "size": len(trials),
+        "hypervolume": round(volume, 4),
+        "reference": dict(zip((m.name for m in objectives), reference)),
+        "ideal": dict(zip((m.name for m in objectives), ideal)),
     }
 
 
 def trial_dict(t: FrozenTrial) -> dict[str, Any]:
+    """A trial for people and scripts. With several metrics, `values` holds one per metric (in the
+    study's order) and `value` the first; `constraints` their values (at most 0: met), if any."""
     duration = t.duration.total_seconds() if t.duration else None
+    values = list(t.values) if t.values is not None else None
     return {
         "number": t.number,
         "state": t.state.name.lower(),
-        "value": t.value,
+        "value": values[0] if values else None,
+        **({"values": values} if values and len(values) > 1 else {}),
+        **({"constraints": dict(t.constraints), "feasible": all(c <= 0 for c in t.constraints.values())} if t.constraints else {}),
         "params": dict(t.params),
         "duration_s": duration,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
@@ -106,21 +162,25 @@ def export_trials(loaded: Loaded, out: Path, *, fmt: str) -> int:
             doc = {"study": loaded.spec.as_dict(), "space": loaded.space.to_dict(), "trials": rows}
             tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
         else:
-            _write_csv(tmp, rows)
+            _write_csv(tmp, rows, [m.name for m in loaded.spec.objectives])
     return len(rows)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per trial: its fields, then params_* and user_attrs_* columns."""
+def _write_csv(path: Path, rows: list[dict[str, Any]], metrics: list[str]) -> None:
+    """One row per trial: its fields (with several metrics, values_NAME for each), then params_*
+    and user_attrs_* columns."""
     param_names = sorted({k for r in rows for k in r["params"]})
     attr_names = sorted({k for r in rows for k in r["user_attrs"]})
-    header = ["number", "state", "value", "duration_s", "datetime_start", "datetime_complete"]
+    metric_columns = [f"values_{m}" for m in metrics] if len(metrics) > 1 else []
+    feasible = ["feasible"] if any("feasible" in r for r in rows) else []  # a study with constraints
+    header = ["number", "state", "value", *metric_columns, *feasible, "duration_s", "datetime_start", "datetime_complete"]
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header + [f"params_{p}" for p in param_names] + [f"user_attrs_{a}" for a in attr_names])
         for r in rows:
+            values = dict(zip(metric_columns, r.get("values") or [None] * len(metric_columns)))
             w.writerow(
-                [r[h] for h in header]
+                [values[h] if h in values else r.get(h, "") for h in header]
                 + [_cell(r["params"].get(p, "")) for p in param_names]
                 + [_cell(r["user_attrs"].get(a, "")) for a in attr_names]
             )

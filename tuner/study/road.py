@@ -54,7 +54,7 @@ class Road:
         """A signal may have broken the connection's session mid-query: start a fresh one."""
         self.storage.remove_session()
 
-    def tell(self, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
+    def tell(self, trial: optuna.Trial, value: float | list[float] | None = None, *, state: TrialState | None = None) -> FrozenTrial:
         return self.study.tell(trial, value, state=state)
 
     def closed_elsewhere(self, trial: optuna.Trial) -> FrozenTrial:
@@ -86,7 +86,7 @@ class BufferedRoad(Road):
     def started(self, trials: list[optuna.Trial]) -> None:
         self.storage.set_started([t._trial_id for t in trials])
 
-    def tell(self, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
+    def tell(self, trial: optuna.Trial, value: float | list[float] | None = None, *, state: TrialState | None = None) -> FrozenTrial:
         """Study.tell, less the deep copy of the finished trial it returns: this storage hands out
         a copy of its own (a deep copy of a trial's attributes costs ~0.2 ms)."""
         tell = optuna_paths().tell

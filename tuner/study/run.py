@@ -30,7 +30,7 @@ from tuner.storage import StudyLock, count_states, heartbeat_settings, progress,
 from tuner.study.lost import fail_lost, requeue, running_trials
 from tuner.study.objective import BuiltinObjective, make_objective
 from tuner.study.road import Road, road_of
-from tuner.study.results import best_trial
+from tuner.study.results import best_trial, front
 from tuner.study.store import Loaded, check_data, quiet_optuna
 
 __all__ = ["FINISHED", "Interrupted", "Stop", "RunResult", "run_study", "set_threads", "signals_interrupt", "summarize"]
@@ -83,6 +83,7 @@ class RunResult:
     stopped: Stop
     ran: int  # trials this invocation ran
     failures: list[str] = field(default_factory=list)
+    front: list[int] | None = None  # with several metrics: the Pareto front's trials, by the first metric
     # local workers that died (--workers): slot, gpu, pid, how it ended, last stderr line, replaced
     worker_deaths: list[dict[str, Any]] = field(default_factory=list)
 
@@ -143,7 +144,7 @@ def _close_interrupted(road: Road, trial: optuna.Trial, signal_name: str) -> Non
         print(f"warning: could not close trial {trial.number} ({e.__class__.__name__}: {e}); it is freed once its heartbeat is missed", file=sys.stderr)
 
 
-def _execute(road: Road, trial: optuna.Trial, objective: Callable[[optuna.Trial], float], heartbeat: Heartbeat) -> FrozenTrial:
+def _execute(road: Road, trial: optuna.Trial, objective: Callable[[optuna.Trial], float | list[float]], heartbeat: Heartbeat) -> FrozenTrial:
     """Run one claimed trial with a heartbeat and close it with a state and, if not complete, why."""
     with heartbeat.running(trial._trial_id):
         try:
@@ -160,7 +161,7 @@ def _execute_pack(
     """Run claimed trials packed where they can be (tuner.packing), all with a heartbeat until
     each one's pack ends; then it is closed (and given to `on_closed`), its beats stopped first."""
 
-    def on_ended(i: int, outcome: float | BaseException) -> None:
+    def on_ended(i: int, outcome: float | list[float] | BaseException) -> None:
         honour_signals()
         heartbeat.release(trials[i]._trial_id)
         on_closed(_close(road, trials[i], outcome))
@@ -169,7 +170,7 @@ def _execute_pack(
         objective.run_pack(trials, n_pack=n_pack, on_ended=on_ended)
 
 
-def _close(road: Road, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
+def _close(road: Road, trial: optuna.Trial, outcome: float | list[float] | BaseException) -> FrozenTrial:
     """The trial told with the state its outcome gives; or, if another worker has meanwhile failed
     it as lost (this worker's beats came too late: a stalled machine, a saturated pool) and queued
     it again, the trial as that worker left it: this result is dropped, the copy runs again, and
@@ -190,12 +191,12 @@ def _taken_away(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get(A.FAIL_KIND) in (A.LOST_WORKER, A.RELEASED)
 
 
-def _tell_outcome(road: Road, trial: optuna.Trial, outcome: float | BaseException) -> FrozenTrial:
+def _tell_outcome(road: Road, trial: optuna.Trial, outcome: float | list[float] | BaseException) -> FrozenTrial:
     if isinstance(outcome, optuna.TrialPruned):
         return road.tell(trial, state=TrialState.PRUNED)
     if isinstance(outcome, BaseException):
         return road.tell(trial, state=TrialState.FAIL)
-    if not math.isfinite(outcome):
+    if not all(math.isfinite(v) for v in (outcome if isinstance(outcome, list) else [outcome])):
         trial.set_user_attr(A.FAIL_REASON, f"objective returned {outcome}")
         trial.set_user_attr(A.FAIL_KIND, A.NON_FINITE)
         return road.tell(trial, state=TrialState.FAIL)
@@ -247,17 +248,19 @@ class _Progress:
 
     def __init__(self, study: optuna.Study) -> None:
         self._study = study
-        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        self._one = len(study.directions) == 1  # several metrics have a front, not a best value
         self._read_at = -math.inf
         self.n_finished, self.best = 0, None
 
     def after(self, trial: FrozenTrial) -> tuple[int, float | None]:
         if time.monotonic() - self._read_at >= PROGRESS_S:
-            self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.direction)
+            self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.directions)
             self._read_at = time.monotonic()
             return self.n_finished, self.best
         self.n_finished += trial.state in FINISHED
-        value = trial.value if trial.state == TrialState.COMPLETE else None
+        feasible = all(c <= 0 for c in trial.constraints.values())
+        value = trial.values[0] if self._one and feasible and trial.state == TrialState.COMPLETE else None
         if value is not None and (self.best is None or (value > self.best if self._maximize else value < self.best)):
             self.best = value
         return self.n_finished, self.best
@@ -399,6 +402,7 @@ def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: Stop, elapsed_s
     study = loaded.study
     states = count_states(study._storage, study._study_id)
     best = best_trial(study)
+    several = len(study.directions) > 1
     return RunResult(
         name=loaded.spec.name,
         budget=budget,
@@ -413,4 +417,5 @@ def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: Stop, elapsed_s
         stopped=stopped,
         ran=ran,
         failures=sorted(set(failures)),
+        front=[t.number for t in front(study)] if several else None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tuner import attrs as A
 from tuner.buffered import BufferedStorage
 from tuner.errors import NoStorageError, SpaceError, SpecError, StorageError
 from tuner.heartbeat import worker_identity
+from tuner.metrics import parse_constraint
 from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
@@ -129,7 +131,7 @@ def check_workload(spec: StudySpec, space: Space) -> WorkloadRef:
     wref = parse_workload(spec.workload, target=spec.target)
     config = {**TrainConfig().as_dict(), **space.fixed()}
     data, _ = load_workload(wref, seed=spec.seed, val_fraction=spec.val_fraction, config=config)
-    if spec.metric == "val_accuracy" and data.task != "classification":
+    if "val_accuracy" in (m.name for m in spec.objectives) and data.task != "classification":
         raise SpecError(f"metric val_accuracy needs a classification target, but {wref.describe()} is a regression; use --metric val_rmse")
     cnn = space.params.get("model")
     if cnn is not None and "cnn" in (cnn.choices or (cnn.value,)) and data.image_shape is None:
@@ -176,13 +178,18 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     storage = open_storage(storage_url, create=True)
     if spec.name in optuna.get_all_study_names(storage):
         raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
+    objectives = spec.objectives
     study = optuna.create_study(
         storage=storage,
         study_name=spec.name,
-        direction=spec.direction,
-        sampler=make_sampler(spec.sampler, spec.seed, n_startup=spec.n_startup),
-        pruner=make_pruner(spec.pruner),
+        directions=[m.direction for m in objectives],
+        sampler=make_sampler(str(spec.sampler), spec.seed, n_startup=spec.n_startup),
+        pruner=make_pruner(str(spec.pruner)),
     )
+    if len(objectives) > 1:  # the dashboard and Optuna's plots name each value (not "Objective 0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([m.name for m in objectives])
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     digest = data_digest(spec)
@@ -222,8 +229,8 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     study = optuna.load_study(
         study_name=name,
         storage=chosen,
-        sampler=make_sampler(spec.sampler, spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
-        pruner=make_pruner(spec.pruner),
+        sampler=make_sampler(str(spec.sampler), spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
+        pruner=make_pruner(str(spec.pruner)),
     )
     return Loaded(study, spec, space, storage_url)
 
@@ -248,6 +255,10 @@ def reconcile(loaded: Loaded, given: dict[str, Any], *, spaces_dir: Path = SPACE
             continue
         if key == "workload":
             value = absolute_workload(value)
+        if key == "metrics":  # as stored: each NAME:DIRECTION
+            value = StudySpec(**{**stored.as_dict(), "metrics": value, "metric": None, "direction": None, "sampler": None, "pruner": None, "prune_on": None}).metrics
+        if key == "constraints":
+            value = [parse_constraint(c).text() for c in value]
         if value != getattr(stored, key):
             raise SpecError(
                 f"study '{stored.name}' was created with {key}={getattr(stored, key)!r}, not {value!r}; "

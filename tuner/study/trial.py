@@ -49,5 +49,6 @@ def begin(loaded: Any, trial: optuna.Trial, device: Any, *, unit: str = "step", 
     seed = spec.seed + trial.number
     record(trial, {A.SEED: seed, A.DEVICE: str(device)})
     return TrialHandle(
-        trial, params=params, device=device, seed=seed, metric=spec.metric, pruner=spec.pruner, prunes=prunes(loaded.study), artifacts=artifacts, unit=unit
-    )
+        trial, params=params, device=device, seed=seed, objectives=spec.objectives, pruner=str(spec.pruner), prunes=prunes(loaded.study), artifacts=artifacts,
+        prune_on=spec.prune_on, constraints=spec.bounds, unit=unit,
+    )  # fmt: skip

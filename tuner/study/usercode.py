@@ -17,12 +17,12 @@ import optuna
 
 from tuner import attrs as A
 from tuner.errors import SpecError
-from tuner.handle import Pruned, TrialHandle
+from tuner.handle import MissingMetric, Pruned, TrialHandle
 from tuner.storage import DEFAULT_ARTIFACTS
 from tuner.study.store import Loaded
 from tuner.study.trial import begin, durable, record
 
-__all__ = ["command_objective", "import_objective", "python_objective", "trial_value"]
+__all__ = ["command_objective", "import_objective", "python_objective", "trial_figures"]
 
 GRACE_S = 5.0  # a pruned or timed-out script's time to exit on SIGTERM before SIGKILL
 
@@ -34,19 +34,31 @@ def import_objective(ref: str) -> Callable[..., Any]:
     return user_callable(ref, what="--objective", error=SpecError)
 
 
-def trial_value(out: Any, metric: str, where: str) -> float:
-    """The trial's value from what the code gave: a number, or a dict holding the study's metric."""
+class BadResult(ValueError):
+    """An objective returned something that is not its study's metrics."""
+
+
+def trial_figures(out: Any, metrics: list[str], where: str) -> dict[str, Any]:
+    """The trial's result from what the code returned, by metric: a number (the study's one
+    metric), a dict of metrics by name, or a sequence of numbers in the order of the study's metrics."""
     if isinstance(out, dict):
-        if metric not in out:
-            raise ValueError(f"{where} returned a dict without the study's metric {metric!r} (keys: {', '.join(map(str, out)) or 'none'})")
-        out = out[metric]
+        missing = [m for m in metrics if m not in out]
+        if missing:
+            raise BadResult(f"{where} returned a dict without the study's metric {missing[0]!r} (keys: {', '.join(map(str, out)) or 'none'})")
+        return out
+    if isinstance(out, (list, tuple)) and len(metrics) > 1:
+        if len(out) != len(metrics):
+            raise BadResult(f"{where} returned {len(out)} values for the study's {len(metrics)} metrics ({', '.join(metrics)}); return a dict of them by name")
+        return dict(zip(metrics, out))
+    if len(metrics) > 1:
+        raise BadResult(f"{where} returned {out!r}; with several metrics return a dict of them by name: {{{', '.join(repr(m) + ': ...' for m in metrics)}}}"[:500])
     try:
-        return float(out)
+        return {metrics[0]: float(out)}
     except (TypeError, ValueError):
-        raise ValueError(f"{where} returned {out!r}; return the {metric} as a number (or a dict holding it)") from None
+        raise BadResult(f"{where} returned {out!r}; return the {metrics[0]} as a number (or a dict holding it)") from None
 
 
-def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float]:
+def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], float | list[float]]:
     import random
 
     import numpy as np
@@ -55,7 +67,7 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
     spec = loaded.spec
     func = import_objective(spec.objective or "")
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         handle = begin(loaded, trial, device)
         durable(trial)
         # code that does not seed itself still trains the same way whenever the trial is rerun
@@ -63,11 +75,15 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
         random.seed(handle.seed)
         np.random.seed(handle.seed % 2**32)
         try:
-            value = trial_value(func(handle), spec.metric, f"objective {spec.objective}")
+            value = handle.conclude(trial_figures(func(handle), handle.metrics, f"objective {spec.objective}"))
         except optuna.TrialPruned as e:  # tuner's Pruned, or Optuna's own raised by the code
             if not isinstance(e, Pruned):
                 record(trial, {A.PRUNED_REASON: str(e) or "pruned by the objective", A.PRUNED_KIND: A.PRUNER})
             record(trial, {**handle.history_attrs(), **handle.folder_attrs()})
+            raise
+        except (MissingMetric, BadResult) as e:  # what it returned: no place in tuner's code to point at
+            reason, kind = (f"objective {spec.objective}: {e}", A.NO_METRIC) if isinstance(e, MissingMetric) else (str(e), "BadResult")
+            record(trial, {A.FAIL_REASON: reason, A.FAIL_KIND: kind, **handle.history_attrs(), **handle.folder_attrs()})
             raise
         except Exception as e:
             record(trial, {A.FAIL_REASON: _reason(e), A.FAIL_KIND: e.__class__.__name__, **handle.history_attrs(), **handle.folder_attrs()})
@@ -78,7 +94,7 @@ def python_objective(loaded: Loaded, device: Any) -> Callable[[optuna.Trial], fl
     return objective
 
 
-def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Callable[[optuna.Trial], float]:
+def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Callable[[optuna.Trial], float | list[float]]:
     """Each trial runs the study's command as a child process; its reported metric goes through
     the pruner as it arrives, and the trial's value is the best value it reported (as tuner's own
     loop takes its best epoch). The trial gets a folder of its own ({trial_dir}) under the
@@ -97,7 +113,7 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
     sign = 1.0 if spec.direction == "maximize" else -1.0
     reads_output = bool(spec.metric_patterns or spec.step_pattern)  # patterns the spec checked as it was made
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         handle = begin(loaded, trial, device)
         params, seed = handle.params, handle.seed
         trial_dir = handle.trial_dir
@@ -111,6 +127,10 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
                 trial_dir=trial_dir,
             )
             steps, seen = handle.history["epoch"], handle.history[spec.metric]  # what was reported so far
+            # the study's other metrics and constrained ones, from lines without the first metric
+            # (a model's size printed once at the start), go with the reports that follow
+            wanted = {*handle.metrics[1:], *(c.metric for c in spec.bounds)} - {spec.metric}
+            pending: dict[str, float] = {}
             reported: set[str] = set()  # every metric name the script reported, for a missing metric's message
             # a reader of its own a trial: a step pattern's last step is this trial's
             reader = pattern_reader(OutputReader(spec.metric_patterns or [], spec.step_pattern)) if reads_output else default_reader
@@ -118,13 +138,13 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
             def on_record(metrics: dict[str, float]) -> None:
                 reported.update(k for k in metrics if k not in ("step", "epoch"))
                 if spec.metric not in metrics:
+                    pending.update((k, v) for k, v in metrics.items() if k in wanted)
                     return
                 raw_step = metrics.get("step", metrics.get("epoch"))
                 step = int(raw_step) if raw_step is not None and math.isfinite(raw_step) and raw_step >= 0 else len(steps) + 1
                 if step in steps:  # the same report through both channels (the helper's file and a printed line)
                     return
-                extra = {k: v for k, v in metrics.items() if k not in (spec.metric, "step", "epoch")}
-                handle.report(step, metrics[spec.metric], **extra)
+                handle.report(step, {**pending, **{k: v for k, v in metrics.items() if k not in ("step", "epoch")}})
 
             log = trial_dir / log_name(trial.number)
             try:
@@ -152,14 +172,19 @@ def command_objective(loaded: Loaded, device: Any, *, threads: int | None) -> Ca
                 reason = reason[:500] + _interpreter_hint(argv, outcome.stderr_tail)
                 _finish(trial, handle, trial_dir, fail=(reason, A.EXIT_CODE), extra={A.EXIT_STATUS: outcome.exit_code})
                 raise CommandError(reason)
-            finite = [v for v in seen if math.isfinite(v)]
-            if not finite:
-                reason = _missing_metric(spec.metric, reported, outcome.stderr_tail, log)
+            finite = [i for i, v in enumerate(seen) if v is not None and math.isfinite(v)]
+            try:
+                if not finite:
+                    raise MissingMetric(spec.metric, sorted(reported))
+                best = max(finite, key=lambda i: sign * seen[i])  # the step whose metric is best: its other metrics with it
+                at_best = {k: column[best] for k, column in handle.history.items() if column[best] is not None}
+                value = handle.conclude({**pending, **at_best})
+            except MissingMetric as e:
+                reason = _missing_metric(e.metric, reported, outcome.stderr_tail, log)
                 _finish(trial, handle, trial_dir, fail=(reason, A.NO_METRIC), extra={A.EXIT_STATUS: 0})
-                raise CommandError(reason)
-            best = max(finite, key=lambda v: sign * v)
+                raise CommandError(reason) from None
             _finish(trial, handle, trial_dir, extra={A.DURATION_S: round(outcome.duration_s, 4), A.VALUE_FROM: f"best of {len(seen)} reports"})
-            return best
+            return value
 
     return objective
 
