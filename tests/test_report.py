@@ -1,5 +1,6 @@
 """`tuner report`: real studies in, real PNGs and a self-contained HTML page out, and a summary
-on the terminal; studies with nothing complete, failures, regression and bad --out."""
+on the terminal; studies with nothing complete, failures, regression and bad --out; studies of
+several metrics (their Pareto front drawn and listed) and with constraints."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import numpy as np
 import optuna
 from matplotlib import image as mpimg
 from optuna.trial import TrialState
+
+from tuner.metrics import dominates
+from tuner.study import front, front_summary, open_study
 
 SQLITE = "sqlite:///studies/tuner.db"
 FIGURES = ("history.png", "importances.png", "parallel.png", "intermediate.png", "best_curves.png")
@@ -35,6 +39,22 @@ def _assert_real_figure(path: Path) -> None:
     assert len(np.unique(pixels, axis=0)) > 100, path
     chromatic = (rgb.max(axis=2) - rgb.min(axis=2)) > 0.15  # blank axes: 0; one marked trial: about 0.001
     assert chromatic.mean() > 0.0005, (path, chromatic.mean())
+
+
+def _front_table(page: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows, as text, of the table under the page's "Pareto front" heading."""
+    match = re.search(r"<h2>Pareto front</h2>.*?<table>(.*?)</table>", page, flags=re.S)
+    assert match, "the page has no Pareto front table"
+
+    def cells(row: str) -> list[str]:
+        return [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+
+    rows = re.findall(r"<tr>(.*?)</tr>", match.group(1))
+    return cells(rows[0]), [cells(r) for r in rows[1:]]
+
+
+def _assert_embedded(page: str, path: Path) -> None:
+    assert "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii") in page, path.name
 
 
 def _printed_best(out: str, metric: str) -> tuple[str, int]:
@@ -174,3 +194,105 @@ def test_unknown_study_and_unwritable_out_are_one_line_errors(project, cli):
         assert bad.code == 1 and expected in bad.err, bad.err
         assert len(bad.err.strip().splitlines()) == 1 and "Traceback" not in bad.err
     assert Path("a_file").read_text() == "not a folder"
+
+
+def test_report_of_a_two_metric_study_draws_its_pareto_front_and_lists_exactly_its_trials(project, cli):
+    run = cli("study", "run", "duo", "--space", "tiny", "--metric", "val_accuracy", "--metric", "params:minimize", "--trials", "8", "--pruner", "none", "--device", "cpu", "--threads", "1", "-q")
+    assert run.code == 0, run.err
+    result = cli("report", "duo", "--out", "out/duo")
+    assert result.code == 0, result.err
+
+    out = Path("out/duo")
+    figures = ("pareto.png", *FIGURES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "report.html"])
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for name in figures:  # every figure of one metric still drawn, on the first metric
+        _assert_real_figure(out / name)
+        _assert_embedded(page, out / name)
+        assert str(out / name) in result.out
+
+    loaded = open_study("duo", SQLITE)
+    on_front = front(loaded.study)
+    complete = loaded.study.get_trials(states=(TrialState.COMPLETE,))
+    assert on_front and len(complete) == 8
+    header, rows = _front_table(page)
+    assert header[:3] == ["trial", "val_accuracy (maximize)", "params (minimize)"]
+    assert set(header[3:]) == {k for t in on_front for k in t.params}
+    assert [int(r[0]) for r in rows] == [t.number for t in on_front]  # the front, best val_accuracy first
+    for row, t in zip(rows, on_front):
+        assert row[1:3] == [f"{t.values[0]:.4f}", str(int(t.values[1]))]
+        assert row[3:] == [f"{t.params[k]:.6g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")) for k in header[3:]]
+    listed = {int(r[0]) for r in rows}
+    for t in complete:  # exactly the front: each trial left out is dominated by (or equal to) one listed
+        if t.number not in listed:
+            assert any(dominates(f.values, t.values, (1.0, -1.0)) or f.values == t.values for f in on_front), t.number
+    summary = front_summary(loaded)
+    assert f"Hypervolume <strong>{summary['hypervolume']}</strong>" in page
+    assert f"reference point (val_accuracy {summary['reference']['val_accuracy']:.4f}, params {int(summary['reference']['params'])}" in page
+    assert "<h2>Best trial</h2>" not in page and "No complete trial yet" not in page
+    assert "val_accuracy (maximize), params (minimize)" in page and "Parameter importances for val_accuracy, the first metric" in page
+
+    # the terminal: the front's size, hypervolume and trials, not "no complete trial yet"
+    assert f"Pareto front: {len(on_front)} trial{'s' if len(on_front) > 1 else ''}, hypervolume {summary['hypervolume']}" in result.out
+    for t in on_front[:10]:
+        assert f"  trial {t.number}: val_accuracy {t.values[0]:.4f}, params {int(t.values[1])}" in result.out
+    assert "no complete trial yet" not in result.out
+
+    doc = json.loads(cli("report", "duo", "--out", "out/json", "--format", "json").out)
+    assert doc["best"] is None and doc["metrics"] == ["val_accuracy:maximize", "params:minimize"]
+    assert [r["number"] for r in doc["front"]["trials"]] == [t.number for t in on_front]
+    assert doc["front"]["hypervolume"] == summary["hypervolume"] and doc["front"]["size"] == len(on_front)
+
+
+def test_report_of_a_three_metric_study_with_a_constraint_draws_each_pair_and_lists_only_feasible_trials(project, cli):
+    run = cli(
+        "study", "run", "trio", "--space", "tiny", "--metric", "val_accuracy", "--metric", "params:minimize", "--metric", "latency_ms:minimize",
+        "--constraint", "params<=3000", "--trials", "8", "--pruner", "none", "--device", "cpu", "--threads", "1", "-q",
+    )
+    assert run.code == 0, run.err
+    result = cli("report", "trio", "--out", "out/trio")
+    assert result.code == 0, result.err
+
+    out = Path("out/trio")
+    figures = ("pareto_pairs.png", *FIGURES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "report.html"])  # the pairs, no two-metric front
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for name in figures:
+        _assert_real_figure(out / name)
+        _assert_embedded(page, out / name)
+
+    loaded = open_study("trio", SQLITE)
+    complete = loaded.study.get_trials(states=(TrialState.COMPLETE,))
+    infeasible = {t.number for t in complete if t.user_attrs.get("violated")}
+    assert infeasible and len(infeasible) < len(complete), "tiny's widest models (hidden_units 40 and up) miss params<=3000; its narrow ones meet it"
+    header, rows = _front_table(page)
+    assert header[:4] == ["trial", "val_accuracy (maximize)", "params (minimize)", "latency_ms (minimize)"]
+    numbers = [int(r[0]) for r in rows]
+    assert numbers == [t.number for t in front(loaded.study)] and not infeasible & set(numbers)
+    feasible = len(complete) - len(infeasible)
+    assert f"{feasible} of {len(complete)} complete trials meet every constraint" in page
+    assert f"<tr><td>params&lt;=3000</td><td class=\"num\">{len(infeasible)}</td></tr>" in page
+    assert f"constraints params<=3000: {feasible} of {len(complete)} complete trials feasible ({len(infeasible)} miss params<=3000)" in result.out
+
+
+def test_report_of_a_constrained_single_metric_study_names_the_best_feasible_trial(project, cli):
+    # score grows with width, and the widest model breaks the size bound: the best feasible trial is not the highest score
+    Path("search_spaces/widths.yaml").write_text("params:\n  width: {type: categorical, choices: [16, 32, 64]}\n")
+    Path("sized.py").write_text('def objective(trial):\n    width = trial.params["width"]\n    return {"score": width / 64, "size": width}\n')
+    run = cli("study", "run", "sized", "--space", "widths", "--objective", "sized:objective", "--metric", "score", "--direction", "maximize",
+              "--constraint", "size<=40", "--sampler", "grid", "--pruner", "none", "--trials", "3", "-q")
+    assert run.code == 0, run.err
+    study = _study("sized")
+    widest = max(study.trials, key=lambda t: t.params["width"])
+    assert widest.value == 1.0 and widest.user_attrs["violated"] == ["size<=40"]
+
+    result = cli("report", "sized", "--out", "out/sized")
+    assert result.code == 0, result.err
+    value, number = _printed_best(result.out, "score")
+    assert (value, number) == ("0.5000", study.best_trial.number) and study.best_trial.params["width"] == 32
+    assert "constraints size<=40: 2 of 3 complete trials feasible (1 miss size<=40)" in result.out
+    page = Path("out/sized/report.html").read_text(encoding="utf-8")
+    assert "<strong>0.5000</strong>" in page and "<strong>1.0000</strong>" not in page
+    assert "2 of 3 complete trials meet every constraint" in page and "Pareto front" not in page
+    for name in ("history.png", "parallel.png"):  # no epochs reported: no intermediate values, no curves
+        _assert_real_figure(Path("out/sized") / name)

@@ -10,6 +10,16 @@
     report.html       all of the above embedded as data URIs, with the study's settings, counts,
                       best trial, why trials were pruned or failed, and the best trial's diagnostics
 
+A study of several metrics (tuner.metrics) has no best trial but a Pareto front, which its report
+draws first and lists in place of the best trial, with the front's hypervolume:
+
+    pareto.png        two metrics: every complete trial's pair of values, the front joined as a staircase
+    pareto_pairs.png  three or more: the same for each pair of metrics, the front highlighted
+
+Its other figures follow the first metric (what its history ranks and its importances explain),
+and draw the front's trials where a single-metric report draws the best one. A study with
+constraints ranks only the trials that meet them, and draws the others hollow or dashed.
+
 A figure that cannot be drawn (no complete trial yet, a single trial, no recorded history) is
 skipped, and the report says why. Every file is written atomically.
 """
@@ -25,9 +35,10 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Sequence
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -40,6 +51,7 @@ from tuner import attrs as A
 from tuner.atomic import atomic_path
 from tuner.errors import ReportError
 from tuner.attrs import fail_reason
+from tuner.metrics import Metric
 from tuner.study import Loaded, best_trial, study_summary
 
 __all__ = ["DIAGNOSTICS", "Plot", "Report", "build_report", "summary_text"]
@@ -49,11 +61,15 @@ DIAGNOSTICS = (A.GRAD_NORM_FIRST, A.GRAD_NORM_LAST, A.VANISHING, A.EXPLODING, A.
 N_TOP = 3  # parameters named in the terminal summary
 N_REASONS = 5  # distinct failure reasons named in the terminal summary
 MAX_ROWS = 100  # pruned trials listed one by one in the HTML page
+N_FRONT = 10  # trials of a Pareto front listed in the terminal summary (the page lists them all)
+MAX_FRONT_LABELS = 20  # front trials numbered in each pair plot of three or more metrics, beyond which the numbers hide the points
 _PNG_DPI = 100
 _COMPLETE_COLOUR = "tab:blue"
 _PRUNED_COLOUR = "0.6"  # grey
 _FAILED_COLOUR = "tab:red"
 _BEST_COLOUR = "tab:red"
+_INFEASIBLE_COLOUR = "0.55"  # grey, drawn hollow: a trial that misses a constraint
+_LOG_DECADES = 2  # a metric axis whose positive values span more decades than this is drawn on a log scale
 _MISSING = object()  # a conditional parameter absent from a trial
 
 
@@ -98,6 +114,21 @@ class _Skipped(Exception):
     """A figure that cannot be drawn from this study; the message says why."""
 
 
+@dataclass(frozen=True)
+class _Best:
+    """The trials the figures draw as the study's best: its best trial, or with several metrics
+    the trials of its Pareto front, none of which is better than another in every metric."""
+
+    trials: tuple[FrozenTrial, ...]
+    front: bool = False  # several metrics: the trials are the front's
+
+    def has(self, t: FrozenTrial) -> bool:
+        return any(t.number == b.number for b in self.trials)
+
+    def label(self, t: FrozenTrial) -> str:
+        return "Pareto front" if self.front else f"best (trial {t.number})"
+
+
 # ---------------------------------------------------------------------------------------------
 # the report
 
@@ -108,18 +139,8 @@ def build_report(loaded: Loaded, out_dir: Path) -> Report:
     _prepare(out_dir)
     trials = loaded.study.get_trials(deepcopy=False)
     summary = _summarize(loaded, trials)
-    minimize = loaded.spec.direction == "minimize"
-    metric = loaded.spec.metric
-    best = best_trial(loaded.study)
-    drawers: list[tuple[str, str, Callable[[], Figure]]] = [
-        ("history.png", "Optimization history", lambda: _plot_history(trials, metric=metric, minimize=minimize)),
-        ("importances.png", "Parameter importances", lambda: _plot_importances(summary)),
-        ("parallel.png", "Parallel coordinates", lambda: _plot_parallel(trials, metric=metric, minimize=minimize, best=best)),
-        ("intermediate.png", "Intermediate values", lambda: _plot_intermediate(trials, metric=metric, minimize=minimize, best=best)),
-        ("best_curves.png", "Best trial's learning curves", lambda: _plot_curves(best)),
-    ]
     plots = []
-    for file, title, draw in drawers:
+    for file, title, draw in _drawers(loaded, trials, summary):
         plot = Plot(file, title)
         try:
             plot.png = _render(draw())
@@ -133,6 +154,38 @@ def build_report(loaded: Loaded, out_dir: Path) -> Report:
     report = Report(out_dir, out_dir / "report.html", plots, summary)
     _write(report.html, _html(report).encode("utf-8"))
     return report
+
+
+def _drawers(loaded: Loaded, trials: list[FrozenTrial], summary: dict[str, Any]) -> list[tuple[str, str, Callable[[], Figure]]]:
+    """Each figure's file, title and drawing. With several metrics the Pareto front comes first,
+    and the figures of one metric follow the first (the one the study's results are ordered by)."""
+    spec = loaded.spec
+    objectives = spec.objectives
+    first = objectives[0]
+    minimize = first.direction == "minimize"
+    # Optuna's intermediate values hold the metric the pruner watches: the first, unless --prune-on names another
+    watched = next(m for m in objectives if m.name == (spec.prune_on or first.name))
+    feasible = " feasible" if spec.constraints else ""
+    if len(objectives) == 1:
+        one = best_trial(loaded.study)
+        best = _Best((one,) if one else ())
+        curves_title, who = "Best trial's learning curves", f"the best trial ({one.number})" if one else ""
+    else:
+        by_number = {t.number: t for t in trials}  # the front the page lists (one that completed after this snapshot is listed, not drawn)
+        best = _Best(tuple(by_number[r["number"]] for r in summary["front"]["trials"] if r["number"] in by_number), front=True)
+        curves_title = f"Learning curves of the front's best {first.name}"
+        who = f"trial {best.trials[0].number} (the front's best {first.name})" if best.trials else ""
+    drawers: list[tuple[str, str, Callable[[], Figure]]] = [
+        ("history.png", "Optimization history", lambda: _plot_history(trials, metric=first.name, minimize=minimize, n_metrics=len(objectives), intermediate_first=watched == first)),
+        ("importances.png", "Parameter importances", lambda: _plot_importances(summary)),
+        ("parallel.png", "Parallel coordinates", lambda: _plot_parallel(trials, objectives=objectives, best=best)),
+        ("intermediate.png", "Intermediate values", lambda: _plot_intermediate(trials, metric=watched, index=objectives.index(watched), best=best)),
+        ("best_curves.png", curves_title, lambda: _plot_curves(best.trials[0] if best.trials else None, who=who, missing=f"needs a complete{feasible} trial, and the study has none")),
+    ]
+    if len(objectives) > 1:
+        file = "pareto.png" if len(objectives) == 2 else "pareto_pairs.png"
+        drawers.insert(0, (file, "Pareto front", lambda: _plot_front(trials, objectives=objectives, best=best)))
+    return drawers
 
 
 def _prepare(out_dir: Path) -> None:
@@ -154,7 +207,13 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    """Complete trials with a finite value for every metric (`values`: one metric or several)."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and all(math.isfinite(v) for v in t.values)]
+
+
+def _feasible(t: FrozenTrial) -> bool:
+    """Whether a trial meets the study's constraints (Optuna's constraint values: at most 0 when met); a study without any has none to miss."""
+    return all(c <= 0 for c in t.constraints.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,20 +224,36 @@ def _summarize(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
     base = study_summary(loaded, loaded.url)
     best = best_trial(loaded.study)
     importances, importance_note = _importances(loaded, trials)
+    objectives = loaded.spec.objectives
     return {
         "name": base["name"],
         "storage": base["storage"],
         "metric": loaded.spec.metric,
         "direction": base["direction"],
+        **({"metrics": [m.text() for m in objectives]} if len(objectives) > 1 else {}),
         "spec": base["spec"],
         "trials": base["trials"],
         "retried": base["retried"],
         "best": _best_dict(loaded, best) if best else None,
+        **({"front": _front_dict(loaded, base["front"])} if len(objectives) > 1 else {}),
+        **({"constraints": base["constraints"]} if "constraints" in base else {}),
         "importances": importances,
         "importance_note": importance_note,
         "pruned": _pruned(trials),
         "failed": _failed(trials),
     }
+
+
+def _front_dict(loaded: Loaded, summary: dict[str, Any]) -> dict[str, Any]:
+    """The Pareto front as front_summary gives it (size, normalized hypervolume, reference and
+    ideal points), each of its trials with its metrics by name and its parameters. Its trials are
+    the ones front_summary measured, read again by number, so that the table, the hypervolume and
+    the figures agree while workers still add trials."""
+    names = [m.name for m in loaded.spec.objectives]
+    by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
+    on_front = [by_number[n] for n in summary["trials"]]
+    rows = [{"number": t.number, "values": dict(zip(names, t.values)), "params": dict(t.params)} for t in on_front]
+    return {**summary, "trials": rows}
 
 
 def _best_dict(loaded: Loaded, best: FrozenTrial) -> dict[str, Any]:
@@ -207,10 +282,12 @@ def _importances(loaded: Loaded, trials: list[FrozenTrial]) -> tuple[dict[str, f
     if not varying:
         what = "no parameter is sampled" if not names else f"no parameter varies across the complete trials ({', '.join(names)} are the same in all)"
         return {}, what
+    # with several metrics Optuna needs one number a trial: the first metric's, as the report's headings say
+    target = (lambda t: t.values[0]) if len(loaded.spec.objectives) > 1 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna warns about small studies; the note below says it once
         try:
-            shares = optuna.importance.get_param_importances(loaded.study)
+            shares = optuna.importance.get_param_importances(loaded.study, target=target)
         except Exception as e:  # an estimator failing on an odd study must not cost the rest of the report
             return {}, f"could not be computed ({e.__class__.__name__}: {e})"
     shares = {k: float(v) for k, v in shares.items()}
@@ -244,23 +321,28 @@ def _failed(trials: list[FrozenTrial]) -> dict[str, Any]:
 
 
 def summary_text(report: Report) -> str:
-    """A few lines for the terminal: best trial, what mattered, pruned, failed, files written."""
+    """A few lines for the terminal: best trial (or Pareto front), what mattered, pruned, failed, files written."""
     s = report.summary
     counts = s["trials"]
     others = ", ".join(f"{counts[k]} {k}" for k in ("running", "waiting") if counts.get(k))
     lines = [
         f"study '{s['name']}': {_count(counts['total'], 'trial')} ({counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['fail']} failed{', ' + others if others else ''}); {s['metric']} ({s['direction']})"
+        f"{counts['fail']} failed{', ' + others if others else ''}); {_metrics_text(s)}"
     ]
     best = s["best"]
-    if best is None:
-        lines.append("no complete trial yet")
+    if "front" in s:
+        lines += _front_lines(s["front"], constrained="constraints" in s)
+    elif best is None:
+        lines.append("no complete feasible trial yet" if "constraints" in s and counts["complete"] else "no complete trial yet")
     else:
         lines.append(f"best {s['metric']}: {_value(best['value'])} (trial {best['number']})")
         lines += [f"  {k}: {_short(v)}" for k, v in best["params"].items()]
+    if "constraints" in s:
+        lines.append(_feasibility_text(s["constraints"]))
     if s["importances"]:
         top = list(s["importances"].items())[:N_TOP]
-        lines.append("mattered most: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+        of = f" for {s['metric']}" if "metrics" in s else ""
+        lines.append(f"mattered most{of}: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
     pruned = s["pruned"]
     if pruned["total"]:
         lines.append(f"pruned: {pruned['total']} ({pruned['by_pruner']} by the {s['spec']['pruner']} pruner, {pruned['diverged']} diverged)")
@@ -277,9 +359,47 @@ def summary_text(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _front_lines(front: dict[str, Any], *, constrained: bool) -> list[str]:
+    """The Pareto front for the terminal: its size and hypervolume, then its first trials."""
+    if not front["trials"]:
+        return [f"no complete{' feasible' if constrained else ''} trial yet: the Pareto front is empty"]
+    reference = ", ".join(f"{k} {_metric_value(v)}" for k, v in front["reference"].items())
+    lines = [f"Pareto front: {_count(front['size'], 'trial')}, hypervolume {front['hypervolume']} (normalized; reference point {reference})"]
+    for row in front["trials"][:N_FRONT]:
+        lines.append(f"  trial {row['number']}: " + ", ".join(f"{k} {_metric_value(v)}" for k, v in row["values"].items()))
+    if front["size"] > N_FRONT:
+        lines.append(f"  and {front['size'] - N_FRONT} more (see the report)")
+    return lines
+
+
+def _feasibility_text(feasibility: dict[str, Any]) -> str:
+    """How many complete trials meet the constraints, and how many miss each (study_summary's numbers)."""
+    missed = ", ".join(f"{n} miss {c}" for c, n in feasibility["missed"].items() if n)
+    return f"constraints {', '.join(feasibility['bounds'])}: {feasibility['feasible']} of {feasibility['complete']} complete trials feasible" + (f" ({missed})" if missed else "")
+
+
+def _metrics_text(s: dict[str, Any]) -> str:
+    """The study's metric and direction, or each of its metrics with its own: `val_accuracy (maximize), params (minimize)`."""
+    if "metrics" not in s:
+        return f"{s['metric']} ({s['direction']})"
+    return ", ".join(f"{name} ({direction})" for name, _, direction in (m.rpartition(":") for m in s["metrics"]))
+
+
+def _axis_label(metric: Metric) -> str:
+    return f"{metric.name} ({metric.direction})"
+
+
 def _value(v: Any) -> str:
     """The metric as every command prints it."""
     return "-" if v is None else f"{v:.4f}"
+
+
+def _metric_value(v: Any) -> str:
+    """One of several metrics: a count stored as a float (a model's parameters) with every digit,
+    anything else as every command prints a metric."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e12:
+        return str(int(v))
+    return _value(v)
 
 
 def _count(n: int, noun: str) -> str:
@@ -313,22 +433,30 @@ def _render(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _trial_value(t: FrozenTrial) -> float | None:
-    """A complete trial's value; a pruned one's last reported metric (what Optuna stores, if any)."""
-    value = t.value
-    if value is None and t.state == TrialState.PRUNED and t.intermediate_values:
-        value = t.intermediate_values[max(t.intermediate_values)]
+def _trial_value(t: FrozenTrial, *, intermediate_first: bool = True) -> float | None:
+    """A complete trial's value (its first metric's); a pruned one's last reported value of it:
+    from the vectors a study of several metrics keeps, else what Optuna stores as intermediate
+    values, when they are the first metric's (`intermediate_first`)."""
+    value = t.values[0] if t.values else None
+    if value is None and t.state == TrialState.PRUNED:
+        vectors = t.user_attrs.get(A.VECTORS)
+        if isinstance(vectors, dict) and vectors:
+            value = vectors[max(vectors, key=int)][0]
+        elif intermediate_first and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
     return value if value is not None and math.isfinite(value) else None
 
 
-def _plot_history(trials: list[FrozenTrial], *, metric: str, minimize: bool) -> Figure:
-    points = [(t, _trial_value(t)) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+def _plot_history(trials: list[FrozenTrial], *, metric: str, minimize: bool, n_metrics: int = 1, intermediate_first: bool = True) -> Figure:
+    points = [(t, _trial_value(t, intermediate_first=intermediate_first)) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     points = [(t, v) for t, v in points if v is not None]
     if not points:
         raise _Skipped("no trial has a value yet")
     fig = _figure()
     ax = fig.add_subplot()
-    complete = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE]
+    # the best so far is the best feasible one: a trial that misses a constraint is never the study's best
+    complete = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and _feasible(t)]
+    infeasible = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and not _feasible(t)]
     pruned = [(t.number, v) for t, v in points if t.state == TrialState.PRUNED]
     if complete:
         ax.scatter(*zip(*complete), color=_COMPLETE_COLOUR, s=30, zorder=3, label="complete")
@@ -340,17 +468,78 @@ def _plot_history(trials: list[FrozenTrial], *, metric: str, minimize: bool) -> 
         last = max(t.number for t, _ in points)
         ax.step([*xs, last], [*ys, ys[-1]], where="post", color=_BEST_COLOUR, linewidth=2, zorder=2, label="best so far")
         number, value = (min if minimize else max)(complete, key=lambda nv: nv[1])
-        ax.scatter([number], [value], color=_BEST_COLOUR, marker="*", s=260, edgecolors="black", linewidths=0.6, zorder=4, label=f"best (trial {number})")
+        label = f"best (trial {number})" if n_metrics == 1 else f"best {metric} (trial {number})"
+        ax.scatter([number], [value], color=_BEST_COLOUR, marker="*", s=260, edgecolors="black", linewidths=0.6, zorder=4, label=label)
+    if infeasible:
+        ax.scatter(*zip(*infeasible), facecolors="none", edgecolors=_INFEASIBLE_COLOUR, s=30, zorder=3, label="infeasible (misses a constraint)")
     if pruned:
         ax.scatter(*zip(*pruned), color=_PRUNED_COLOUR, marker="x", s=36, zorder=3, label="pruned (last reported value)")
     ax.set_xlabel("trial")
     ax.set_xlim(-0.5, max(1, max(t.number for t, _ in points)) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title(f"Optimization history ({'lower' if minimize else 'higher'} is better)")
+    of = "" if n_metrics == 1 else f" of {metric}, the first of {n_metrics} metrics"
+    ax.set_title(f"Optimization history{of} ({'lower' if minimize else 'higher'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     return fig
+
+
+def _plot_front(trials: list[FrozenTrial], *, objectives: Sequence[Metric], best: _Best) -> Figure:
+    """Every complete trial's metrics against each other, the Pareto front's trials in red and
+    numbered: with two metrics one plot, the front joined as the staircase that bounds what it
+    dominates; with more, a grid of each pair of metrics (a front in several dimensions is no
+    staircase in any two of them)."""
+    complete = _complete(trials)
+    if not complete:
+        raise _Skipped("needs a complete trial, and the study has none")
+    if len(objectives) == 2:
+        fig = _figure(8.0, 6.0)
+        ax = fig.add_subplot()
+        _draw_pair(ax, complete, best, objectives, (0, 1), staircase=True, numbered=True)
+        ax.legend(loc="best", fontsize=8)
+        ax.set_title(f"Pareto front: {_count(len(best.trials), 'trial')} of {_count(len(complete), 'complete trial')}")
+        return fig
+    n = len(objectives) - 1
+    fig = _figure(3.6 * n + 1, 3.4 * n + 0.6)
+    numbered = len(best.trials) <= MAX_FRONT_LABELS
+    for row in range(n):  # the lower triangle: metric row + 1 (y) against each metric before it (x)
+        for col in range(row + 1):
+            ax = fig.add_subplot(n, n, row * n + col + 1)
+            _draw_pair(ax, complete, best, objectives, (col, row + 1), staircase=False, numbered=numbered)
+    legend = fig.add_subplot(n, n, n)  # the top right cell, empty in the lower triangle
+    legend.axis("off")
+    legend.legend(*fig.axes[0].get_legend_handles_labels(), loc="center", fontsize=9)
+    fig.suptitle(f"Pareto front of {len(objectives)} metrics, each pair: {_count(len(best.trials), 'trial')} of {_count(len(complete), 'complete trial')}")
+    return fig
+
+
+def _draw_pair(ax: Axes, complete: list[FrozenTrial], best: _Best, objectives: Sequence[Metric], pair: tuple[int, int], *, staircase: bool, numbered: bool) -> None:
+    """One pair of metrics (x, y: their indexes): feasible trials filled, infeasible ones hollow
+    and grey, the front's trials in red, in the front's order, each with its number."""
+    x, y = pair
+    on_front = list(best.trials)
+    others = [t for t in complete if not best.has(t)]
+    feasible = [t for t in others if _feasible(t)]
+    infeasible = [t for t in others if not _feasible(t)]
+    if feasible:
+        ax.scatter([t.values[x] for t in feasible], [t.values[y] for t in feasible], color=_COMPLETE_COLOUR, s=24, alpha=0.8, zorder=2, label="dominated")
+    if infeasible:
+        ax.scatter([t.values[x] for t in infeasible], [t.values[y] for t in infeasible], facecolors="none", edgecolors=_INFEASIBLE_COLOUR, s=24, zorder=2, label="infeasible (misses a constraint)")
+    if on_front:
+        xs, ys = [t.values[x] for t in on_front], [t.values[y] for t in on_front]
+        if staircase:
+            # the front best first at x: the next one is worse at x and better at y, so the corner between them is (its x, this y)
+            ax.step(xs, ys, where="post", color=_BEST_COLOUR, linewidth=1.2, alpha=0.8, zorder=3)
+        ax.scatter(xs, ys, color=_BEST_COLOUR, s=46, edgecolors="black", linewidths=0.5, zorder=4, label=f"Pareto front ({_count(len(on_front), 'trial')})")
+        if numbered:
+            for t, px, py in zip(on_front, xs, ys):
+                ax.annotate(str(t.number), (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=5)
+    for k, set_label, set_scale in ((x, ax.set_xlabel, ax.set_xscale), (y, ax.set_ylabel, ax.set_yscale)):
+        set_label(_axis_label(objectives[k]))
+        if _log_scale([t.values[k] for t in complete]):
+            set_scale("log")
+    ax.grid(alpha=0.3)
 
 
 def _plot_importances(summary: dict[str, Any]) -> Figure:
@@ -364,7 +553,7 @@ def _plot_importances(summary: dict[str, Any]) -> Figure:
     ax.bar_label(bars, labels=[f"{shares[n]:.1%}" for n in names], padding=3)
     ax.set_xlim(0, max(1e-9, max(shares.values())) * 1.18)
     ax.set_xlabel("share of importance (PED-ANOVA)")
-    ax.set_title("Parameter importances")
+    ax.set_title("Parameter importances" + (f" for {summary['metric']}, the first metric" if "metrics" in summary else ""))
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -392,7 +581,23 @@ def _scaled(value: Any, dist: BaseDistribution) -> float:
     return min(1.0, max(0.0, (v - low) / (high - low)))
 
 
-def _plot_parallel(trials: list[FrozenTrial], *, metric: str, minimize: bool, best: FrozenTrial | None) -> Figure:
+def _log_scale(values: Sequence[float]) -> bool:
+    """Whether a metric's values, all positive, span more than _LOG_DECADES decades (a model's
+    parameters often do), so that a linear axis would crowd all but the largest into one corner."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 10**_LOG_DECADES
+
+
+def _metric_axis(values: list[float], *, log: bool) -> tuple[Callable[[float], float], str, str]:
+    """A metric's axis in the parallel coordinates: its values on [0, 1], and the labels of its ends."""
+    low, high = min(values), max(values)
+    if high == low:
+        return (lambda v: 0.5), _short(low), _short(high)
+    if log:
+        return (lambda v: (math.log(v) - math.log(low)) / (math.log(high) - math.log(low))), _short(low), _short(high) + " (log)"
+    return (lambda v: (v - low) / (high - low)), _short(low), _short(high)
+
+
+def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], best: _Best) -> Figure:
     complete = _complete(trials)
     if not complete:
         raise _Skipped("needs a complete trial, and the study has none")
@@ -403,26 +608,27 @@ def _plot_parallel(trials: list[FrozenTrial], *, metric: str, minimize: bool, be
     names = sorted(dists)
     if not names:
         raise _Skipped("no parameter is sampled: every value in the space is fixed")
-    values = [t.value for t in complete]
-    norm, cmap = _value_colours(values, minimize=minimize)
-    v_low, v_high = min(values), max(values)
-    axes = [metric, *names]
+    columns = [[t.values[k] for t in complete] for k in range(len(objectives))]
+    norm, cmap = _value_colours(columns[0], minimize=objectives[0].direction == "minimize")  # coloured by the first metric
+    # a single metric keeps its linear axis; of several, a cost such as params may span decades
+    metric_axes = [_metric_axis(c, log=len(objectives) > 1 and _log_scale(c)) for c in columns]
+    axes = [*(m.name for m in objectives), *names]
     fig = _figure(max(8.0, 1.3 * len(axes) + 2), 5.0)
     ax = fig.add_subplot()
-    ordered = sorted(complete, key=lambda t: t.number == (best.number if best else -1))  # the best on top
-    for t in ordered:
-        xs = [0.0]
-        ys = [0.5 if v_high == v_low else (t.value - v_low) / (v_high - v_low)]
-        for i, name in enumerate(names, start=1):
+    for t in sorted(complete, key=best.has):  # the best on top
+        xs = [float(k) for k in range(len(objectives))]
+        ys = [scale(v) for (scale, _, _), v in zip(metric_axes, t.values)]
+        for i, name in enumerate(names, start=len(objectives)):
             if name in t.params:  # a conditional parameter absent from this trial: the line skips its axis
                 xs.append(float(i))
                 ys.append(_scaled(t.params[name], dists[name]))
-        is_best = best is not None and t.number == best.number
-        ax.plot(xs, ys, color=cmap(norm(t.value)), linewidth=3 if is_best else 1.2, alpha=1 if is_best else 0.75, zorder=3 if is_best else 2)
+        is_best = best.has(t)
+        style = "-" if _feasible(t) else "--"  # dashed: misses a constraint
+        ax.plot(xs, ys, style, color=cmap(norm(t.values[0])), linewidth=3 if is_best else 1.2, alpha=1 if is_best else 0.75, zorder=3 if is_best else 2)
     for i, name in enumerate(axes):
         ax.axvline(i, color="0.3", linewidth=0.8, zorder=1)
-        if i == 0:
-            bottom, top = _short(v_low), _short(v_high)
+        if i < len(objectives):
+            _, bottom, top = metric_axes[i]
         elif isinstance(dists[name], CategoricalDistribution):
             choices = list(dists[name].choices)
             for j, c in enumerate(choices):
@@ -440,17 +646,22 @@ def _plot_parallel(trials: list[FrozenTrial], *, metric: str, minimize: bool, be
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, fraction=0.04)
-    ax.set_title(f"Parallel coordinates of {_count(len(complete), 'complete trial')} (scaled to [0, 1]; the best is thickest)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=objectives[0].name, fraction=0.04)
+    thickest = "the Pareto front's are thickest" if best.front else "the best is thickest"
+    dashed = "\ndashed: trials that miss a constraint" if not all(_feasible(t) for t in complete) else ""
+    ax.set_title(f"Parallel coordinates of {_count(len(complete), 'complete trial')} (scaled to [0, 1]; {thickest}){dashed}")
     return fig
 
 
-def _plot_intermediate(trials: list[FrozenTrial], *, metric: str, minimize: bool, best: FrozenTrial | None) -> Figure:
+def _plot_intermediate(trials: list[FrozenTrial], *, metric: Metric, index: int, best: _Best) -> Figure:
+    """Optuna's intermediate values: the metric per epoch (of several, the one the pruner watches,
+    `index` in the study's order), each complete trial coloured by its final value of it."""
     reported = [t for t in trials if t.intermediate_values]
     if not reported:
         raise _Skipped("no trial reported a metric per epoch yet")
-    complete = [t for t in reported if t.state == TrialState.COMPLETE and t.value is not None]
-    norm, cmap = _value_colours([t.value for t in complete], minimize=minimize) if complete else (None, None)
+    complete = [t for t in reported if t.state == TrialState.COMPLETE and t.values is not None]
+    final = {t.number: t.values[index] for t in complete}
+    norm, cmap = _value_colours(list(final.values()), minimize=metric.direction == "minimize") if complete else (None, None)
     fig = _figure()
     ax = fig.add_subplot()
     labelled: set[str] = set()
@@ -461,13 +672,15 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: str, minimize: bool
         labelled.add(kind)
         return kind
 
-    for t in sorted(reported, key=lambda t: (t.state == TrialState.COMPLETE, best is not None and t.number == best.number)):
+    for t in sorted(reported, key=lambda t: (t.state == TrialState.COMPLETE, best.has(t))):
         steps = sorted(t.intermediate_values)
         ys = [t.intermediate_values[s] for s in steps]
-        if best is not None and t.number == best.number:
-            ax.plot(steps, ys, color=_BEST_COLOUR, linewidth=2.5, marker="o", markersize=3, zorder=4, label=f"best (trial {t.number})")
+        if best.has(t):
+            ax.plot(steps, ys, color=_BEST_COLOUR, linewidth=2.5, marker="o", markersize=3, zorder=4, label=label(best.label(t)))
+        elif t.state == TrialState.COMPLETE and cmap is not None and not _feasible(t):
+            ax.plot(steps, ys, color=cmap(norm(final[t.number])), linewidth=1.2, linestyle="--", zorder=3, label=label("infeasible (dashed)"))
         elif t.state == TrialState.COMPLETE and cmap is not None:
-            ax.plot(steps, ys, color=cmap(norm(t.value)), linewidth=1.2, zorder=3, label=label("complete (coloured by value)"))
+            ax.plot(steps, ys, color=cmap(norm(final[t.number])), linewidth=1.2, zorder=3, label=label("complete (coloured by value)"))
         elif t.state == TrialState.PRUNED:
             ax.plot(steps, ys, color=_PRUNED_COLOUR, linewidth=1, alpha=0.8, zorder=2, label=label("pruned"))
             ax.plot(steps[-1:], ys[-1:], color=_PRUNED_COLOUR, marker="x", zorder=2)
@@ -475,19 +688,21 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: str, minimize: bool
             ax.plot(steps, ys, color=_FAILED_COLOUR, linewidth=1, linestyle=":", zorder=2, label=label(t.state.name.lower()))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
-    ax.set_title(f"Intermediate values: {metric} per epoch, {_count(len(reported), 'trial')}")
+    ax.set_ylabel(metric.name)
+    ax.set_title(f"Intermediate values: {metric.name} per epoch, {_count(len(reported), 'trial')}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return fig
 
 
-def _plot_curves(best: FrozenTrial | None) -> Figure:
+def _plot_curves(best: FrozenTrial | None, *, who: str, missing: str) -> Figure:
+    """The learning curves of the best trial (`who` names it: the best, or the front's best at the
+    first metric), or skipped with `missing` when there is none."""
     if best is None:
-        raise _Skipped("needs a complete trial, and the study has none")
+        raise _Skipped(missing)
     history = best.user_attrs.get(A.HISTORY)
     if not isinstance(history, dict) or not history.get("epoch"):
-        raise _Skipped(f"the best trial ({best.number}) recorded no per-epoch history")
+        raise _Skipped(f"{who} recorded no per-epoch history")
     epochs = list(history["epoch"])
 
     def series(key: str) -> list[float] | None:
@@ -501,7 +716,7 @@ def _plot_curves(best: FrozenTrial | None) -> Figure:
     panels = [(title, {k: v for k, v in group.items() if v is not None}) for title, group in (("loss", losses), ("accuracy", accuracies))]
     panels = [(title, group) for title, group in panels if group]
     if not panels:
-        raise _Skipped(f"the best trial ({best.number}) recorded neither losses nor accuracies per epoch")
+        raise _Skipped(f"{who} recorded neither losses nor accuracies per epoch")
     fig = _figure(4.5 * len(panels) + 1, 4.2)
     for i, (title, group) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -515,7 +730,7 @@ def _plot_curves(best: FrozenTrial | None) -> Figure:
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"Learning curves of the best trial ({best.number})")
+    fig.suptitle(f"Learning curves of {who}")
     return fig
 
 
@@ -546,26 +761,17 @@ def _table(header: list[str], rows: list[list[Any]], *, numeric: Collection[int]
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html(report: Report) -> str:
-    s = report.summary
+def _best_html(s: dict[str, Any]) -> list[str]:
+    """A single metric's best trial: its value, parameters and diagnostics."""
     parts: list[str] = []
     add = parts.append
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    add(f"<h1>Study {_e(s['name'])}</h1>")
-    add(f'<p class="muted">{_e(s["metric"])} ({_e(s["direction"])}) &middot; storage {_e(s["storage"])} &middot; generated {_e(generated)}</p>')
-
-    add("<h2>Settings</h2>")
-    add(_table(["setting", "value"], [[k, _short(v)] for k, v in s["spec"].items()]))
-    counts = s["trials"]
-    add("<h2>Trials</h2>")
-    add(_table(["state", "trials"], [[k, v] for k, v in counts.items() if k != "total" and v] + [["total", counts["total"]]], numeric={1}))
-    if s["retried"]:
-        add(f"<p>{_e(s['retried'])} trials were queued again after a lost worker or an interruption.</p>")
-
     add("<h2>Best trial</h2>")
     best = s["best"]
     if best is None:
-        add('<p class="note">No complete trial yet: there is no best value, and the figures that need complete trials are skipped.</p>')
+        if "constraints" in s and s["trials"]["complete"]:
+            add('<p class="note">No complete trial meets the constraints yet: there is no best value, and the figures that need one are skipped.</p>')
+        else:
+            add('<p class="note">No complete trial yet: there is no best value, and the figures that need complete trials are skipped.</p>')
     else:
         add(f"<p>best {_e(s['metric'])}: <strong>{_e(_value(best['value']))}</strong> (trial {_e(best['number'])})</p>")
         rows = [[k, _short(v)] for k, v in best["params"].items()] + [[k, f"{_short(v)} (fixed)"] for k, v in best["fixed"].items()]
@@ -577,8 +783,71 @@ def _html(report: Report) -> str:
             '<p class="muted">grad_norm_first/last: gradient norms of the first and last layers at the last epoch; '
             "overfit_gap: train minus validation accuracy (for regression, validation minus train loss).</p>"
         )
+    return parts
 
-    add("<h2>Parameter importances</h2>")
+
+def _front_html(s: dict[str, Any]) -> list[str]:
+    """Several metrics: the Pareto front's trials (each metric's value, then the parameters), its
+    size and hypervolume, with the reference and ideal points that normalize it."""
+    front = s["front"]
+    parts = ["<h2>Pareto front</h2>"]
+    if not front["trials"]:
+        feasible = " meets the constraints" if "constraints" in s else " is complete"
+        parts.append(f'<p class="note">No trial{feasible} yet: the front is empty, and the figures that need it are skipped.</p>')
+        return parts
+    points = {k: ", ".join(f"{name} {_metric_value(v)}" for name, v in front[k].items()) for k in ("reference", "ideal")}
+    parts.append(
+        f"<p>{_e(_count(front['size'], 'trial'))} on the front: none is better than another in every metric "
+        f"(listed best first by {_e(s['metric'])}). Hypervolume <strong>{_e(front['hypervolume'])}</strong>: the share the front dominates "
+        f"of the box from the reference point ({_e(points['reference'])}: each metric's worst among the feasible complete trials) "
+        f"to the ideal point ({_e(points['ideal'])}: each metric's best); 1.0 would be one trial best at everything.</p>"
+    )
+    metrics = [_axis_label(Metric(name, direction)) for name, _, direction in (m.rpartition(":") for m in s["metrics"])]
+    params = list(dict.fromkeys(k for row in front["trials"] for k in row["params"]))  # in the order the trials have them
+    rows = [
+        [row["number"], *(_metric_value(v) for v in row["values"].values()), *(_short(row["params"].get(k)) for k in params)]
+        for row in front["trials"]
+    ]
+    parts.append(_table(["trial", *metrics, *params], rows, numeric=range(len(metrics) + 1)))
+    return parts
+
+
+def _constraints_html(feasibility: dict[str, Any]) -> list[str]:
+    """What the constraints left: feasible trials, and how many missed each bound."""
+    return [
+        "<h2>Constraints</h2>",
+        (
+            f"<p>{_e(feasibility['feasible'])} of {_e(_count(feasibility['complete'], 'complete trial'))} meet every constraint. "
+            "The others are never the best nor on a front; the figures draw them hollow (or dashed).</p>"
+        ),
+        _table(["constraint", "complete trials that miss it"], [[c, n] for c, n in feasibility["missed"].items()], numeric={1}),
+    ]
+
+
+def _html(report: Report) -> str:
+    s = report.summary
+    parts: list[str] = []
+    add = parts.append
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    add(f"<h1>Study {_e(s['name'])}</h1>")
+    add(f'<p class="muted">{_e(_metrics_text(s))} &middot; storage {_e(s["storage"])} &middot; generated {_e(generated)}</p>')
+
+    add("<h2>Settings</h2>")
+    add(_table(["setting", "value"], [[k, _short(v)] for k, v in s["spec"].items()]))
+    counts = s["trials"]
+    add("<h2>Trials</h2>")
+    add(_table(["state", "trials"], [[k, v] for k, v in counts.items() if k != "total" and v] + [["total", counts["total"]]], numeric={1}))
+    if s["retried"]:
+        add(f"<p>{_e(s['retried'])} trials were queued again after a lost worker or an interruption.</p>")
+
+    if "front" in s:
+        parts += _front_html(s)
+    else:
+        parts += _best_html(s)
+    if "constraints" in s:
+        parts += _constraints_html(s["constraints"])
+
+    add("<h2>Parameter importances" + (f" for {_e(s['metric'])}, the first metric" if "metrics" in s else "") + "</h2>")
     if s["importance_note"]:
         add(f'<p class="note">{_e(s["importance_note"])}</p>')
     if s["importances"]:
@@ -593,9 +862,10 @@ def _html(report: Report) -> str:
     if not pruned["total"]:
         add("<p>None.</p>")
     else:
+        why = "other trials were better in every metric at the same epoch" if s["spec"]["pruner"] == "pareto" else "their metric trailed the other trials' at the same epoch"
         add(
             f"<p>{_e(pruned['total'])} pruned: {_e(pruned['by_pruner'])} by the {_e(s['spec']['pruner'])} pruner "
-            f"(their metric trailed the other trials' at the same epoch), {_e(pruned['diverged'])} diverged (a NaN or infinite loss).</p>"
+            f"({why}), {_e(pruned['diverged'])} diverged (a NaN or infinite loss).</p>"
         )
         rows = [[r["number"], _short(r["epoch"]), r["reason"]] for r in pruned["trials"][:MAX_ROWS]]
         add(_table(["trial", "epoch", "reason"], rows, numeric={0, 1}))
