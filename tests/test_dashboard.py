@@ -1,11 +1,12 @@
 """`tuner dashboard` as a real server process, read by a real headless Chromium: a finished study,
-a study that two workers are writing, a study in PostgreSQL, artifacts, the loopback default, and
-the one-line errors. Browser tests skip (saying why) without Chromium or playwright, unless
+a study of two metrics with its Pareto front, a study that two workers are writing, a study in
+PostgreSQL, artifacts, the loopback default, and the one-line errors. Browser tests skip (saying why) without Chromium or playwright, unless
 TUNER_REQUIRE_BROWSER=1 (CI), where they fail."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import pytest
 import sqlalchemy
 
 from tests.conftest import REPO, copy_sqlite
+from tuner.storage import open_storage
 
 try:  # without it the browser tests skip, or fail where TUNER_REQUIRE_BROWSER=1
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -252,6 +254,71 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
     kept = REPO / "out" / "dashboard.png"  # out/ is git-ignored: a copy to look at after the run
     kept.parent.mkdir(exist_ok=True)
     shutil.copy(shot, kept)
+
+
+# -- a study of two metrics ------------------------------------------------------------------
+
+
+UNNAMED = re.compile(r"Objective \d")  # what the dashboard calls a metric the study did not name
+
+
+def _pareto_front_drawn(page: Page) -> list[int]:
+    """The numbers of the trials the Pareto front plot draws as its best: read from the plot's own
+    data (plotly keeps it on the element), each point's hover text being its trial as JSON."""
+    traces = page.locator("#graph-pareto-front").evaluate("plot => plot.data.map(trace => [trace.hovertemplate, trace.text])")
+    return sorted(json.loads(text.replace("<br>", ""))["number"] for template, texts in traces if template.endswith("<extra>Best Trial</extra>") for text in texts)
+
+
+def test_a_two_metric_study_is_shown_with_its_metric_names_and_pareto_front(project: Path, page: Page, tmp_path: Path) -> None:
+    """`--metric val_accuracy --metric params:minimize`: the study's pages call each value by its
+    metric's name (Optuna's metric names, which tuner sets), never "Objective 0", and its page draws
+    every trial on a Pareto front whose best trials are the study's own."""
+    # The run and the dashboard each spend seconds importing: both start at once, on a storage
+    # that is there before either (the dashboard refuses a missing one).
+    open_storage(SQLITE, create=True)
+    run = subprocess.Popen(
+        [TUNER, "study", "run", "front", "--space", "tiny", "--metric", "val_accuracy", "--metric", "params:minimize", "--trials", "3", "--pruner", "none", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with _dashboard(log=tmp_path / "dashboard.log") as dash:
+            _, err = run.communicate(timeout=300)
+            assert run.returncode == 0, err
+            study = _load(SQLITE, "front")
+            study_id, complete = study._study_id, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            assert len(complete) == 3
+            body = page.locator("body")
+            page.goto(f"{dash.url}dashboard/studies/{study_id}")
+            expect(body).to_contain_text(f"front (id={study_id})")
+            expect(body).to_contain_text("Pareto Front")
+            for axis, name in (("Objective X:", "val_accuracy"), ("Objective Y:", "params")):  # unnamed, these read 0 and 1
+                expect(page.locator("fieldset").filter(has_text=axis).get_by_role("combobox")).to_have_text(name)
+            expect(page.locator("#graph-pareto-front .point")).to_have_count(len(complete))
+            assert _pareto_front_drawn(page) == sorted(t.number for t in study.best_trials)
+            expect(page.locator("#plot-history .ytitle")).to_have_text("val_accuracy")
+            expect(page.locator("#graph-hyperparameter-importances .legendtext")).to_have_text(["val_accuracy", "params"])
+            expect(body).not_to_contain_text(UNNAMED)
+
+            page.get_by_role("link", name="Analytics", exact=True).click()
+            expect(body).to_contain_text("EDF for val_accuracy")
+            expect(body).to_contain_text("EDF for params")
+            expect(body).not_to_contain_text(UNNAMED)
+
+            page.get_by_role("link", name="Smart Selection", exact=True).click()
+            expect(page.locator("#plot-parallel-coordinate .axis-title")).to_contain_text(["val_accuracy", "params"])
+            expect(body).not_to_contain_text(UNNAMED)
+
+            # a trial's page: both of its values, and what tuner measured (its user attributes)
+            trial = study.best_trials[0]
+            page.goto(f"{dash.url}dashboard/studies/{study_id}/trials?numbers={trial.number}")
+            expect(body).to_contain_text(f"Trial {trial.number} (trial_id={trial._trial_id})")
+            expect(body).to_contain_text(", ".join(_as_javascript(v) for v in trial.values))
+            expect(page.get_by_text(f"params {trial.user_attrs['params']}", exact=True)).to_be_visible()
+            expect(body).not_to_contain_text(UNNAMED)
+    finally:
+        if run.poll() is None:  # the dashboard failed to start: the run is not left behind
+            run.kill()
+            run.communicate()
 
 
 # -- a study being written by two workers -----------------------------------------------------
