@@ -13,6 +13,10 @@ process run:
     growth       how that share grows from 100 to 2,000 trials
     search       wall time until a trial reaches 0.97 validation accuracy on digits, per strategy
     workers      trials per second with 1 and 2 local workers on one study
+    command      seconds a run of an example script takes by hand and as a --command trial
+    packing      trials per second packed against unpacked and the reference, and search quality packed
+    pareto       the pareto pruner against none on a two-metric study: time to 95% of the final
+                 hypervolume, the final hypervolume, wall time and trials pruned, over seeds
 
 run.py lists them in order (SECTIONS: adding a section is a module and an entry there) and builds
 the document; common.py holds what they share; reference.py is the pattern of Optuna's
@@ -25,6 +29,7 @@ their internals change.
 from benchmarks.common import Bench, BenchSettings
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import measure_overhead
+from benchmarks.pareto import measure_pareto
 from benchmarks.reference import reference_objective
 from benchmarks.run import SECTIONS, machine_info, run_bench, skip_names
 from benchmarks.search import measure_search
@@ -38,6 +43,7 @@ __all__ = [
     "machine_info",
     "measure_growth",
     "measure_overhead",
+    "measure_pareto",
     "measure_search",
     "measure_throughput",
     "measure_workers",

@@ -52,6 +52,10 @@ class BenchSettings:
     n_packing: int = 48  # trials per path per repeat of the packing section
     pack: int = 16  # trials packed at once there (the worker's --pack)
     n_quality: int = 30  # trials per study of the packing section's search quality (the demo's budget)
+    pareto_space: str = "tradeoff"  # the pareto section's two-metric space (val_accuracy against params)
+    pareto_seeds: int = 3  # seeds of the pareto section, each run with pruner pareto and with none
+    pareto_trials: int = 40  # trials per study there
+    pareto_epochs: int | None = None  # epochs of its trials; None: the space's own
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -74,6 +78,9 @@ class BenchSettings:
             n_packing=6,
             pack=3,
             n_quality=8,
+            pareto_seeds=1,
+            pareto_trials=10,
+            pareto_epochs=3,
         )
 
 

@@ -19,6 +19,7 @@ from benchmarks.common import REFERENCE_SPACE, Bench, BenchSettings, torch_threa
 from benchmarks.growth import measure_growth
 from benchmarks.overhead import POSTGRES_ADMIN, measure_overhead
 from benchmarks.packing import measure_packing
+from benchmarks.pareto import measure_pareto
 from benchmarks.search import measure_search
 from benchmarks.throughput import measure_throughput
 from benchmarks.workers import measure_workers
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "workers": measure_workers,
     "command": measure_command,
     "packing": measure_packing,
+    "pareto": measure_pareto,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
 PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -143,17 +144,106 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     assert q["best_difference"] == pytest.approx(q["packed"]["mean_best"] - q["unpacked"]["mean_best"])
     assert "--pack 3" in p["how"]
 
+    _check_pareto(doc["pareto"], BenchSettings.quick())
+    assert "pareto hypervolume: reference val_accuracy=0" in result.out  # the note under the table
+
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()
 
 
+def _check_pareto(p: dict, settings: BenchSettings) -> None:
+    """The pareto section's figures: each run's hypervolume trace grows to its final figure within
+    (0, 1], 95% of it is reached no later than the run ends, only the pareto arm prunes, and the
+    medians, ratios and differences are those of the runs."""
+    seeds = list(range(settings.seed, settings.seed + settings.pareto_seeds))
+    assert p["seeds"] == seeds and p["trials"] == settings.pareto_trials and p["space"] == settings.pareto_space
+    assert p["reference"] == {"val_accuracy": 0.0, "params": 150794} and p["ideal"] == {"val_accuracy": 1.0, "params": 310}
+    assert "params=150794" in p["how"] and "pruner pareto vs none" in p["how"]
+    for arm in ("pareto", "none"):
+        a = p["arms"][arm]
+        assert [r["seed"] for r in a["runs"]] == seeds
+        for run in a["runs"]:
+            where = f"pareto.{arm}.seed {run['seed']}"
+            assert run["trials"] == settings.pareto_trials == len(run["trace"]), where
+            volumes = [v for _, v in run["trace"]]
+            assert volumes == sorted(volumes) and volumes[-1] == run["final_hv"], where  # a front's volume never shrinks
+            assert 0 < run["final_hv"] <= 1, where
+            _positive(run["t95_s"], f"{where}.t95_s")
+            assert run["t95_s"] <= run["total_s"], where
+            assert run["t95_s"] in [t for t, v in run["trace"] if v >= 0.95 * run["final_hv"]][:1], where
+            assert run["complete"] + run["pruned"] + run["diverged"] == run["trials"], where
+            assert run["epochs_run"] <= run["trials"] * p["epochs"] and run["report_ms"] > 0, where
+            _positive(run["train_s"], f"{where}.train_s")
+            assert run["train_s"] < run["total_s"], where
+        assert a["final_hv"] == pytest.approx(statistics.median(r["final_hv"] for r in a["runs"]))
+        assert a["t95_s"] == pytest.approx(statistics.median(r["t95_s"] for r in a["runs"]))
+        assert a["total_s"] == pytest.approx(statistics.median(r["total_s"] for r in a["runs"]))
+        assert a["final_hv_range"] == [min(r["final_hv"] for r in a["runs"]), max(r["final_hv"] for r in a["runs"])]
+    none, pareto = p["arms"]["none"], p["arms"]["pareto"]
+    assert all(r["pruned"] == 0 for r in none["runs"]) and none["pruned"] == 0  # no pruner, nothing pruned by one
+    assert all(r["epochs_run"] == r["trials"] * p["epochs"] for r in none["runs"] if r["diverged"] == 0)
+    assert p["ratio_t95"] == pytest.approx(pareto["t95_s"] / none["t95_s"])
+    assert p["ratio_total"] == pytest.approx(pareto["total_s"] / none["total_s"])
+    differences = [a["final_hv"] - b["final_hv"] for a, b in zip(pareto["runs"], none["runs"])]
+    assert p["hv_difference"]["per_seed"] == pytest.approx(differences)
+    assert p["hv_difference"]["median"] == pytest.approx(statistics.median(differences))
+    assert p["pruner_ms_per_report"] == pytest.approx(pareto["report_ms"] - none["report_ms"])
+    assert p["hv_difference"]["every_seed_lower"] == all(d < 0 for d in differences)
+    assert p["hv_shrank"] is None if len(seeds) == 1 else p["hv_shrank"] == (all(d < 0 for d in differences) and -p["hv_difference"]["median"] > p["hv_difference"]["noise"])
+
+
+def test_pareto_reference_is_the_tradeoff_space_s_largest_model() -> None:
+    """The hypervolume's fixed reference and ideal: the largest and smallest MLP the tradeoff space
+    allows on digits (64 inputs, 10 classes), as tuner's model builder builds them."""
+    from benchmarks.pareto import param_count_range
+    from tuner.space import load_space
+
+    def mlp(width: int, depth: int) -> int:
+        return 64 * width + width + (depth - 1) * (width * width + width) + 10 * width + 10
+
+    assert param_count_range(load_space("tradeoff")) == (mlp(4, 1), mlp(256, 3)) == (310, 150794)
+
+
+def test_pareto_rows_show_both_arms_and_the_hypervolume_difference() -> None:
+    from rich.console import Console
+
+    from tuner.cli.bench import _notes, _table
+
+    def arm(t95: float, hv: float, pruned: int, runs: list[float]) -> dict:
+        return {
+            "t95_s": t95, "final_hv": hv, "total_s": 2 * t95, "train_s": t95, "epochs_run": 400 - 10 * pruned, "pruned": pruned,
+            "report_ms": 1.0 + pruned, "final_hv_range": [min(runs), max(runs)], "runs": [],
+        }
+
+    doc = {
+        "pareto": {
+            "space": "tradeoff", "epochs": 10, "trials": 40, "seeds": [0, 1, 2], "share": 0.95,
+            "reference": {"val_accuracy": 0.0, "params": 150794}, "ideal": {"val_accuracy": 1.0, "params": 310},
+            "arms": {"pareto": arm(5.0, 0.90, 12, [0.89, 0.90, 0.91]), "none": arm(10.0, 0.95, 0, [0.94, 0.95, 0.96])},
+            "ratio_t95": 0.5, "ratio_total": 0.5,
+            "hv_difference": {"per_seed": [-0.05, -0.05, -0.05], "median": -0.05, "min": -0.05, "max": -0.05, "every_seed_lower": True, "noise": 0.02},
+            "hv_shrank": True, "pruner_ms_per_report": 12.0,
+        }
+    }
+    console = Console(record=True, width=200)
+    console.print(_table(doc))
+    text = console.export_text()
+    assert "s to 95% of final hypervolume: pareto vs none" in text and "0.50x" in text
+    assert "final hypervolume (3 seeds): pareto vs none" in text and "-0.0500 (-0.0500..-0.0500)" in text
+    row = next(line for line in text.splitlines() if line.startswith("│ final hypervolume"))
+    assert "|d| <= 0.0200" in row and row.rstrip(" │").endswith("no")  # shrank beyond the seed-to-seed range
+    assert "280, 5.0" in text and "400, 10.0" in text  # epochs run and training seconds, pruned vs not
+    note = "\n".join(_notes(doc))
+    assert "params=150794" in note and "pareto - none by seed: -0.0500, -0.0500, -0.0500" in note
+
+
 def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli) -> None:
     out = project / "bench.json"
-    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers,command,packing", "--format", "json")
+    result = cli("bench", "--quick", "--out", str(out), "--skip", "throughput,overhead,growth,search,workers,command,packing,pareto", "--format", "json")
     assert result.code == 0, result.err
     doc = json.loads(out.read_text())
     assert json.loads(result.out) == doc
-    assert not {"throughput", "overhead", "growth", "search", "workers", "command", "packing"} & set(doc)
+    assert not {"throughput", "overhead", "growth", "search", "workers", "command", "packing", "pareto"} & set(doc)
     assert doc["machine"]["cores"] >= 1
 
     bad = cli("bench", "--quick", "--out", str(project / "other.json"), "--skip", "speed")

@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -57,8 +57,8 @@ def bench(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Benchmark tuner against Optuna's PyTorch example: trial throughput, service overhead (and its
-    growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling, command trials
-    and trial packing."""
+    growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling, command trials,
+    trial packing and the pareto pruner on a two-metric study."""
     harness = _load_benchmarks()
     settings = harness.BenchSettings.quick(repeats) if quick else harness.BenchSettings(**({"repeats": repeats} if repeats else {}))
     names = tuple(s.strip() for s in (skip or "").split(",") if s.strip())
@@ -92,7 +92,8 @@ def bench(
         markup=False,
     )
     console.print(
-        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand; packing: packed/other, search unpacked/packed",
+        "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand; packing: packed/other, search unpacked/packed; "
+        "pareto: pruned/unpruned, hypervolume and ms a report pruned-unpruned",
         markup=False,
     )
 
@@ -187,7 +188,34 @@ def _table(doc: dict[str, Any]) -> Table:
                 "",
             )
             table.add_row(f"s a {q['trials']}-trial tpe study: auto vs 1", _num(q["packed"]["median_s"], "{:.1f}"), _num(q["unpacked"]["median_s"], "{:.1f}"), _num(q["speedup"], "{:.2f}x"), "", "")
+    if "pareto" in doc:
+        _pareto_rows(table, doc["pareto"])
     return table
+
+
+def _pareto_rows(table: Table, p: dict[str, Any]) -> None:
+    """The pareto pruner against none: the pruned arm in the tuner column, the unpruned in the
+    reference column; the final hypervolume's ratio column is the difference, with its range over
+    seeds; the target is the unpruned arm's seed-to-seed range, and "met" says whether pruning left
+    the hypervolume within it (no: lower in every seed, by more than that range)."""
+    pruned, unpruned = p["arms"]["pareto"], p["arms"]["none"]
+    seeds = f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''}"
+    difference = p["hv_difference"]
+    spread = f" ({difference['min']:+.4f}..{difference['max']:+.4f})" if len(p["seeds"]) > 1 else ""
+    shrank = p["hv_shrank"]
+    table.add_row(f"s to {p['share']:.0%} of final hypervolume: pareto vs none", _num(pruned["t95_s"], "{:.1f}"), _num(unpruned["t95_s"], "{:.1f}"), _num(p["ratio_t95"], "{:.2f}x"), "", "")
+    table.add_row(f"s a {p['trials']}-trial study, {p['epochs']} epochs: pareto vs none", _num(pruned["total_s"], "{:.1f}"), _num(unpruned["total_s"], "{:.1f}"), _num(p["ratio_total"], "{:.2f}x"), "", "")
+    table.add_row(
+        f"final hypervolume ({seeds}): pareto vs none",
+        _num(pruned["final_hv"], "{:.4f}"),
+        _num(unpruned["final_hv"], "{:.4f}"),
+        _num(difference["median"], "{:+.4f}") + spread,
+        f"|d| <= {difference['noise']:.4f}" if len(p["seeds"]) > 1 else "",
+        "-" if shrank is None else _met(not shrank),
+    )
+    table.add_row("trials pruned (median)", _num(pruned["pruned"], "{:g}"), _num(unpruned["pruned"], "{:g}"), "", "", "")
+    table.add_row("epochs run, s training (medians)", f"{_num(pruned['epochs_run'], '{:g}')}, {_num(pruned['train_s'], '{:.1f}')}", f"{_num(unpruned['epochs_run'], '{:g}')}, {_num(unpruned['train_s'], '{:.1f}')}", _num(pruned["train_s"] / unpruned["train_s"] if pruned["train_s"] and unpruned["train_s"] else None, "{:.2f}x"), "", "")
+    table.add_row("ms a report (storage, pruner): pareto vs none", _num(pruned["report_ms"], "{:.2f}"), _num(unpruned["report_ms"], "{:.2f}"), _num(p["pruner_ms_per_report"], "{:+.2f} ms"), "", "")
 
 
 def _notes(doc: dict[str, Any]) -> list[str]:
@@ -211,4 +239,14 @@ def _notes(doc: dict[str, Any]) -> list[str]:
                 f"reports {row['reports_ms'][0]:.1f}->{row['reports_ms'][1]:.1f}, storage and loop "
                 f"{row['storage_and_loop_ms'][0]:.1f}->{row['storage_and_loop_ms'][1]:.1f}"
             )
+    pareto = doc.get("pareto")
+    if pareto:
+        ref, ideal, arms = pareto["reference"], pareto["ideal"], pareto["arms"]
+        lines.append(
+            f"pareto hypervolume: reference val_accuracy={ref['val_accuracy']:g}, params={ref['params']} (the {pareto['space']} space's largest model), "
+            f"normalized by the box to val_accuracy={ideal['val_accuracy']:g}, params={ideal['params']} (its smallest); "
+            f"final over seeds: pareto {arms['pareto']['final_hv_range'][0]:.4f}..{arms['pareto']['final_hv_range'][1]:.4f}, "
+            f"none {arms['none']['final_hv_range'][0]:.4f}..{arms['none']['final_hv_range'][1]:.4f}; "
+            f"pareto - none by seed: {', '.join(f'{d:+.4f}' for d in pareto['hv_difference']['per_seed'])}"
+        )
     return lines
