@@ -506,3 +506,24 @@ def test_a_command_trial_s_log_is_linked_from_its_trial_page(project: Path, page
         expect(link).to_have_attribute("download", "trial-1.log")
         body = page.request.get(dash.url + link.get_attribute("href").lstrip("/")).body().decode()
         assert "hello from trial 1" in body and "epoch=1 score=" in body
+
+
+def test_constraints_reach_the_dashboard_and_its_best_of_one_metric_is_feasible(project: Path, tmp_path: Path) -> None:
+    """Optuna 5 stores each constraint under its own key, which optuna-dashboard does not read:
+    served by `tuner dashboard`, infeasible trials carry their constraint values and the best
+    trial of a one-metric study is the best feasible one (Optuna's own pick), not the storage's."""
+    _run_study("one", "--constraint", "params<=2000", "--trials", "6", "--pruner", "none", "--seed", "1")
+    _run_study("two", "--metric", "val_accuracy", "--metric", "params:minimize", "--constraint", "params<=2000", "--trials", "6", "--pruner", "none")
+    with _dashboard("--storage", SQLITE, log=tmp_path / "dash.log") as dash:
+        for name in ("one", "two"):
+            study = _load(SQLITE, name)
+            shown = json.load(urllib.request.urlopen(f"{dash.url}api/studies/{study._study_id}", timeout=30))
+            by_number = {t.number: t for t in study.get_trials()}
+            infeasible = [t for t in shown["trials"] if t["state"] == "Complete" and by_number[t["number"]].user_attrs.get("violated")]
+            assert infeasible, f"{name}: the space must give an infeasible trial"
+            for t in shown["trials"]:
+                if t["state"] == "Complete":
+                    assert t["constraints"] == list(by_number[t["number"]].constraints.values())
+            if name == "one":
+                assert [t["number"] for t in shown["best_trials"]] == [study.best_trial.number]
+                assert by_number[study.best_trial.number].user_attrs["params"] <= 2000

@@ -3,16 +3,20 @@ asks for another address."""
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from optuna.storages import BaseStorage
 
 from tuner.errors import TunerError
 from tuner.storage import DEFAULT_ARTIFACTS, mask, open_storage, resolve_url
 
-__all__ = ["serve"]
+__all__ = ["ConstraintsShown", "serve"]
 
 
 def serve(
@@ -33,7 +37,7 @@ def serve(
         artifacts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TunerError(f"cannot use {artifacts} for artifacts: {e.strerror or e}; pass another --artifacts") from None
-    app = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(artifacts))
+    app = optuna_dashboard.wsgi(ConstraintsShown(storage), artifact_store=FileSystemArtifactStore(artifacts))
     # Bind before saying anything (optuna_dashboard.run_server prints bottle's banner first), so a
     # taken port is one line of error and nothing else.
     try:
@@ -82,3 +86,67 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class ConstraintsShown(BaseStorage):
+    """The storage as optuna-dashboard should read it where trials have constraints. Optuna 5's
+    `Trial.set_constraint` stores each under its own key ("constraints:params<=20000"); the
+    dashboard (0.21) reads only the older list ("constraints"), so it would draw an infeasible
+    trial as feasible, and its best trial of one metric is the storage's, which ignores
+    constraints. Trials are handed to it with the list added, and the best trial is the best
+    feasible one, as Optuna's Study.best_trial has it. (Its Pareto front card of a study with
+    several metrics still ignores constraints, optuna-dashboard#772; its plot marks them.)
+    Everything else is the storage itself."""
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:  # what the storage has beyond BaseStorage's methods
+        return getattr(self._storage, name)
+
+    def get_trial(self, trial_id: int) -> Any:
+        return _listed(self._storage.get_trial(trial_id))
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        return [_listed(t) for t in self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)]
+
+    def get_best_trial(self, study_id: int) -> Any:
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        best = self._storage.get_best_trial(study_id)
+        if all(v <= 0 for v in best.constraints.values()):
+            return _listed(best)
+        feasible = [t for t in self._storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if all(v <= 0 for v in t.constraints.values())]
+        if not feasible:
+            return _listed(best)  # nothing feasible yet: the dashboard still shows the best there is
+        maximize = self._storage.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
+        return _listed(max(feasible, key=lambda t: t.value) if maximize else min(feasible, key=lambda t: t.value))
+
+
+def _delegate(name: str) -> Any:
+    def method(self: ConstraintsShown, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._storage, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+# every other method of BaseStorage is the storage's own (its fast versions too, not BaseStorage's generic ones)
+for _name, _member in vars(BaseStorage).items():
+    if callable(_member) and not _name.startswith("_") and _name not in vars(ConstraintsShown):
+        setattr(ConstraintsShown, _name, _delegate(_name))
+abc.update_abstractmethods(ConstraintsShown)
+
+
+def _listed(trial: Any) -> Any:
+    """The trial with its constraints also as the list optuna-dashboard reads (a copy; the original
+    may be a storage's cached trial)."""
+    import copy
+
+    constraints = trial.constraints
+    if not constraints or "constraints" in trial.system_attrs:
+        return trial
+    shown = copy.copy(trial)
+    shown._system_attrs = {**trial.system_attrs, "constraints": list(constraints.values())}
+    return shown
