@@ -331,3 +331,18 @@ def test_packed_trials_measure_what_unpacked_ones_do():
         for a, b in zip(alone.history, p.history):
             assert b.params == a.params and b.latency_ms > 0 and b.train_seconds > 0
         assert p.history[1].train_seconds > p.history[0].train_seconds
+
+
+def test_a_new_study_given_no_space_takes_the_default_one_and_says_so(project, cli):
+    """The issue's own line works as a new user types it: a model's cost among the metrics takes
+    the tradeoff space (tiny to large models); otherwise the tour's quick space."""
+    result = cli("study", "create", "costs", "--workload", "digits", "--metric", "val_accuracy", "--metric", "params:minimize")
+    assert result.code == 0 and "search space 'tradeoff', the default" in result.err
+    result = cli("study", "create", "plain", "--workload", "wine", "--trials", "2")
+    assert result.code == 0 and "search space 'quick', the default" in result.err
+    # a bare name (a mistyped one, perhaps) starts nothing
+    assert "to create it pass --space" in cli("study", "run", "costz", "--trials", "3").err
+    spaces = {s.study_name: s.user_attrs["tuner.spec"]["space"] for s in optuna.get_all_study_summaries(SQLITE)}
+    assert spaces == {"costs": "tradeoff", "plain": "quick"}
+    # your own code has no default: its parameters are its own
+    assert "needs a search space" in cli("study", "create", "own", "--objective", "m:f", "--metric", "x:maximize").err

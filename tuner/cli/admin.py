@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli.common import Format, FormatOpt, StorageOpt, console, print_json
+from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, print_json
 from tuner.cli.options import (
     CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
-    SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, spec_from, spec_options,
+    SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import count
 from tuner.cli.running import new_database, say_new_database
@@ -49,8 +49,11 @@ def create(
 
     url = resolve_url(storage)
     new_db = new_database(url)
-    loaded = create_study(spec_from(name, spec, options), url, spaces_dir=spaces_dir)
+    chosen = default_space(options) if not spec and not options.get("space") and name else None
+    loaded = create_study(spec_from(name, spec, {**options, "space": options.get("space") or chosen}), url, spaces_dir=spaces_dir)
     say_new_database(new_db)
+    if chosen:
+        console_err.print(f"study '{name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)
     console.print(f"created study '{loaded.spec.name}' in {mask(url)}: {loaded.spec.sampler} over '{loaded.space.name}', budget {loaded.spec.trials} trials")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tuner.errors import SpecError
-from tuner.metrics import parse_metric
+from tuner.metrics import MEASURES, parse_metric
 from tuner.spec import StudySpec, load_spec
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The study's name in storage.")]
@@ -187,6 +187,23 @@ def spec_options(arguments: dict[str, Any]) -> dict[str, Any]:
         elif name != "direction" or "direction" not in options:
             options[name] = arguments[name]
     return options
+
+
+# settings that say a new study is meant, where no space is given (--trials alone also resumes one)
+_DEFINING = ("workload", "target", "sampler", "pruner", "metric", "metrics", "direction", "constraints", "prune_on", "seed", "val_fraction")
+
+
+def default_space(options: dict[str, Any]) -> Optional[str]:
+    """The search space of a new study of tuner's loop given none: `quick` (the tour's), or
+    `tradeoff` (models from 4 to 256 units) where a metric is a model's cost, whose front should
+    run from tiny to large. None for your own code, whose parameters only its own space can name,
+    and where no setting says a new study is meant (a bare NAME, perhaps mistyped, must not start one)."""
+    if options.get("objective") or options.get("command"):
+        return None
+    if not any(options.get(k) is not None for k in _DEFINING):
+        return None
+    names = [parse_metric(m)[0] for m in options.get("metrics") or []] + ([options["metric"]] if options.get("metric") else [])
+    return "tradeoff" if any(n in MEASURES for n in names) else "quick"
 
 
 def spec_from(name: Optional[str], spec_file: Optional[Path], options: dict[str, Any]) -> StudySpec:

@@ -16,7 +16,7 @@ from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err
 from tuner.cli.options import (
     CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
-    TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, spec_from, spec_options,
+    TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import values_text, count, describe_running
 from tuner.errors import SpecError
@@ -63,12 +63,16 @@ def run(
 ) -> None:
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
     options = {**spec_options(locals()), "pack": pack}
-    from tuner.study import prepare_run
+    from tuner.study import prepare_run, study_exists
 
     pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     url = resolve_url(storage)
     parse_pack(pack)
     given = spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
+    chosen = None  # the default space of a new study given none
+    if given is None and name and default_space(options) and not study_exists(name, url):
+        chosen = default_space(options)
+        given = spec_from(name, None, {**options, "space": chosen})
     study_name = name or (given.name if given else None)
     if not study_name:
         raise SpecError("give the study a NAME (or a --spec file with `name:`)")
@@ -86,6 +90,8 @@ def run(
         file_settings=file_values, spec_file=str(spec) if spec else None,
     )
     say_new_database(new_db)
+    if chosen:
+        console_err.print(f"study '{study_name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)
     _say_budget(loaded.spec.name, change)
     pack = pack or (given.pack if given else None) or loaded.spec.pack
     _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))
