@@ -15,8 +15,8 @@ process run:
     workers      trials per second with 1 and 2 local workers on one study
     command      seconds a run of an example script takes by hand and as a --command trial
     packing      trials per second packed against unpacked and the reference, and search quality packed
-    pareto       the pareto pruner against none on a two-metric study: time to 95% of the final
-                 hypervolume, the final hypervolume, wall time and trials pruned, over seeds
+    pareto       the pareto pruner against none on a two-metric study, over seeds: the front's
+                 hypervolume at equal trials and at equal time, the time to the unpruned front
 
 run.py lists them in order (SECTIONS: adding a section is a module and an entry there) and builds
 the document; common.py holds what they share; reference.py is the pattern of Optuna's

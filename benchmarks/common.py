@@ -54,7 +54,7 @@ class BenchSettings:
     n_quality: int = 30  # trials per study of the packing section's search quality (the demo's budget)
     pareto_space: str = "tradeoff"  # the pareto section's two-metric space (val_accuracy against params)
     pareto_seeds: int = 3  # seeds of the pareto section, each run with pruner pareto and with none
-    pareto_trials: int = 40  # trials per study there
+    pareto_trials: int = 40  # trials of the unpruned study there; the pruned one runs twice as many (pruning buys trials)
     pareto_epochs: int | None = None  # epochs of its trials; None: the space's own
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)

@@ -145,51 +145,87 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     assert "--pack 3" in p["how"]
 
     _check_pareto(doc["pareto"], BenchSettings.quick())
-    assert "pareto hypervolume: reference val_accuracy=0" in result.out  # the note under the table
+    assert "pareto hypervolume: on val_accuracy and log10(params), reference val_accuracy=0" in result.out  # the note under the table
 
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()
 
 
 def _check_pareto(p: dict, settings: BenchSettings) -> None:
-    """The pareto section's figures: each run's hypervolume trace grows to its final figure within
-    (0, 1], 95% of it is reached no later than the run ends, only the pareto arm prunes, and the
-    medians, ratios and differences are those of the runs."""
+    """The pareto section's figures: the none arm runs pareto_trials and the pareto arm twice as
+    many; each run's hypervolume trace grows to its final figure within (0, 1]; the equal-trials
+    figures are those of its first pareto_trials trials, the equal-time one the pareto trace's at
+    the none run's end, the time to none's final front the first point of the pareto trace that
+    holds it; only the pareto arm prunes, and the medians, ratios and differences are the runs'."""
+    n = settings.pareto_trials
     seeds = list(range(settings.seed, settings.seed + settings.pareto_seeds))
-    assert p["seeds"] == seeds and p["trials"] == settings.pareto_trials and p["space"] == settings.pareto_space
+    assert p["seeds"] == seeds and p["trials"] == n and p["space"] == settings.pareto_space
     assert p["reference"] == {"val_accuracy": 0.0, "params": 150794} and p["ideal"] == {"val_accuracy": 1.0, "params": 310}
-    assert "params=150794" in p["how"] and "pruner pareto vs none" in p["how"]
-    for arm in ("pareto", "none"):
+    assert "params=150794" in p["how"] and f"pruner none for {n} trials and pruner pareto, with the same seed and sampler, for {2 * n}" in p["how"]
+    for arm, budget in (("pareto", 2 * n), ("none", n)):
         a = p["arms"][arm]
-        assert [r["seed"] for r in a["runs"]] == seeds
+        assert a["trials"] == budget and [r["seed"] for r in a["runs"]] == seeds
         for run in a["runs"]:
             where = f"pareto.{arm}.seed {run['seed']}"
-            assert run["trials"] == settings.pareto_trials == len(run["trace"]), where
-            volumes = [v for _, v in run["trace"]]
+            assert run["trials"] == budget == len(run["trace"]), where
+            seconds, volumes = [s for s, _ in run["trace"]], [v for _, v in run["trace"]]
             assert volumes == sorted(volumes) and volumes[-1] == run["final_hv"], where  # a front's volume never shrinks
+            assert seconds == sorted(seconds) and seconds[-1] <= run["total_s"] + 0.001, where  # rounded to ms
             assert 0 < run["final_hv"] <= 1, where
-            _positive(run["t95_s"], f"{where}.t95_s")
-            assert run["t95_s"] <= run["total_s"], where
-            assert run["t95_s"] in [t for t, v in run["trace"] if v >= 0.95 * run["final_hv"]][:1], where
+            eq = run["equal"]
+            assert eq["trials"] == n and [eq["s"], eq["hv"]] == run["trace"][n - 1], where
+            _positive(eq["t95_s"], f"{where}.t95_s")
+            assert eq["t95_s"] in [s for s, v in run["trace"][:n] if v >= 0.95 * eq["hv"]][:1], where
+            assert eq["complete"] + eq["pruned"] <= n and eq["pruned"] <= run["pruned"] and eq["epochs_run"] <= run["epochs_run"], where
             assert run["complete"] + run["pruned"] + run["diverged"] == run["trials"], where
-            assert run["epochs_run"] <= run["trials"] * p["epochs"] and run["report_ms"] > 0, where
+            assert run["epochs_run"] <= run["trials"] * p["epochs"] and eq["epochs_run"] <= n * p["epochs"] and run["report_ms"] > 0, where
             _positive(run["train_s"], f"{where}.train_s")
             assert run["train_s"] < run["total_s"], where
-        assert a["final_hv"] == pytest.approx(statistics.median(r["final_hv"] for r in a["runs"]))
-        assert a["t95_s"] == pytest.approx(statistics.median(r["t95_s"] for r in a["runs"]))
-        assert a["total_s"] == pytest.approx(statistics.median(r["total_s"] for r in a["runs"]))
-        assert a["final_hv_range"] == [min(r["final_hv"] for r in a["runs"]), max(r["final_hv"] for r in a["runs"])]
+        for key, of in (("hv_equal", "hv"), ("t95_s", "t95_s"), ("s_equal", "s"), ("pruned_equal", "pruned"), ("epochs_equal", "epochs_run")):
+            assert a[key] == pytest.approx(statistics.median(r["equal"][of] for r in a["runs"])), f"{arm}.{key}"
+        for key in ("final_hv", "total_s", "pruned", "epochs_run"):
+            assert a[key] == pytest.approx(statistics.median(r[key] for r in a["runs"])), f"{arm}.{key}"
+        assert a["hv_equal_range"] == [min(r["equal"]["hv"] for r in a["runs"]), max(r["equal"]["hv"] for r in a["runs"])]
     none, pareto = p["arms"]["none"], p["arms"]["pareto"]
     assert all(r["pruned"] == 0 for r in none["runs"]) and none["pruned"] == 0  # no pruner, nothing pruned by one
+    assert all(r["equal"] == {**r["equal"], "hv": r["final_hv"], "pruned": 0, "epochs_run": r["epochs_run"]} for r in none["runs"])  # its whole run
     assert all(r["epochs_run"] == r["trials"] * p["epochs"] for r in none["runs"] if r["diverged"] == 0)
     assert p["ratio_t95"] == pytest.approx(pareto["t95_s"] / none["t95_s"])
+    assert p["ratio_equal_s"] == pytest.approx(pareto["s_equal"] / none["s_equal"])
     assert p["ratio_total"] == pytest.approx(pareto["total_s"] / none["total_s"])
-    differences = [a["final_hv"] - b["final_hv"] for a, b in zip(pareto["runs"], none["runs"])]
-    assert p["hv_difference"]["per_seed"] == pytest.approx(differences)
-    assert p["hv_difference"]["median"] == pytest.approx(statistics.median(differences))
     assert p["pruner_ms_per_report"] == pytest.approx(pareto["report_ms"] - none["report_ms"])
-    assert p["hv_difference"]["every_seed_lower"] == all(d < 0 for d in differences)
-    assert p["hv_shrank"] is None if len(seeds) == 1 else p["hv_shrank"] == (all(d < 0 for d in differences) and -p["hv_difference"]["median"] > p["hv_difference"]["noise"])
+
+    # (a) equal trials, and the verdict on them
+    at_trials = [a["equal"]["hv"] - b["equal"]["hv"] for a, b in zip(pareto["runs"], none["runs"])]
+    e = p["equal_trials"]
+    assert e["per_seed"] == pytest.approx(at_trials) and e["median"] == pytest.approx(statistics.median(at_trials))
+    assert [e["min"], e["max"]] == pytest.approx([min(at_trials), max(at_trials)])
+    assert e["every_seed_lower"] == all(d < 0 for d in at_trials)
+    assert e["noise"] == pytest.approx(none["hv_equal_range"][1] - none["hv_equal_range"][0])
+    assert e["shrank"] is None if len(seeds) == 1 else e["shrank"] == (all(d < 0 for d in at_trials) and -e["median"] > e["noise"])
+    # (b) equal time and (c) time to none's final front, seed by seed from the traces
+    for pair, a, b in zip(p["pairs"], pareto["runs"], none["runs"]):
+        assert pair["seed"] == a["seed"] == b["seed"] and pair["at_s"] == b["total_s"]
+        by_then = [v for s, v in a["trace"] if s <= b["total_s"]]
+        assert pair["pareto_hv_at_s"] == (by_then[-1] if by_then else 0.0) and pair["pareto_trials_at_s"] == len(by_then)
+        assert pair["equal_time"] == pytest.approx(pair["pareto_hv_at_s"] - b["final_hv"])
+        assert pair["pareto_ended_first"] == (a["total_s"] <= b["total_s"])
+        assert pair["to_unpruned_s"] == next((s for s, v in a["trace"] if v >= b["final_hv"]), None)
+        if pair["to_unpruned_s"] is None:
+            assert a["final_hv"] < b["final_hv"] and pair["to_unpruned_ratio"] is None
+        else:
+            assert pair["to_unpruned_ratio"] == pytest.approx(pair["to_unpruned_s"] / b["total_s"])
+    t = p["equal_time"]
+    assert t["per_seed"] == [pair["equal_time"] for pair in p["pairs"]] and t["median"] == pytest.approx(statistics.median(t["per_seed"]))
+    assert t["pareto_hv"] == pytest.approx(statistics.median(pair["pareto_hv_at_s"] for pair in p["pairs"])) and t["none_hv"] == none["final_hv"]
+    reached = [pair for pair in p["pairs"] if pair["to_unpruned_s"] is not None]
+    r = p["to_unpruned"]
+    assert r["reached"] == len(reached) and r["of"] == len(seeds) and r["per_seed_s"] == [pair["to_unpruned_s"] for pair in p["pairs"]]
+    if reached:
+        assert r["median_s"] == pytest.approx(statistics.median(pair["to_unpruned_s"] for pair in reached))
+        assert r["median_ratio"] == pytest.approx(statistics.median(pair["to_unpruned_ratio"] for pair in reached))
+    else:
+        assert r["median_s"] is r["median_ratio"] is None
 
 
 def test_pareto_reference_is_the_tradeoff_space_s_largest_model() -> None:
@@ -204,37 +240,52 @@ def test_pareto_reference_is_the_tradeoff_space_s_largest_model() -> None:
     assert param_count_range(load_space("tradeoff")) == (mlp(4, 1), mlp(256, 3)) == (310, 150794)
 
 
-def test_pareto_rows_show_both_arms_and_the_hypervolume_difference() -> None:
+def test_pareto_rows_show_equal_trials_equal_time_and_the_time_to_the_unpruned_front() -> None:
     from rich.console import Console
 
     from tuner.cli.bench import _notes, _table
 
-    def arm(t95: float, hv: float, pruned: int, runs: list[float]) -> dict:
+    def arm(trials: int, hv: float, pruned: tuple[int, int], epochs: tuple[int, int], runs: list[dict]) -> dict:
         return {
-            "t95_s": t95, "final_hv": hv, "total_s": 2 * t95, "train_s": t95, "epochs_run": 400 - 10 * pruned, "pruned": pruned,
-            "report_ms": 1.0 + pruned, "final_hv_range": [min(runs), max(runs)], "runs": [],
+            "trials": trials, "hv_equal": hv, "hv_equal_range": [hv - 0.01, hv + 0.01], "t95_s": 2.0, "s_equal": 6.0 if pruned[0] else 10.0,
+            "pruned_equal": pruned[0], "epochs_equal": epochs[0], "final_hv": hv, "total_s": 11.0 if pruned[0] else 10.0, "train_s": 9.0,
+            "epochs_run": epochs[1], "pruned": pruned[1], "report_ms": 1.0 + pruned[0], "runs": runs,
         }
 
+    pruned_runs = [{"equal": {"trials": 40, "complete": c, "pruned": 40 - c}} for c in (16, 14, 20)]
     doc = {
         "pareto": {
             "space": "tradeoff", "epochs": 10, "trials": 40, "seeds": [0, 1, 2], "share": 0.95,
             "reference": {"val_accuracy": 0.0, "params": 150794}, "ideal": {"val_accuracy": 1.0, "params": 310},
-            "arms": {"pareto": arm(5.0, 0.90, 12, [0.89, 0.90, 0.91]), "none": arm(10.0, 0.95, 0, [0.94, 0.95, 0.96])},
-            "ratio_t95": 0.5, "ratio_total": 0.5,
-            "hv_difference": {"per_seed": [-0.05, -0.05, -0.05], "median": -0.05, "min": -0.05, "max": -0.05, "every_seed_lower": True, "noise": 0.02},
-            "hv_shrank": True, "pruner_ms_per_report": 12.0,
+            "arms": {"pareto": arm(80, 0.90, (24, 47), (220, 450), pruned_runs), "none": arm(40, 0.95, (0, 0), (400, 400), [])},
+            "equal_trials": {"per_seed": [-0.05, -0.04, -0.06], "median": -0.05, "min": -0.06, "max": -0.04, "every_seed_lower": True, "noise": 0.02, "shrank": True},
+            "equal_time": {"pareto_hv": 0.96, "none_hv": 0.95, "per_seed": [0.01, 0.03, -0.02], "median": 0.01, "min": -0.02, "max": 0.03, "pareto_ended_first": 1},
+            "to_unpruned": {"per_seed_s": [8.0, None, 9.0], "reached": 2, "of": 3, "median_s": 8.5, "median_none_s": 10.0, "median_ratio": 0.85},
+            "pairs": [{"pareto_trials_at_s": k} for k in (62, 70, 58)],
+            "ratio_t95": 1.0, "ratio_equal_s": 0.6, "ratio_total": 1.1, "pruner_ms_per_report": 24.0,
         }
     }
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=220)
     console.print(_table(doc))
     text = console.export_text()
-    assert "s to 95% of final hypervolume: pareto vs none" in text and "0.50x" in text
-    assert "final hypervolume (3 seeds): pareto vs none" in text and "-0.0500 (-0.0500..-0.0500)" in text
-    row = next(line for line in text.splitlines() if line.startswith("│ final hypervolume"))
-    assert "|d| <= 0.0200" in row and row.rstrip(" │").endswith("no")  # shrank beyond the seed-to-seed range
-    assert "280, 5.0" in text and "400, 10.0" in text  # epochs run and training seconds, pruned vs not
+
+    def row(start: str) -> str:
+        return next(line for line in text.splitlines() if line.startswith(f"│ {start}"))
+
+    at_trials = row("hypervolume after 40 trials (3 seeds): pareto vs none")
+    assert "0.9000" in at_trials and "0.9500" in at_trials and "-0.0500 (-0.0600..-0.0400)" in at_trials
+    assert "|d| <= 0.0200" in at_trials and at_trials.rstrip(" │").endswith("no")  # shrank beyond the seed-to-seed range
+    at_time = row("hypervolume when none ended: pareto (80 trials) vs none")
+    assert "0.9600" in at_time and "+0.0100 (-0.0200..+0.0300)" in at_time
+    reach = row("s to none's final hypervolume: pareto vs none")
+    assert "8.5 (2 of 3)" in reach and "10.0" in reach and "0.85x" in reach
+    assert "0.60x" in row("s for 40 trials, 10 epochs: pareto vs none") and "1.10x" in row("s a study: pareto 80 trials vs none 40")
+    assert "24, 47" in row("trials pruned: of 40, of all") and "220, 450" in row("epochs run: of 40 trials, of all") and "0.55x" in row("epochs run")
+    assert "+24.00 ms" in row("ms a report")
     note = "\n".join(_notes(doc))
-    assert "params=150794" in note and "pareto - none by seed: -0.0500, -0.0500, -0.0500" in note
+    assert "params=150794" in note and "after 40 trials -0.0500, -0.0400, -0.0600, when none ended +0.0100, +0.0300, -0.0200" in note
+    assert "at 8.0s, not reached, 9.0s (within 80 trials)" in note
+    assert "only from its complete trials (16, 14, 20 of 40 by seed); at equal time it had run 62, 70, 58 trials to none's 40" in note and "in 1 seed(s) it spent its 80 trials before none ended" in note
 
 
 def test_skip_leaves_sections_out_and_a_bad_name_is_one_line(project: Path, cli) -> None:

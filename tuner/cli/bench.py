@@ -93,7 +93,7 @@ def bench(
     )
     console.print(
         "ratios: tuner/reference; service share: reference/tuner; growth: large/small; search: random/tpe; workers: 2/1; command: trial/by hand; packing: packed/other, search unpacked/packed; "
-        "pareto: pruned/unpruned, hypervolume and ms a report pruned-unpruned",
+        "pareto: pruned/unpruned (to none's final: median by seed), hypervolume and ms a report pruned-unpruned",
         markup=False,
     )
 
@@ -194,27 +194,51 @@ def _table(doc: dict[str, Any]) -> Table:
 
 
 def _pareto_rows(table: Table, p: dict[str, Any]) -> None:
-    """The pareto pruner against none: the pruned arm in the tuner column, the unpruned in the
-    reference column; the final hypervolume's ratio column is the difference, with its range over
-    seeds; the target is the unpruned arm's seed-to-seed range, and "met" says whether pruning left
-    the hypervolume within it (no: lower in every seed, by more than that range)."""
+    """The pareto pruner against none: the pruned arm (twice the trials) in the tuner column, the
+    unpruned in the reference column. Hypervolumes at equal trials and at equal time have the
+    difference in the ratio column, with its range over seeds; at equal trials the target is the
+    unpruned arm's seed-to-seed range, and "met" says whether pruning left the hypervolume within it
+    (no: lower in every seed, by more than that range)."""
     pruned, unpruned = p["arms"]["pareto"], p["arms"]["none"]
-    seeds = f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''}"
-    difference = p["hv_difference"]
-    spread = f" ({difference['min']:+.4f}..{difference['max']:+.4f})" if len(p["seeds"]) > 1 else ""
-    shrank = p["hv_shrank"]
-    table.add_row(f"s to {p['share']:.0%} of final hypervolume: pareto vs none", _num(pruned["t95_s"], "{:.1f}"), _num(unpruned["t95_s"], "{:.1f}"), _num(p["ratio_t95"], "{:.2f}x"), "", "")
-    table.add_row(f"s a {p['trials']}-trial study, {p['epochs']} epochs: pareto vs none", _num(pruned["total_s"], "{:.1f}"), _num(unpruned["total_s"], "{:.1f}"), _num(p["ratio_total"], "{:.2f}x"), "", "")
+    n, several = p["trials"], len(p["seeds"]) > 1
+    seeds = f"{len(p['seeds'])} seed{'s' if several else ''}"
+
+    def difference(d: dict[str, Any]) -> str:
+        return _num(d["median"], "{:+.4f}") + (f" ({d['min']:+.4f}..{d['max']:+.4f})" if several else "")
+
+    at_trials, at_time, reach = p["equal_trials"], p["equal_time"], p["to_unpruned"]
+    shrank = at_trials["shrank"]
     table.add_row(
-        f"final hypervolume ({seeds}): pareto vs none",
-        _num(pruned["final_hv"], "{:.4f}"),
-        _num(unpruned["final_hv"], "{:.4f}"),
-        _num(difference["median"], "{:+.4f}") + spread,
-        f"|d| <= {difference['noise']:.4f}" if len(p["seeds"]) > 1 else "",
+        f"hypervolume after {n} trials ({seeds}): pareto vs none",
+        _num(pruned["hv_equal"], "{:.4f}"),
+        _num(unpruned["hv_equal"], "{:.4f}"),
+        difference(at_trials),
+        f"|d| <= {at_trials['noise']:.4f}" if several else "",
         "-" if shrank is None else _met(not shrank),
     )
-    table.add_row("trials pruned (median)", _num(pruned["pruned"], "{:g}"), _num(unpruned["pruned"], "{:g}"), "", "", "")
-    table.add_row("epochs run, s training (medians)", f"{_num(pruned['epochs_run'], '{:g}')}, {_num(pruned['train_s'], '{:.1f}')}", f"{_num(unpruned['epochs_run'], '{:g}')}, {_num(unpruned['train_s'], '{:.1f}')}", _num(pruned["train_s"] / unpruned["train_s"] if pruned["train_s"] and unpruned["train_s"] else None, "{:.2f}x"), "", "")
+    table.add_row(
+        f"hypervolume when none ended: pareto ({pruned['trials']} trials) vs none", _num(at_time["pareto_hv"], "{:.4f}"), _num(at_time["none_hv"], "{:.4f}"), difference(at_time), "", ""
+    )
+    table.add_row(
+        "s to none's final hypervolume: pareto vs none",
+        f"{_num(reach['median_s'], '{:.1f}')} ({reach['reached']} of {reach['of']})",
+        _num(reach["median_none_s"], "{:.1f}"),
+        _num(reach["median_ratio"], "{:.2f}x"),
+        "",
+        "",
+    )
+    table.add_row(f"s to {p['share']:.0%} of own hypervolume after {n} trials", _num(pruned["t95_s"], "{:.1f}"), _num(unpruned["t95_s"], "{:.1f}"), _num(p["ratio_t95"], "{:.2f}x"), "", "")
+    table.add_row(f"s for {n} trials, {p['epochs']} epochs: pareto vs none", _num(pruned["s_equal"], "{:.1f}"), _num(unpruned["s_equal"], "{:.1f}"), _num(p["ratio_equal_s"], "{:.2f}x"), "", "")
+    table.add_row(f"s a study: pareto {pruned['trials']} trials vs none {unpruned['trials']}", _num(pruned["total_s"], "{:.1f}"), _num(unpruned["total_s"], "{:.1f}"), _num(p["ratio_total"], "{:.2f}x"), "", "")
+    table.add_row(f"trials pruned: of {n}, of all (medians)", f"{_num(pruned['pruned_equal'], '{:g}')}, {_num(pruned['pruned'], '{:g}')}", _num(unpruned["pruned"], "{:g}"), "", "", "")
+    table.add_row(
+        f"epochs run: of {n} trials, of all (medians)",
+        f"{_num(pruned['epochs_equal'], '{:g}')}, {_num(pruned['epochs_run'], '{:g}')}",
+        _num(unpruned["epochs_run"], "{:g}"),
+        _num(pruned["epochs_equal"] / unpruned["epochs_equal"] if pruned["epochs_equal"] and unpruned["epochs_equal"] else None, "{:.2f}x"),
+        "",
+        "",
+    )
     table.add_row("ms a report (storage, pruner): pareto vs none", _num(pruned["report_ms"], "{:.2f}"), _num(unpruned["report_ms"], "{:.2f}"), _num(p["pruner_ms_per_report"], "{:+.2f} ms"), "", "")
 
 
@@ -241,12 +265,26 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             )
     pareto = doc.get("pareto")
     if pareto:
-        ref, ideal, arms = pareto["reference"], pareto["ideal"], pareto["arms"]
-        lines.append(
-            f"pareto hypervolume: reference val_accuracy={ref['val_accuracy']:g}, params={ref['params']} (the {pareto['space']} space's largest model), "
-            f"normalized by the box to val_accuracy={ideal['val_accuracy']:g}, params={ideal['params']} (its smallest); "
-            f"final over seeds: pareto {arms['pareto']['final_hv_range'][0]:.4f}..{arms['pareto']['final_hv_range'][1]:.4f}, "
-            f"none {arms['none']['final_hv_range'][0]:.4f}..{arms['none']['final_hv_range'][1]:.4f}; "
-            f"pareto - none by seed: {', '.join(f'{d:+.4f}' for d in pareto['hv_difference']['per_seed'])}"
-        )
+        lines.extend(_pareto_notes(pareto))
     return lines
+
+
+def _pareto_notes(p: dict[str, Any]) -> list[str]:
+    """The hypervolume's scale, and the pareto section's figures seed by seed."""
+    ref, ideal, pruned, n = p["reference"], p["ideal"], p["arms"]["pareto"], p["trials"]
+    complete = [r["equal"]["complete"] for r in pruned["runs"]]
+
+    def by_seed(values: list[float]) -> str:
+        return ", ".join(f"{v:+.4f}" for v in values)
+
+    reached = ", ".join("not reached" if s is None else f"{s:.1f}s" for s in p["to_unpruned"]["per_seed_s"])
+    ended_first = p["equal_time"]["pareto_ended_first"]
+    return [
+        f"pareto hypervolume: on val_accuracy and log10(params), reference val_accuracy={ref['val_accuracy']:g}, params={ref['params']} "
+        f"(the {p['space']} space's largest model), normalized by the box to val_accuracy={ideal['val_accuracy']:g}, params={ideal['params']} (its smallest)",
+        f"pareto - none by seed: after {n} trials {by_seed(p['equal_trials']['per_seed'])}, when none ended {by_seed(p['equal_time']['per_seed'])}; "
+        f"pareto reached none's final front at {reached} (within {pruned['trials']} trials)",
+        f"at equal trials the pruned arm's sampler learned only from its complete trials ({', '.join(map(str, complete))} of {n} by seed); "
+        f"at equal time it had run {', '.join(str(pair['pareto_trials_at_s']) for pair in p['pairs'])} trials to none's {n}"
+        + (f"; in {ended_first} seed(s) it spent its {pruned['trials']} trials before none ended" if ended_first else ""),
+    ]
