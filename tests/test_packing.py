@@ -42,6 +42,9 @@ def assert_same(alone: object, packed: object, *, tol: float = 2e-5) -> None:
             assert p.val_accuracy == pytest.approx(a.val_accuracy, abs=1e-6)
             assert p.train_accuracy == pytest.approx(a.train_accuracy, abs=1e-6)
         assert list(p.grad_norms) == list(a.grad_norms)
+        assert (p.dead_units is None) == (a.dead_units is None) and p.dead_layer == a.dead_layer  # tuner.health reads them
+        if a.dead_units is not None:
+            assert p.dead_units == pytest.approx(a.dead_units, abs=0.02)
         assert list(p.grad_norms.values()) == pytest.approx(list(a.grad_norms.values()), rel=1e-3, abs=1e-6)
     for name, value in alone.model.state_dict().items():
         torch.testing.assert_close(packed.model.state_dict()[name], value, rtol=1e-3, atol=1e-4, msg=name)

@@ -53,6 +53,11 @@ __all__ = [
     "TRAIN_SECONDS",
     "LATENCY_MS",
     "VECTORS",
+    "GRAD_NORM_MIN",
+    "GRAD_NORM_MAX",
+    "DEAD_UNITS",
+    "DEAD_LAYER",
+    "HEALTH",
     "VIOLATED",
     "GRAD_NORM_FIRST",
     "GRAD_NORM_LAST",
@@ -100,6 +105,11 @@ LR = "lr"  # the learning rate in force in the last epoch
 PARAMS = "params"  # the model's trainable parameters
 TRAIN_SECONDS = "train_seconds"  # seconds of training and evaluation (a packed trial's: its share of each epoch)
 LATENCY_MS = "latency_ms"  # milliseconds of a forward pass on one validation batch (tuner.epochs.forward_latency_ms)
+GRAD_NORM_MIN = "grad_norm_min"  # per epoch: the smallest layer's gradient norm
+GRAD_NORM_MAX = "grad_norm_max"  # per epoch: the largest
+DEAD_UNITS = "dead_units"  # per epoch: the largest share of a ReLU-family layer's units never active on a validation batch
+DEAD_LAYER = "dead_layer"  # which hidden layer that is (1: the first)
+HEALTH = "health"  # the trial's verdict (tuner.health): {"verdict", "evidence", "fix"}
 VECTORS = "intermediate_vectors"  # with several metrics: {step: [each metric's value]}, what the pareto pruner compares
 VIOLATED = "violated"  # the constraints an infeasible trial missed, as written: ["params<=20000"]
 # the diagnostics (tuner.epochs.Diagnostics, whose fields are these names)

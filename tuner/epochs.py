@@ -62,6 +62,12 @@ class EpochResult:
     params: int | None = None  # the model's trainable parameters (a packed member's: its own, unpadded)
     train_seconds: float | None = None  # training and evaluation so far (a packed member's: its share of each epoch)
     latency_ms: float | None = None  # inference: median forward pass on one validation batch (forward_latency_ms)
+    grad_norm_first: float | None = None  # the first layer's gradient norm (of grad_norms)
+    grad_norm_last: float | None = None  # the last layer's
+    grad_norm_min: float | None = None  # the smallest layer's
+    grad_norm_max: float | None = None  # the largest layer's
+    dead_units: float | None = None  # the largest share of a ReLU-family layer's units never active on the validation batch (dead_units)
+    dead_layer: int | None = None  # which hidden layer that is, 1-based
 
     def figures(self) -> dict[str, float | int | None]:
         """The epoch's measured figures by name (each a trial attribute's name in tuner.attrs):
@@ -78,6 +84,36 @@ class EpochResult:
 
 
 _FIGURES = tuple(f.name for f in fields(EpochResult) if f.name not in ("epoch", "metric", "grad_norms"))
+_RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU)  # units that are off below zero
+
+
+@torch.no_grad()
+def dead_units(model: nn.Module, batch: torch.Tensor) -> tuple[float, int] | None:
+    """The largest share of a ReLU-family layer's units (a CNN's: channels) whose input is never
+    above zero on `batch`, in eval mode, and which hidden layer that is (1-based); None for a
+    model without such layers. One forward pass, its activations' inputs seen through hooks."""
+    layers = [m for m in model.modules() if isinstance(m, _RELU_FAMILY)]
+    if not layers:
+        return None
+    shares: list[float] = []
+
+    def seen(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0]
+        active = (x > 0).transpose(0, 1).reshape(x.shape[1], -1).any(1) if x.dim() > 1 else (x > 0)
+        shares.append(active.logical_not().float().mean())
+
+    hooks = [m.register_forward_hook(seen) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(batch)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    values = torch.stack(shares).tolist()
+    worst = max(range(len(values)), key=values.__getitem__)
+    return values[worst], worst + 1
 
 
 def gradient_flags(last_norms: list[float], every_norm: Iterable[float]) -> tuple[float | None, float | None, bool, bool]:
@@ -357,6 +393,7 @@ class TrialEpochs:
         on_epoch: Callable[[EpochResult], Any] | None,
         timing: TrainTiming,
         probe: torch.Tensor | None = None,
+        probe_units: bool = True,
         keep_best: bool = False,
     ) -> None:
         self.cfg, self.metric, self.schedule, self.on_epoch, self.timing = cfg, metric, schedule, on_epoch, timing
@@ -366,6 +403,7 @@ class TrialEpochs:
         self._params: int | None = None
         self._probe = None if probe is None else probe[:LATENCY_ROWS]  # the validation batch latency is timed on
         self._latency_ms: float | None = None
+        self._probe_units = probe_units  # the model given each epoch holds its current weights (a pack's members do not)
         self._seconds = 0.0
 
     @staticmethod
@@ -386,9 +424,12 @@ class TrialEpochs:
         lr: float,
         grad_norms: dict[str, float],
         seconds: float,
+        dead: tuple[float, int] | None = None,
     ) -> bool:
         """Close the epoch, which took `seconds` to train and evaluate; True when the trial is done
-        (early stopping, or its last epoch). Raises DivergedError, or what `on_epoch` raises (pruning)."""
+        (early stopping, or its last epoch). `dead`: its dead units, where the trainer measured them
+        (a pack's members); else measured here on the probe batch. Raises DivergedError, or what
+        `on_epoch` raises (pruning)."""
         self._seconds += seconds
         self.check(epoch, train_loss)
         self.check(epoch, val_loss)
@@ -398,8 +439,12 @@ class TrialEpochs:
         if self._latency_ms is None and self._probe is not None:  # the architecture is the trial's: timed once
             self._latency_ms = round(forward_latency_ms(model, self._probe), 4)
         value = metric_value(self.metric, val_loss, val_accuracy)
+        norms = list(grad_norms.values())
+        if dead is None and self._probe_units and self._probe is not None:
+            dead = dead_units(model, self._probe)
         result = EpochResult(
-            epoch, train_loss, val_loss, val_accuracy, value, lr, train_accuracy, grad_norms, self._params, round(self._seconds, 4), self._latency_ms
+            epoch, train_loss, val_loss, val_accuracy, value, lr, train_accuracy, grad_norms, self._params, round(self._seconds, 4), self._latency_ms,
+            *((norms[0], norms[-1], min(norms), max(norms)) if norms else (None,) * 4), *(dead or (None, None)),
         )
         self.history.append(result)
         if self.on_epoch is not None:

@@ -74,6 +74,8 @@ class TrialHandle:
         self.history: dict[str, list[Any]] = {"epoch": [], **{name: [] for name in self.metrics}}  # what report() saw, per step
         self._vectors: dict[str, list[float]] = {}  # with several metrics: each step's, as the pareto pruner reads them
         self._trial_dir: Path | None = None
+        self.chance: float | None = None  # the accuracy of answering the largest class, where known: what "stalled at chance" compares with
+        self._diverged: str | None = None  # why it diverged, when a report said so
 
     def report(self, step: int, value: float | dict[str, float] | None = None, **extra: float | None) -> None:
         """Store the study's metric at `step` (an epoch, or any increasing count) and ask the
@@ -98,11 +100,13 @@ class TrialHandle:
         if any(len(column) != n for column in history.values()):  # a figure this step did not report
             for column in history.values():
                 column.extend([None] * (n - len(column)))
-        for name in self.metrics:
-            v = figures.get(name)
+        for name, v in figures.items():  # the study's metrics, and any loss or accuracy reported beside them
+            if name not in self.metrics and "loss" not in name and "acc" not in name:
+                continue
             if v is not None and not math.isfinite(v):
                 # as tuner's own loop treats a NaN loss: a verdict on the configuration, not a crash
                 reason = f"diverged: {name}={v} at {self._unit} {step}"
+                self._diverged = reason
                 self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: step})
                 raise Pruned(reason)
         if len(self.metrics) == 1:
@@ -168,10 +172,15 @@ class TrialHandle:
             self._record({A.VIOLATED: missed})
         return values[0] if len(values) == 1 else values
 
-    def history_attrs(self) -> dict[str, Any]:
-        """What the reports add to the trial when it ends: the history and the last step reached."""
+    def history_attrs(self, *, diverged: str | None = None) -> dict[str, Any]:
+        """What the reports add to the trial when it ends (completed, pruned or failed): the
+        history, the last step reached and the verdict on its training (tuner.health), read from
+        that history and, if it diverged, why."""
+        from tuner.health import judge
+
         steps = self.history["epoch"]
-        return {A.HISTORY: self.history, **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
+        verdict = judge(self.history, diverged=diverged or self._diverged, chance=self.chance)
+        return {A.HISTORY: self.history, A.HEALTH: verdict.to_attr(), **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
 
     @property
     def trial_dir(self) -> Path:

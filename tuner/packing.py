@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tuner.epochs import EVAL_CHUNK, EpochResult, Schedule, Tally, TrainResult, TrainTiming, TrialEpochs, report_timing, seed_trial
+from tuner.epochs import EVAL_CHUNK, LATENCY_ROWS, EpochResult, Schedule, Tally, TrainResult, TrainTiming, TrialEpochs, report_timing, seed_trial
 from tuner.params import TrainConfig
 from tuner.spec import parse_pack
 from tuner.steps import FAMILIES, OPTIMIZERS, PACKED
@@ -351,6 +351,25 @@ class _PackedMLP:
         w, b = self.params["head.weight"], self.params["head.bias"]
         return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
+    @torch.no_grad()
+    def dead_units(self, x: torch.Tensor, cfgs: list[TrainConfig]) -> list[tuple[float, int] | None]:
+        """Each member's largest share of a hidden layer's units (its own width, not the padding)
+        whose input is never above zero on `x`, in eval mode, and which layer (1-based), as
+        tuner.epochs.dead_units gives alone; None for a member without ReLU-family units."""
+        k = self.flat.shape[0]
+        h = x.expand(k, *x.shape)
+        worst: list[tuple[float, int] | None] = [None] * k
+        for layer in range(self.n_layers):
+            w, b = self.params[f"hidden.{layer}.weight"], self.params[f"hidden.{layer}.bias"]
+            pre = self._normalize(layer, torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)), False)
+            active = (pre > 0).any(1)  # (K, width)
+            shares = [1.0 - float(active[i, : c.hidden_units].float().mean()) for i, c in enumerate(cfgs)]
+            for i, (c, share) in enumerate(zip(cfgs, shares)):
+                if c.activation in RELU_FAMILY and (worst[i] is None or share > worst[i][0]):
+                    worst[i] = (share, layer + 1)
+            h = self._activate(pre)
+        return worst
+
     def unpack(self, row: int, model: nn.Module) -> nn.Module:
         """Member `row`'s weights copied into its own MLP (built as it would be alone)."""
         with torch.no_grad():
@@ -367,6 +386,7 @@ class _PackedMLP:
 
 
 _ACTIVATE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {name: make() for name, make in ACTIVATION_LAYERS.items()}
+RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")  # activations whose units are off below zero (tuner.epochs.dead_units)
 
 
 def _mlp_tensors(model: nn.Module, n_layers: int, norm: str) -> list[torch.Tensor]:
@@ -516,7 +536,7 @@ def _train_packed(
         model = build_model(cfgs[i], n_features=data.n_features, n_outputs=data.n_classes or 1, image_shape=None)
         apply_init(model, cfgs[i])
         model.to(device)  # its own copy, on the device: latency is timed on it, and the trained weights land in it
-        epochs = TrialEpochs(cfgs[i], metric=metric, schedule=Schedule(cfgs[i], steps_per_epoch), on_epoch=callbacks[i], timing=timing, probe=x_val)
+        epochs = TrialEpochs(cfgs[i], metric=metric, schedule=Schedule(cfgs[i], steps_per_epoch), on_epoch=callbacks[i], timing=timing, probe=x_val, probe_units=False)
         members.append(_Member(cfgs[i], seeds[i], model, epochs, device))
     active = list(members)
     layer_names = [name for name, _ in layer_weights(members[0].model)]  # as alone; every member has the same layers
@@ -566,6 +586,7 @@ def _train_packed(
         norms_list = norms.t().tolist()
         # evaluate every member on the validation split
         val_loss, val_accuracy = _evaluate(net, x_val, y_val, task)
+        dead = net.dead_units(x_val[:LATENCY_ROWS], [m.cfg for m in active])  # as alone: on the validation batch latency is timed on
         # report, then decide who stops; each member's train_seconds is its share of the epoch
         share = (time.perf_counter() - epoch_started) / len(active)
         ending: list[int] = []
@@ -574,7 +595,7 @@ def _train_packed(
                 accuracy = val_accuracy[i] if val_accuracy is not None else None
                 done = m.epochs.end(
                     epoch, m.model, train_loss=train_loss[i], train_accuracy=train_correct[i] if task == "classification" else None,
-                    val_loss=val_loss[i], val_accuracy=accuracy, lr=epoch_lr[i], grad_norms=dict(zip(layer_names, norms_list[i])), seconds=share,
+                    val_loss=val_loss[i], val_accuracy=accuracy, lr=epoch_lr[i], grad_norms=dict(zip(layer_names, norms_list[i])), seconds=share, dead=dead[i],
                 )
                 if not done:
                     continue

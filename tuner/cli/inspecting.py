@@ -13,7 +13,7 @@ from tuner import attrs as A
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import DeviceOpt, NameArg
-from tuner.cli.render import column_width, count, describe_running, fitting, seconds, short
+from tuner.cli.render import column_width, count, describe_running, fitting, seconds, short, verdict_of
 from tuner.errors import SpecError
 from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
 
@@ -94,6 +94,8 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         console.print("  pruned: " + ", ".join(f"{k} {v}" for k, v in s["pruned_reasons"].items()))
     if s["failed_reasons"]:
         console.print("  failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()), markup=False)
+    if s.get("health"):
+        console.print("  health: " + ", ".join(f"{k} {v}" for k, v in s["health"].items()), markup=False)
     if s["retried"]:
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
     for r in s["running"]:
@@ -205,6 +207,13 @@ def best(
         print_json({"metric": loaded.spec.metric, **d, **({"reproduce": reproduce} if reproduce else {})})
         return
     _print_best(d, loaded.spec, label="best" if trial_number is None else "trial")
+    health = d["user_attrs"].get(A.HEALTH)
+    if isinstance(health, dict) and health.get("verdict") not in (None, "healthy"):
+        console_err.print(
+            f"warning: trial {d['number']} did not train well: {health['verdict']}: {health['evidence']}; {health['fix']} "
+            "(its score may come from one lucky epoch)",
+            markup=False, highlight=False,
+        )
     attrs = d["user_attrs"]
     steps = "epochs_run" if loaded.spec.command is None and loaded.spec.objective is None else "last step"  # a script's own count
     shown = {steps: attrs.get(A.EPOCHS_RUN), **{k: attrs.get(k) for k in (A.DURATION_S, A.DEVICE, A.SEED)}}
@@ -269,13 +278,17 @@ def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[
     the parameters that fit, steps, seconds and a note (why it was pruned, failed or is infeasible)."""
     metrics = [m.name for m in loaded.spec.objectives]
     measured = [key for key in FIGURES if key not in metrics and any(key in r["user_attrs"] for r in rows)]
-    params, left_out = _param_columns(rows, metrics, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured)
+    health = any(verdict_of(r["user_attrs"]) for r in rows)  # trials recorded before verdicts have none
+    verdicts = {"health": [fmt_value(verdict_of(r["user_attrs"])) for r in rows]} if health else {}
+    params, left_out = _param_columns(
+        rows, metrics, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured, fixed_more=verdicts
+    )
     figures = [f for f in measured if f in params]  # shown first, as the width allows
     params = [p for p in params if p not in figures]
     table = Table()
     # numbers never wrap: identity, outcome and parameters keep one line; the free-text note folds
     steps = "epochs" if loaded.spec.command is None and loaded.spec.objective is None else "step"  # a script's own count
-    for header in ("#", "state", *metrics, *figures, *params, steps, "s"):
+    for header in ("#", "state", *metrics, *(["health"] if health else []), *figures, *params, steps, "s"):
         table.add_column(header, no_wrap=True, overflow="ellipsis" if header in params else "fold")
     table.add_column("note", overflow="fold", ratio=1, min_width=8)
     for r in rows:
@@ -289,7 +302,7 @@ def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[
             note = f"infeasible: misses {', '.join(attrs[A.VIOLATED])}" + (f"; {note}" if note else "")
         table.add_row(
             str(r["number"]), "failed" if r["state"] == "fail" else r["state"], *(short(v) for v in _values(r, len(metrics))),
-            *(short(attrs.get(f)) for f in figures), *(short(r["params"].get(p)) for p in params),
+            *([fmt_value(verdict_of(attrs))] if health else []), *(short(attrs.get(f)) for f in figures), *(short(r["params"].get(p)) for p in params),
             short(attrs.get(A.EPOCHS_RUN)), seconds(r["duration_s"]), str(note),
         )  # fmt: skip
     console.print(table)
@@ -311,7 +324,8 @@ FIGURES = (A.PARAMS,)
 
 
 def _param_columns(
-    rows: list[dict[str, Any]], metrics: list[str], order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = ()
+    rows: list[dict[str, Any]], metrics: list[str], order: list[str], *, columns: Optional[str], wide: bool, width: int, figures: list[str] = (),
+    fixed_more: Optional[dict[str, list[str]]] = None,
 ) -> tuple[list[str], list[str]]:
     """The parameter columns to show, and those left out. Asked for by name, they are shown as
     asked; else the parameters that vary between the trials shown (a constant one says nothing
@@ -335,6 +349,7 @@ def _param_columns(
         **{metric: [short(_values(r, len(metrics))[i]) for r in rows] for i, metric in enumerate(metrics)},
         "epochs": [short(r["user_attrs"].get(A.EPOCHS_RUN)) for r in rows],
         "s": [seconds(r["duration_s"]) for r in rows],
+        **(fixed_more or {}),
     }
     used = 4 + sum(column_width(h, c) + 3 for h, c in fixed.items()) + 10  # the note keeps room for a word a line
     cells = {f: [short(r["user_attrs"].get(f)) for r in rows] for f in figures}

@@ -55,5 +55,13 @@ def values_text(trial: Any, names: list[str]) -> str:
     return shown + (f" (infeasible: misses {', '.join(missed)})" if missed else "")
 
 
+def verdict_of(attrs: dict[str, Any]) -> str | None:
+    """A trial's health verdict (tuner.health), None where it has none (recorded before verdicts were)."""
+    from tuner import attrs as A
+
+    health = attrs.get(A.HEALTH)
+    return health.get("verdict") if isinstance(health, dict) else None
+
+
 def count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")

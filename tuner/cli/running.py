@@ -18,7 +18,7 @@ from tuner.cli.options import (
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
-from tuner.cli.render import values_text, count, describe_running
+from tuner.cli.render import values_text, verdict_of, count, describe_running
 from tuner.errors import SpecError
 from tuner.slots import DEFAULT_MAX_RESTARTS
 from tuner.space import SPACES_DIR
@@ -186,7 +186,9 @@ class _LogLines:
         state = trial.state.name.lower()
         what = values_text(trial, self.names) if state == "complete" else ("failed: " + fail_reason(trial.user_attrs) if state == "fail" else state)
         best_text = f", best {fmt_value(best)}" if len(self.names) == 1 else ""
-        self._say(f"trial {trial.number} {what} ({n_finished}/{budget} finished{best_text})")
+        verdict = verdict_of(trial.user_attrs)
+        unhealthy = f" [{verdict}]" if verdict not in (None, "healthy") and state != "fail" else ""
+        self._say(f"trial {trial.number} {what}{unhealthy} ({n_finished}/{budget} finished{best_text})")
 
     def counts(self, n_finished: int, budget: int, best: Optional[float]) -> None:
         now = self._clock()

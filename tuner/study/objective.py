@@ -151,7 +151,9 @@ class _TrialRun:
         self.config = TrainConfig.from_params(self.params)
 
     def workload(self) -> tuple[Any, Any]:
-        return trial_workload(self.objective.loaded, self.params, self.seed)
+        data, model = trial_workload(self.objective.loaded, self.params, self.seed)
+        self.handle.chance = chance_accuracy(data)
+        return data, model
 
     def report(self, epoch: Any) -> None:
         """Each epoch's metrics to the study, its other figures to the history; raises TrialPruned
@@ -161,7 +163,7 @@ class _TrialRun:
     def ended(self, error: BaseException) -> None:
         """Record why training ended without a result; divergence becomes TrialPruned (raised)."""
         trial = self.trial
-        record(trial, self.handle.history_attrs())
+        record(trial, self.handle.history_attrs(diverged=str(error) if isinstance(error, DivergedError) else None))
         if isinstance(error, DivergedError):
             # Divergence is a verdict on the configuration, not a crash: pruned, with the reason.
             record(trial, {A.PRUNED_REASON: str(error), A.PRUNED_KIND: A.DIVERGED, A.EPOCHS_RUN: error.epoch, A.EXPLODING: True})
@@ -190,6 +192,17 @@ class _TrialRun:
         record(self.trial, {k: v for k, v in attrs.items() if v is not None})
         best = result.history[result.best_epoch - 1]
         return self.handle.conclude({name: best.value_of(name) for name in RECORDED})
+
+
+def chance_accuracy(data: Any) -> float | None:
+    """The validation accuracy of always answering the largest class (None for a regression, or
+    data that is not tuner's arrays)."""
+    import numpy as np
+
+    y = getattr(data, "y_val", None)
+    if getattr(data, "task", None) != "classification" or y is None or len(y) == 0:
+        return None
+    return float(np.bincount(np.asarray(y, dtype=np.int64)).max() / len(y))
 
 
 def trial_workload(loaded: Loaded, params: dict[str, Any], seed: int) -> tuple[Any, Any]:

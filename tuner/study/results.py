@@ -87,12 +87,23 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "pruned_reasons": pruned_reasons,
         "failed_reasons": failed_reasons,
         "retried": sum(A.RETRY_OF in t.user_attrs for t in trials),
+        "health": _health_counts(trials),
         "running": running_trials(study),
         "best": trial_dict(best) if best else None,
         "metrics": [{"name": m.name, "direction": m.direction} for m in objectives],
         **({"constraints": _feasibility(loaded, trials)} if loaded.spec.constraints else {}),
         **({"front": front_summary(loaded)} if len(objectives) > 1 else {}),
     }
+
+
+def _health_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Finished trials by their verdict (tuner.health), the most common first."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        health = t.user_attrs.get(A.HEALTH)
+        if t.state.is_finished() and isinstance(health, dict):
+            counts[health["verdict"]] = counts.get(health["verdict"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _feasibility(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
