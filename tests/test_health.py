@@ -119,3 +119,9 @@ def test_a_python_objective_reporting_a_nan_loss_is_marked_diverged(cli, project
     t = optuna.load_study(study_name="n", storage=SQLITE).get_trials()[0]
     assert t.state == TrialState.PRUNED and t.user_attrs[A.PRUNED_KIND] == A.DIVERGED
     assert t.user_attrs[A.HEALTH]["verdict"] == "diverged" and "train_loss=nan at step 2" in t.user_attrs[A.HEALTH]["evidence"]
+
+
+def test_a_trial_the_pruner_cut_short_is_not_called_underfit():
+    history = {"epoch": [1, 2], "train_loss": [2.2, 1.9], "train_accuracy": [0.3, 0.5], "val_accuracy": [0.35, 0.52], "val_loss": [2.1, 1.8]}
+    assert judge(history, chance=0.1).kind == "underfitting"
+    assert judge(history, chance=0.1, cut=True).kind == HEALTHY

@@ -76,6 +76,7 @@ class TrialHandle:
         self._trial_dir: Path | None = None
         self.chance: float | None = None  # the accuracy of answering the largest class, where known: what "stalled at chance" compares with
         self._diverged: str | None = None  # why it diverged, when a report said so
+        self._cut = False  # the pruner stopped it
 
     def report(self, step: int, value: float | dict[str, float] | None = None, **extra: float | None) -> None:
         """Store the study's metric at `step` (an epoch, or any increasing count) and ask the
@@ -144,6 +145,7 @@ class TrialHandle:
                 self._prune(step, f"{self._pruner} pruner on {watched} at {self._unit} {step}: {watched}={_fmt(figures[watched])}")
 
     def _prune(self, step: int, reason: str) -> None:
+        self._cut = True
         self._record({A.PRUNED_REASON: reason, A.PRUNED_KIND: A.PRUNER, A.EPOCHS_RUN: step})
         raise Pruned(reason)
 
@@ -179,7 +181,7 @@ class TrialHandle:
         from tuner.health import judge
 
         steps = self.history["epoch"]
-        verdict = judge(self.history, diverged=diverged or self._diverged, chance=self.chance)
+        verdict = judge(self.history, diverged=diverged or self._diverged, chance=self.chance, cut=self._cut)
         return {A.HISTORY: self.history, A.HEALTH: verdict.to_attr(), **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
 
     @property

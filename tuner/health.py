@@ -69,10 +69,11 @@ def _series(history: dict[str, list[Any]], key: str) -> list[float | None]:
     return [None if v is None else float(v) for v in history.get(key) or []]
 
 
-def judge(history: dict[str, list[Any]], *, diverged: str | None = None, chance: float | None = None) -> Verdict:
+def judge(history: dict[str, list[Any]], *, diverged: str | None = None, chance: float | None = None, cut: bool = False) -> Verdict:
     """The trial's verdict from its history (per epoch: train_loss, val_loss, train_accuracy,
     val_accuracy, grad_norm_first/last/min/max, dead_units, dead_layer) and, if it was pruned as
-    diverged, that reason. `chance`: the accuracy of always answering the largest class."""
+    diverged, that reason. `chance`: the accuracy of always answering the largest class. `cut`:
+    the pruner stopped it, so it did not train long enough to be called underfit."""
     epochs = [int(e) for e in history.get("epoch") or []]
     if diverged:
         return _verdict("diverged", diverged.removeprefix("diverged: "))
@@ -132,7 +133,7 @@ def judge(history: dict[str, list[Any]], *, diverged: str | None = None, chance:
                 f"train_accuracy {train_acc[last]:.3f} vs val_accuracy {accuracy[last]:.3f} at epoch {epochs[last]} (gap {gap:.2f}, over {OVERFIT_GAP:g}); "
                 f"val_loss rose from {val_loss[best]:.3g} at epoch {epochs[best]} to {val_loss[last]:.3g}",
             )
-        if train_acc[last] < UNDERFIT_ACCURACY and gap <= OVERFIT_GAP and not at_chance:
+        if train_acc[last] < UNDERFIT_ACCURACY and gap <= OVERFIT_GAP and not at_chance and not cut:
             return _verdict("underfitting", f"train_accuracy {train_acc[last]:.3f} at epoch {epochs[last]} (under {UNDERFIT_ACCURACY:g}), val_accuracy {accuracy[last]:.3f}")
     if at_chance:
         return _verdict("stalled", f"val_accuracy {accuracy[last]:.3f} at chance ({chance:.3f}) at epoch {epochs[last]}")

@@ -15,6 +15,7 @@ from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err
 from tuner.cli.options import DeviceOpt, NameArg
 from tuner.cli.render import column_width, count, describe_running, fitting, seconds, short, verdict_of
 from tuner.errors import SpecError
+from tuner.metrics import MEASURES
 from tuner.urls import DEFAULT_ARTIFACTS, mask, resolve_url
 
 
@@ -280,9 +281,12 @@ def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[
     measured = [key for key in FIGURES if key not in metrics and any(key in r["user_attrs"] for r in rows)]
     health = any(verdict_of(r["user_attrs"]) for r in rows)  # trials recorded before verdicts have none
     verdicts = {"health": [fmt_value(verdict_of(r["user_attrs"])) for r in rows]} if health else {}
-    params, left_out = _param_columns(
-        rows, metrics, list(loaded.space.params), columns=columns, wide=wide, width=console.width, figures=measured, fixed_more=verdicts
-    )
+    order = list(loaded.space.params)
+    if any(m in MEASURES for m in metrics):  # a model's cost is traded off: what shapes the model comes first
+        from tuner.params import GROUPS
+
+        order = sorted(order, key=lambda name: name not in GROUPS["Data and architecture"])
+    params, left_out = _param_columns(rows, metrics, order, columns=columns, wide=wide, width=console.width, figures=measured, fixed_more=verdicts)
     figures = [f for f in measured if f in params]  # shown first, as the width allows
     params = [p for p in params if p not in figures]
     table = Table()
