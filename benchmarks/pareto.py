@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks.common import Bench, BenchSettings, Clock, quiet, space_path, timed_training
 from tuner import attrs as A
-from tuner.metrics import hypervolume, pareto_front
+from tuner.metrics import feasible, hypervolume, pareto_front
 from tuner.space import Param, Space, load_space, save_space
 from tuner.spec import StudySpec
 
@@ -66,7 +66,7 @@ def _with_epochs(space: Space, epochs: int, folder: Path) -> str:
 
 
 def _feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values())
+    return trial.state == TrialState.COMPLETE and feasible(trial)
 
 
 def _time_to(trace: list[list[float]], volume: float) -> float | None:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from tuner import attrs as A
 from tuner.errors import SpecError
 from tuner.metrics import Constraint, dominates, hypervolume, pareto_front, parse_constraint, parse_metric
-from tuner.pruning import ParetoPruner, dominated_by_margin
+from tuner.pruning import ParetoPruner
 from tuner.spec import StudySpec
 from tuner.study import create_study, front, open_study, run_study
 
@@ -82,10 +82,10 @@ def test_the_front_and_hypervolume_agree_with_optuna():
 
 def test_domination_by_a_margin_needs_no_worse_everywhere_and_clearly_better_somewhere():
     signs, margins = [1.0, -1.0], [0.02, 100.0]
-    assert dominated_by_margin([0.80, 5000], [0.90, 5000], signs, margins)  # clearly more accurate, as large
-    assert not dominated_by_margin([0.80, 5000], [0.81, 5000], signs, margins)  # within the noise
-    assert dominated_by_margin([0.80, 5000], [0.80, 4000], signs, margins)  # as accurate, clearly smaller
-    assert not dominated_by_margin([0.80, 5000], [0.95, 5001], signs, margins)  # larger: a trade-off, not a domination
+    assert dominates([0.90, 5000], [0.80, 5000], signs, margins)  # clearly more accurate, as large
+    assert not dominates([0.81, 5000], [0.80, 5000], signs, margins)  # within the noise
+    assert dominates([0.80, 4000], [0.80, 5000], signs, margins)  # as accurate, clearly smaller
+    assert not dominates([0.95, 5001], [0.80, 5000], signs, margins)  # larger: a trade-off, not a domination
 
 
 # --- specs --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from optuna.storages import BaseStorage
 
 from tuner.errors import TunerError
+from tuner.metrics import feasible
 from tuner.storage import DEFAULT_ARTIFACTS, mask, open_storage, resolve_url
 
 __all__ = ["ConstraintsShown", "serve"]
@@ -115,13 +116,13 @@ class ConstraintsShown(BaseStorage):
         from optuna.trial import TrialState
 
         best = self._storage.get_best_trial(study_id)
-        if all(v <= 0 for v in best.constraints.values()):
+        if feasible(best):
             return _listed(best)
-        feasible = [t for t in self._storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if all(v <= 0 for v in t.constraints.values())]
-        if not feasible:
+        met = [t for t in self._storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+        if not met:
             return _listed(best)  # nothing feasible yet: the dashboard still shows the best there is
         maximize = self._storage.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
-        return _listed(max(feasible, key=lambda t: t.value) if maximize else min(feasible, key=lambda t: t.value))
+        return _listed(max(met, key=lambda t: t.value) if maximize else min(met, key=lambda t: t.value))
 
 
 def _delegate(name: str) -> Any:

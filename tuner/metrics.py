@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tuner.errors import SpecError
 from tuner.params import METRICS as VALIDATION
@@ -27,6 +28,7 @@ __all__ = [
     "Constraint",
     "Metric",
     "dominates",
+    "feasible",
     "hypervolume",
     "pareto_front",
     "parse_constraint",
@@ -112,14 +114,20 @@ def parse_constraint(text: str) -> Constraint:
 # --- trade-offs ---------------------------------------------------------------------------------
 
 
-def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
+def feasible(trial: Any) -> bool:
+    """Whether a trial meets its study's constraints: Optuna's rule, every constraint value at most
+    0 (a trial of a study without constraints has none to miss)."""
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float], margins: Sequence[float] | None = None) -> bool:
     """Whether `a` is at least as good as `b` in every metric and better in one (signs: +1 where
-    more is better)."""
+    more is better); with `margins`, better in one by more than that metric's margin."""
     better = False
-    for x, y, s in zip(a, b, signs):
+    for i, (x, y, s) in enumerate(zip(a, b, signs)):
         if s * x < s * y:
             return False
-        better = better or s * x > s * y
+        better = better or s * (x - y) > (margins[i] if margins is not None else 0.0)
     return better
 
 

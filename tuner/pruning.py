@@ -17,7 +17,7 @@ trial's other data). Two ways to prune on them:
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container
 from typing import Any
 
 import optuna
@@ -26,8 +26,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
+from tuner.metrics import dominates
 
-__all__ = ["OneMetric", "ParetoPruner", "dominated_by_margin"]
+__all__ = ["OneMetric", "ParetoPruner"]
 
 
 class ParetoPruner(BasePruner):
@@ -66,18 +67,7 @@ class ParetoPruner(BasePruner):
             return []
         columns = list(zip(mine, *(v for _, v in others)))
         margins = [self.margin * (max(c) - min(c)) for c in columns]
-        return [number for number, theirs in others if dominated_by_margin(mine, theirs, signs, margins)]
-
-
-def dominated_by_margin(mine: Sequence[float], theirs: Sequence[float], signs: Sequence[float], margins: Sequence[float]) -> bool:
-    """`theirs` is at least as good as `mine` in every metric and better by more than its margin
-    in at least one."""
-    clear = False
-    for a, b, s, m in zip(mine, theirs, signs, margins):
-        if s * b < s * a:
-            return False
-        clear = clear or s * (b - a) > m
-    return clear
+        return [number for number, theirs in others if dominates(theirs, mine, signs, margins)]
 
 
 class OneMetric:

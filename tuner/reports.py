@@ -51,7 +51,7 @@ from tuner import attrs as A
 from tuner.atomic import atomic_path
 from tuner.errors import ReportError
 from tuner.attrs import fail_reason
-from tuner.metrics import Metric
+from tuner.metrics import Metric, feasible
 from tuner.study import Loaded, best_trial, study_summary
 
 __all__ = ["DIAGNOSTICS", "Plot", "Report", "build_report", "summary_text"]
@@ -209,11 +209,6 @@ def _write(path: Path, data: bytes) -> None:
 def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Complete trials with a finite value for every metric (`values`: one metric or several)."""
     return [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and all(math.isfinite(v) for v in t.values)]
-
-
-def _feasible(t: FrozenTrial) -> bool:
-    """Whether a trial meets the study's constraints (Optuna's constraint values: at most 0 when met); a study without any has none to miss."""
-    return all(c <= 0 for c in t.constraints.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,8 +450,8 @@ def _plot_history(trials: list[FrozenTrial], *, metric: str, minimize: bool, n_m
     fig = _figure()
     ax = fig.add_subplot()
     # the best so far is the best feasible one: a trial that misses a constraint is never the study's best
-    complete = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and _feasible(t)]
-    infeasible = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and not _feasible(t)]
+    complete = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and feasible(t)]
+    infeasible = [(t.number, v) for t, v in points if t.state == TrialState.COMPLETE and not feasible(t)]
     pruned = [(t.number, v) for t, v in points if t.state == TrialState.PRUNED]
     if complete:
         ax.scatter(*zip(*complete), color=_COMPLETE_COLOUR, s=30, zorder=3, label="complete")
@@ -520,10 +515,10 @@ def _draw_pair(ax: Axes, complete: list[FrozenTrial], best: _Best, objectives: S
     x, y = pair
     on_front = list(best.trials)
     others = [t for t in complete if not best.has(t)]
-    feasible = [t for t in others if _feasible(t)]
-    infeasible = [t for t in others if not _feasible(t)]
-    if feasible:
-        ax.scatter([t.values[x] for t in feasible], [t.values[y] for t in feasible], color=_COMPLETE_COLOUR, s=24, alpha=0.8, zorder=2, label="dominated")
+    met = [t for t in others if feasible(t)]
+    infeasible = [t for t in others if not feasible(t)]
+    if met:
+        ax.scatter([t.values[x] for t in met], [t.values[y] for t in met], color=_COMPLETE_COLOUR, s=24, alpha=0.8, zorder=2, label="dominated")
     if infeasible:
         ax.scatter([t.values[x] for t in infeasible], [t.values[y] for t in infeasible], facecolors="none", edgecolors=_INFEASIBLE_COLOUR, s=24, zorder=2, label="infeasible (misses a constraint)")
     if on_front:
@@ -623,7 +618,7 @@ def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], b
                 xs.append(float(i))
                 ys.append(_scaled(t.params[name], dists[name]))
         is_best = best.has(t)
-        style = "-" if _feasible(t) else "--"  # dashed: misses a constraint
+        style = "-" if feasible(t) else "--"  # dashed: misses a constraint
         ax.plot(xs, ys, style, color=cmap(norm(t.values[0])), linewidth=3 if is_best else 1.2, alpha=1 if is_best else 0.75, zorder=3 if is_best else 2)
     for i, name in enumerate(axes):
         ax.axvline(i, color="0.3", linewidth=0.8, zorder=1)
@@ -648,7 +643,7 @@ def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], b
         ax.spines[side].set_visible(False)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=objectives[0].name, fraction=0.04)
     thickest = "the Pareto front's are thickest" if best.front else "the best is thickest"
-    dashed = "\ndashed: trials that miss a constraint" if not all(_feasible(t) for t in complete) else ""
+    dashed = "\ndashed: trials that miss a constraint" if not all(feasible(t) for t in complete) else ""
     ax.set_title(f"Parallel coordinates of {_count(len(complete), 'complete trial')} (scaled to [0, 1]; {thickest}){dashed}")
     return fig
 
@@ -677,7 +672,7 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: Metric, index: int,
         ys = [t.intermediate_values[s] for s in steps]
         if best.has(t):
             ax.plot(steps, ys, color=_BEST_COLOUR, linewidth=2.5, marker="o", markersize=3, zorder=4, label=label(best.label(t)))
-        elif t.state == TrialState.COMPLETE and cmap is not None and not _feasible(t):
+        elif t.state == TrialState.COMPLETE and cmap is not None and not feasible(t):
             ax.plot(steps, ys, color=cmap(norm(final[t.number])), linewidth=1.2, linestyle="--", zorder=3, label=label("infeasible (dashed)"))
         elif t.state == TrialState.COMPLETE and cmap is not None:
             ax.plot(steps, ys, color=cmap(norm(final[t.number])), linewidth=1.2, zorder=3, label=label("complete (coloured by value)"))

@@ -360,6 +360,7 @@ def progress(storage: Any, study_id: int, directions: list[Any]) -> tuple[int, f
     from optuna.trial import TrialState
 
     from tuner import sql
+    from tuner.metrics import feasible
 
     maximize = directions[0] == StudyDirection.MAXIMIZE
     one = len(directions) == 1
@@ -368,6 +369,6 @@ def progress(storage: Any, study_id: int, directions: list[Any]) -> tuple[int, f
         return sql.progress(rdb, study_id, maximize=maximize, best=one)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    values = [t.value for t in trials if one and t.state == TrialState.COMPLETE and t.value is not None and all(c <= 0 for c in t.constraints.values())]
+    values = [t.value for t in trials if one and t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
     best_of = max if maximize else min
     return n_finished, best_of(values) if values else None

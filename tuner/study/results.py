@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import attrs as A
 from tuner.atomic import atomic_path
 from tuner.attrs import fail_reason
+from tuner.metrics import feasible
 from tuner.storage import mask, open_storage
 from tuner.study.lost import running_trials
 from tuner.spec import StudySpec
@@ -110,7 +111,7 @@ def _feasibility(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
     """How many complete trials meet the study's constraints, and how many miss each."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     missed = {c: sum(c in (t.user_attrs.get(A.VIOLATED) or []) for t in complete) for c in loaded.spec.constraints or []}
-    return {"bounds": loaded.spec.constraints, "feasible": sum(all(v <= 0 for v in t.constraints.values()) for t in complete), "complete": len(complete), "missed": missed}
+    return {"bounds": loaded.spec.constraints, "feasible": sum(map(feasible, complete)), "complete": len(complete), "missed": missed}
 
 
 def front_summary(loaded: Loaded) -> dict[str, Any]:
@@ -121,11 +122,11 @@ def front_summary(loaded: Loaded) -> dict[str, Any]:
 
     objectives = loaded.spec.objectives
     trials = [t for t in front(loaded.study)]
-    feasible = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if all(c <= 0 for c in t.constraints.values())]
+    met = [t for t in loaded.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
     if not trials:
         return {"trials": [], "size": 0, "hypervolume": None, "reference": None, "ideal": None}
     signs = [1.0 if m.direction == "maximize" else -1.0 for m in objectives]
-    columns = list(zip(*(t.values for t in feasible)))
+    columns = list(zip(*(t.values for t in met)))
     reference = [min(c) if s > 0 else max(c) for c, s in zip(columns, signs)]
     ideal = [max(c) if s > 0 else min(c) for c, s in zip(columns, signs)]
     spans = [(i - r) or 1.0 for i, r in zip(ideal, reference)]
@@ -150,7 +151,7 @@ def trial_dict(t: FrozenTrial) -> dict[str, Any]:
         "state": t.state.name.lower(),
         "value": values[0] if values else None,
         **({"values": values} if values and len(values) > 1 else {}),
-        **({"constraints": dict(t.constraints), "feasible": all(c <= 0 for c in t.constraints.values())} if t.constraints else {}),
+        **({"constraints": dict(t.constraints), "feasible": feasible(t)} if t.constraints else {}),
         "params": dict(t.params),
         "duration_s": duration,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,

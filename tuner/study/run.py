@@ -25,6 +25,7 @@ from tuner import attrs as A
 from tuner.errors import TunerError
 from tuner.failures import FailureStop, default_max_failures
 from tuner.heartbeat import Heartbeat
+from tuner.metrics import feasible
 from tuner.spec import DEFAULT_TRIALS
 from tuner.storage import StudyLock, count_states, heartbeat_settings, progress, rdb_of
 from tuner.study.lost import fail_lost, requeue, running_trials
@@ -259,8 +260,7 @@ class _Progress:
             self._read_at = time.monotonic()
             return self.n_finished, self.best
         self.n_finished += trial.state in FINISHED
-        feasible = all(c <= 0 for c in trial.constraints.values())
-        value = trial.values[0] if self._one and feasible and trial.state == TrialState.COMPLETE else None
+        value = trial.values[0] if self._one and feasible(trial) and trial.state == TrialState.COMPLETE else None
         if value is not None and (self.best is None or (value > self.best if self._maximize else value < self.best)):
             self.best = value
         return self.n_finished, self.best
