@@ -102,7 +102,7 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     for r in s["running"]:
         console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
     if s.get("front") is not None:
-        console.print("  " + _front_line(s["front"], loaded.spec) + f": trials {', '.join(map(str, s['front']['trials'][:20]))}", markup=False, highlight=False)
+        console.print("  " + _front_line(s["front"]) + f": trials {', '.join(map(str, s['front']['trials'][:20]))}", markup=False, highlight=False)
         return
     _print_best(s["best"], loaded.spec, indent="  ")
 
@@ -150,25 +150,36 @@ def chosen_trial(loaded: Any, number: Optional[int]) -> Any:
 def _print_front(loaded: Any, front: dict[str, Any], *, fmt: Format, retrain: bool) -> None:
     """A study of several metrics: its Pareto front as a table, best first by the first metric,
     and its hypervolume."""
-    from tuner.study import trial_dict
-
     name = loaded.spec.name
     if retrain:
         raise SpecError(f"study '{name}' has several metrics and no single best: pick a trial of its front with --trial N (`tuner study best {name}` lists them)")
-    by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
-    rows = [trial_dict(by_number[n]) for n in front["trials"]]
     if fmt == Format.json:
-        print_json({"metrics": [m.text() for m in loaded.spec.objectives], **front, "trials": rows})
+        print_json({"metrics": [m.text() for m in loaded.spec.objectives], **front, "trials": _front_rows(loaded, front)})
         return
+    if print_front(loaded, front):
+        console.print(f"`tuner best {name} --trial N --retrain` saves the model of trial N", markup=False, highlight=False)
+
+
+def _front_rows(loaded: Any, front: dict[str, Any]) -> list[dict[str, Any]]:
+    from tuner.study import trial_dict
+
+    by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
+    return [trial_dict(by_number[n]) for n in front["trials"]]
+
+
+def print_front(loaded: Any, front: dict[str, Any]) -> bool:
+    """The front (tuner.study.front_summary) as a table and its hypervolume, as `study best` and
+    the end of `study run` show it; False (said so) where no trial is on it yet."""
+    rows = _front_rows(loaded, front)
     if not rows:
         console.print(f"no complete{' feasible' if loaded.spec.constraints else ''} trial yet")
-        return
+        return False
     _print_trials(rows, loaded)
-    console.print(_front_line(front, loaded.spec), markup=False, highlight=False)
-    console.print(f"`tuner best {name} --trial N --retrain` saves the model of trial N", markup=False, highlight=False)
+    console.print(_front_line(front), markup=False, highlight=False)
+    return True
 
 
-def _front_line(front: dict[str, Any], spec: Any) -> str:
+def _front_line(front: dict[str, Any]) -> str:
     reference = ", ".join(f"{k} {short(v)}" for k, v in (front["reference"] or {}).items())
     return (
         f"Pareto front: {count(front['size'], 'trial')}; hypervolume {front['hypervolume']} of the box from the reference point "

@@ -69,9 +69,9 @@ def run(
     url = resolve_url(storage)
     parse_pack(pack)
     given = spec_from(name, spec, options) if spec or space else None  # a typo is told before torch loads
-    chosen = None  # the default space of a new study given none
-    if given is None and name and default_space(options) and not study_exists(name, url):
-        chosen = default_space(options)
+    default = default_space(options) if given is None and name else None
+    chosen = default if default and not study_exists(name, url) else None  # the default space of a new study given none
+    if chosen:
         given = spec_from(name, None, {**options, "space": chosen})
     study_name = name or (given.name if given else None)
     if not study_name:
@@ -289,16 +289,10 @@ def _run(
     for death in result.worker_deaths:
         console.print(f"{describe_death(death)}; replaced on its slot", markup=False, highlight=False, soft_wrap=True)
     if result.front is not None:
-        from tuner.cli.inspecting import _front_line, _print_trials
-        from tuner.study import front_summary, trial_dict
+        from tuner.cli.inspecting import print_front
+        from tuner.study import front_summary
 
-        summary = front_summary(loaded)
-        if summary["trials"]:
-            by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
-            _print_trials([trial_dict(by_number[n]) for n in summary["trials"]], loaded)
-            console.print(_front_line(summary, spec), markup=False, highlight=False)
-        else:
-            console.print(f"no complete{' feasible' if spec.constraints else ''} trial yet")
+        print_front(loaded, front_summary(loaded))
         if not quiet:
             console.print(_dashboard_hint(url), markup=False, highlight=False, soft_wrap=True)
         return
