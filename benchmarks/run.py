@@ -17,6 +17,7 @@ import optuna
 from benchmarks.command import measure_command
 from benchmarks.common import REFERENCE_SPACE, Bench, BenchSettings, torch_threads
 from benchmarks.growth import measure_growth
+from benchmarks.health import measure_health
 from benchmarks.overhead import POSTGRES_ADMIN, measure_overhead
 from benchmarks.packing import measure_packing
 from benchmarks.pareto import measure_pareto
@@ -39,6 +40,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "command": measure_command,
     "packing": measure_packing,
     "pareto": measure_pareto,
+    "health": measure_health,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
 PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half

@@ -147,6 +147,16 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     _check_pareto(doc["pareto"], BenchSettings.quick())
     assert "pareto hypervolume: on val_accuracy and log10(params), reference val_accuracy=0" in result.out  # the note under the table
 
+    h = doc["health"]  # what the measurements behind each trial's verdict cost an epoch
+    assert [m["hidden_units"] for m in h["models"]] == [64, 256]
+    for m in h["models"]:
+        for key in ("epoch_ms", "dead_units_ms", "grad_norms_ms", "latency_timing_ms", "per_epoch_ms"):
+            _positive(m[key], f"health.{key}")
+        assert m["per_epoch_ms"] == pytest.approx(m["dead_units_ms"] + m["grad_norms_ms"] + m["latency_timing_ms"] / 4)
+        assert m["share"] == pytest.approx(m["per_epoch_ms"] / m["epoch_ms"])
+    assert h["share"] == max(m["share"] for m in h["models"]) and "threads 1" in h["how"]
+    assert "health measurements, ms an epoch, 64 units" in result.out and "dead-units probe" in result.out
+
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()
 

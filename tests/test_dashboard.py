@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy
 
 from tests.conftest import REPO, copy_sqlite
+from tuner.health import VERDICTS
 from tuner.storage import open_storage
 
 try:  # without it the browser tests skip, or fail where TUNER_REQUIRE_BROWSER=1
@@ -244,6 +245,7 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
         expect(body).to_contain_text(f"Best Trial (number={best.number})")
         expect(body).to_contain_text(_as_javascript(best.value))
         expect(page.locator(".js-plotly-plot").first).to_be_visible()  # the history plot drew
+        expect(page.locator("#plot-history .ytitle")).to_have_text("val_accuracy")  # the metric by its name
         page.wait_for_load_state("networkidle")
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=shot, full_page=True)
@@ -314,6 +316,10 @@ def test_a_two_metric_study_is_shown_with_its_metric_names_and_pareto_front(proj
             expect(body).to_contain_text(f"Trial {trial.number} (trial_id={trial._trial_id})")
             expect(body).to_contain_text(", ".join(_as_javascript(v) for v in trial.values))
             expect(page.get_by_text(f"params {trial.user_attrs['params']}", exact=True)).to_be_visible()
+            # and its verdict on its training, in words (tuner.health): what went wrong and the fix
+            verdict = trial.user_attrs["verdict"]
+            assert verdict.split(":")[0] in VERDICTS, verdict
+            expect(page.get_by_text(f"verdict {verdict}", exact=True)).to_be_visible()
             expect(body).not_to_contain_text(UNNAMED)
     finally:
         if run.poll() is None:  # the dashboard failed to start: the run is not left behind

@@ -19,7 +19,7 @@ from tuner.metrics import dominates
 from tuner.study import front, front_summary, open_study
 
 SQLITE = "sqlite:///studies/tuner.db"
-FIGURES = ("history.png", "importances.png", "parallel.png", "intermediate.png", "best_curves.png")
+FIGURES = ("history.png", "importances.png", "parallel.png", "intermediate.png", "health.png", "best_curves.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -128,7 +128,7 @@ def test_report_of_a_study_without_a_complete_trial_still_writes_the_page_with_n
 
     result = cli("report", "boom", "--out", "out/boom")
     assert result.code == 0, result.err
-    assert "no complete trial yet" in result.out and "pruned: 2 (0 by the median pruner, 2 diverged)" in result.out
+    assert "no complete trial yet" in result.out and "pruned: 2 (2 diverged)" in result.out
     assert "note: Parameter importances: skipped, need at least 2 complete trials, the study has 0" in result.out
     assert "note: Best trial's learning curves: skipped" in result.out
     for name in ("importances.png", "parallel.png", "best_curves.png"):
@@ -176,7 +176,8 @@ def test_report_of_a_regression_study_with_failures_and_a_single_trial(project, 
     assert single.code == 0, single.err
     assert "note: Parameter importances: skipped, need at least 2 complete trials, the study has 1" in single.out
     assert not Path("out/one/importances.png").exists()
-    for name in set(FIGURES) - {"importances.png"}:
+    assert "note: Health by parameter: skipped, needs complete or pruned trials with a verdict on their training and a parameter that varies" in single.out
+    for name in set(FIGURES) - {"importances.png", "health.png"}:
         _assert_real_figure(Path("out/one") / name)
 
 

@@ -110,6 +110,7 @@ GRAD_NORM_MAX = "grad_norm_max"  # per epoch: the largest
 DEAD_UNITS = "dead_units"  # per epoch: the largest share of a ReLU-family layer's units never active on a validation batch
 DEAD_LAYER = "dead_layer"  # which hidden layer that is (1: the first)
 HEALTH = "health"  # the trial's verdict (tuner.health): {"verdict", "evidence", "fix"}
+VERDICT = "verdict"  # the same in one line of words, as optuna-dashboard shows a trial's attributes: "stalled: ...; fix"
 VECTORS = "intermediate_vectors"  # with several metrics: {step: [each metric's value]}, what the pareto pruner compares
 VIOLATED = "violated"  # the constraints an infeasible trial missed, as written: ["params<=20000"]
 # the diagnostics (tuner.epochs.Diagnostics, whose fields are these names)

@@ -77,6 +77,7 @@ class TrialHandle:
         self.chance: float | None = None  # the accuracy of answering the largest class, where known: what "stalled at chance" compares with
         self._diverged: str | None = None  # why it diverged, when a report said so
         self._cut = False  # the pruner stopped it
+        self._measured: dict[str, float] = {}  # diagnose()'s figures, for the next report's step
 
     def report(self, step: int, value: float | dict[str, float] | None = None, **extra: float | None) -> None:
         """Store the study's metric at `step` (an epoch, or any increasing count) and ask the
@@ -91,6 +92,8 @@ class TrialHandle:
         if self.metric not in figures and len(self.metrics) == 1:
             raise TypeError(f"report(step={step}): give the study's metric {self.metric}, as report(step, value)")
         figures = {k: None if v is None else _number(k, v) for k, v in figures.items()}
+        figures = {**self._measured, **figures}  # what diagnose() measured since the last report belongs to this step
+        self._measured = {}
         history, n = self.history, len(self.history["epoch"]) + 1
         history["epoch"].append(step)
         for key, v in figures.items():
@@ -181,8 +184,12 @@ class TrialHandle:
         from tuner.health import judge
 
         steps = self.history["epoch"]
+        if self._measured and steps:  # diagnose() after the last report: its figures describe that step
+            for key, v in self._measured.items():
+                self.history.setdefault(key, [None] * len(steps))[-1] = v
+            self._measured = {}
         verdict = judge(self.history, diverged=diverged or self._diverged, chance=self.chance, cut=self._cut)
-        return {A.HISTORY: self.history, A.HEALTH: verdict.to_attr(), **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
+        return {A.HISTORY: self.history, A.HEALTH: verdict.to_attr(), A.VERDICT: verdict.text(), **({A.EPOCHS_RUN: steps[-1]} if steps else {})}
 
     @property
     def trial_dir(self) -> Path:
@@ -216,14 +223,26 @@ class TrialHandle:
             attrs[A.LOG_ERROR] = str(e)
         return attrs
 
-    def diagnose(self, model: Any) -> dict[str, Any]:
-        """Record the model's gradient diagnostics as tuner's loop does (per-layer norms, the
-        vanishing and exploding flags), from the gradients it holds now: call it after a backward.
-        Returns what was recorded."""
+    def diagnose(self, model: Any, batch: Any = None) -> dict[str, Any]:
+        """Measure what the trial's verdict (tuner.health) reads, as tuner's loop does each epoch:
+        the gradient norms of each layer, from the gradients the model holds now (call it after a
+        backward), and with `batch` (a tensor of inputs, such as a validation batch) the share of
+        ReLU-family units never active on it, from a forward pass in eval mode with hooks. Call it
+        once per step, before that step's report(): the figures join that step's history. Also
+        records the per-layer norms and the vanishing/exploding flags. Returns what it measured."""
+        from tuner.epochs import dead_units
         from tuner.train import gradient_diagnostics
 
         found = gradient_diagnostics(model)
-        self._record(found)
+        norms = list(found[A.GRAD_NORMS].values())
+        if norms:
+            self._measured.update({"grad_norm_first": norms[0], "grad_norm_last": norms[-1], "grad_norm_min": min(norms), "grad_norm_max": max(norms)})
+        if batch is not None:
+            dead = dead_units(model, batch)
+            if dead is not None:
+                self._measured.update({"dead_units": dead[0], "dead_layer": dead[1]})
+                found = {**found, "dead_units": dead[0], "dead_layer": dead[1]}
+        self._record({k: v for k, v in found.items() if k not in ("dead_units", "dead_layer")})
         return found
 
     def set(self, **attrs: Any) -> None:

@@ -180,6 +180,7 @@ def _drawers(loaded: Loaded, trials: list[FrozenTrial], summary: dict[str, Any])
         ("importances.png", "Parameter importances", lambda: _plot_importances(summary)),
         ("parallel.png", "Parallel coordinates", lambda: _plot_parallel(trials, objectives=objectives, best=best)),
         ("intermediate.png", "Intermediate values", lambda: _plot_intermediate(trials, metric=watched, index=objectives.index(watched), best=best)),
+        ("health.png", "Health by parameter", lambda: _plot_health(summary["health"])),
         ("best_curves.png", curves_title, lambda: _plot_curves(best.trials[0] if best.trials else None, who=who, missing=f"needs a complete{feasible} trial, and the study has none")),
     ]
     if len(objectives) > 1:
@@ -236,6 +237,27 @@ def _summarize(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:
         "importance_note": importance_note,
         "pruned": _pruned(trials),
         "failed": _failed(trials),
+        "health": _health(trials, base.get("causes")),
+    }
+
+
+def _health(trials: list[FrozenTrial], causes: dict[str, Any] | None) -> dict[str, Any]:
+    """The trials' verdicts (tuner.health): how many of each, the causes named across the study
+    (study_summary's), and the counts by parameter value the figure draws."""
+    from tuner.health import by_parameter
+
+    judged = [
+        (t.params, t.user_attrs[A.HEALTH]["verdict"])
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and isinstance(t.user_attrs.get(A.HEALTH), dict)
+    ]
+    counts: dict[str, int] = {}
+    for _, v in judged:
+        counts[v] = counts.get(v, 0) + 1
+    return {
+        "counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "causes": causes if judged else None,
+        "by_parameter": by_parameter(judged),
     }
 
 
@@ -340,7 +362,13 @@ def summary_text(report: Report) -> str:
         lines.append(f"mattered most{of}: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
     pruned = s["pruned"]
     if pruned["total"]:
-        lines.append(f"pruned: {pruned['total']} ({pruned['by_pruner']} by the {s['spec']['pruner']} pruner, {pruned['diverged']} diverged)")
+        by_pruner = f"{pruned['by_pruner']} by the {s['spec']['pruner']} pruner, " if pruned["by_pruner"] else ""
+        lines.append(f"pruned: {pruned['total']} ({by_pruner}{pruned['diverged']} diverged)")
+    health = s["health"]
+    if set(health["counts"]) - {"healthy"}:
+        lines.append("health: " + ", ".join(f"{k} {v}" for k, v in health["counts"].items()))
+        lines.append(f"  causes: {health['causes']['note']}")
+        lines += [f"    {c['text']}" for c in health["causes"]["causes"]]
     failed = s["failed"]
     if failed["total"]:
         lines.append(f"failed: {failed['total']}")
@@ -551,6 +579,44 @@ def _plot_importances(summary: dict[str, Any]) -> Figure:
     ax.set_title("Parameter importances" + (f" for {summary['metric']}, the first metric" if "metrics" in summary else ""))
     ax.grid(axis="x", alpha=0.3)
     return fig
+
+
+_VERDICT_COLOURS = {
+    "healthy": "tab:green", "overfitting": "tab:orange", "underfitting": "gold", "stalled": "tab:olive",
+    "vanishing gradients": "tab:purple", "dying units": "tab:pink", "exploding gradients": "tab:brown",
+    "dead network": "0.35", "diverged": "tab:red",
+}
+
+
+def _plot_health(health: dict[str, Any]) -> Figure:
+    """Each parameter's values (or ranges) as bars of their trials, coloured by verdict: which
+    values go with which failures, at a glance."""
+    shown = health["by_parameter"]
+    if not shown:
+        raise _Skipped("needs complete or pruned trials with a verdict on their training and a parameter that varies")
+    named = [c["condition"] for c in (health["causes"] or {}).get("causes", [])]
+    order = sorted(shown, key=lambda p: (not any(p in c for c in named), p))[:MAX_HEALTH_PARAMS]  # the parameters causes name first
+    fig = _figure(9.0, 1.0 + sum(0.32 * len(shown[p]) + 0.55 for p in order))
+    axes = fig.subplots(len(order), 1, gridspec_kw={"height_ratios": [len(shown[p]) + 1 for p in order]}, squeeze=False)[:, 0]
+    seen: dict[str, Any] = {}
+    for ax, name in zip(axes, order):
+        rows = shown[name][::-1]
+        left = [0] * len(rows)
+        for kind, colour in _VERDICT_COLOURS.items():
+            counts = [r[1].get(kind, 0) for r in rows]
+            if any(counts):
+                seen[kind] = ax.barh([r[0] for r in rows], counts, left=left, color=colour, label=kind)
+                left = [a + b for a, b in zip(left, counts)]
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel("trials")
+    axes[0].set_title("Health by parameter: each value's trials by verdict")
+    fig.legend(seen.values(), seen.keys(), loc="outside right upper", fontsize="small")
+    return fig
+
+
+MAX_HEALTH_PARAMS = 8  # parameters drawn in the health figure
 
 
 def _value_colours(values: list[float], *, minimize: bool) -> tuple[Normalize, Any]:
@@ -858,10 +924,8 @@ def _html(report: Report) -> str:
         add("<p>None.</p>")
     else:
         why = "other trials were better in every metric at the same epoch" if s["spec"]["pruner"] == "pareto" else "their metric trailed the other trials' at the same epoch"
-        add(
-            f"<p>{_e(pruned['total'])} pruned: {_e(pruned['by_pruner'])} by the {_e(s['spec']['pruner'])} pruner "
-            f"({why}), {_e(pruned['diverged'])} diverged (a NaN or infinite loss).</p>"
-        )
+        by_pruner = f"{_e(pruned['by_pruner'])} by the {_e(s['spec']['pruner'])} pruner ({why}), " if pruned["by_pruner"] else ""
+        add(f"<p>{_e(pruned['total'])} pruned: {by_pruner}{_e(pruned['diverged'])} diverged (a NaN or infinite loss).</p>")
         rows = [[r["number"], _short(r["epoch"]), r["reason"]] for r in pruned["trials"][:MAX_ROWS]]
         add(_table(["trial", "epoch", "reason"], rows, numeric={0, 1}))
         if pruned["total"] > MAX_ROWS:
@@ -874,6 +938,17 @@ def _html(report: Report) -> str:
     else:
         rows = [[len(numbers), reason, ", ".join(map(str, numbers))] for reason, numbers in failed["reasons"].items()]
         add(_table(["trials", "reason", "trial numbers"], rows, numeric={0}))
+
+    health = s["health"]
+    add("<h2>Health</h2>")
+    if not health["counts"]:
+        add("<p>No trial has a verdict on its training.</p>")
+    else:
+        add("<p>" + _e(", ".join(f"{k} {v}" for k, v in health["counts"].items())) + " (each trial's verdict is in the trials table of <code>tuner study trials</code>).</p>")
+        causes = health["causes"]
+        add(f"<p>Causes across the study: {_e(causes['note'])}.</p>")
+        if causes["causes"]:
+            add("<ul>" + "".join(f"<li>{_e(c['text'])} (p={c['p']:.1g})</li>" for c in causes["causes"]) + "</ul>")
 
     add("<h2>Figures</h2>")
     for plot in report.plots:

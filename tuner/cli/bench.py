@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto, health."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -190,6 +190,9 @@ def _table(doc: dict[str, Any]) -> Table:
             table.add_row(f"s a {q['trials']}-trial tpe study: auto vs 1", _num(q["packed"]["median_s"], "{:.1f}"), _num(q["unpacked"]["median_s"], "{:.1f}"), _num(q["speedup"], "{:.2f}x"), "", "")
     if "pareto" in doc:
         _pareto_rows(table, doc["pareto"])
+    if "health" in doc:
+        for m in doc["health"]["models"]:
+            table.add_row(f"health measurements, ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
     return table
 
 
@@ -266,6 +269,13 @@ def _notes(doc: dict[str, Any]) -> list[str]:
     pareto = doc.get("pareto")
     if pareto:
         lines.extend(_pareto_notes(pareto))
+    for m in doc.get("health", {}).get("models", []):
+        lines.append(
+            f"health, {m['hidden_units']} units: {m['per_epoch_ms']:.2f} ms an epoch (of {m['epoch_ms']:.0f}) = {m['dead_units_ms']:.2f} dead-units probe "
+            f"+ {m['grad_norms_ms']:.2f} gradient norms + {m['latency_timing_ms']:.1f} latency timing once a trial, shared by its epochs"
+        )
+    if "health" in doc:
+        lines.append(f"health: {doc['health']['how']}")
     return lines
 
 

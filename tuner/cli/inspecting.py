@@ -97,6 +97,11 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         console.print("  failed: " + ", ".join(f"{k} {v}" for k, v in s["failed_reasons"].items()), markup=False)
     if s.get("health"):
         console.print("  health: " + ", ".join(f"{k} {v}" for k, v in s["health"].items()), markup=False)
+    if s.get("causes") and set(s["health"]) - {"healthy"}:  # why trials failed; nothing to say when none did
+        causes = s["causes"]
+        console.print(f"  causes: {causes['note']}", markup=False, highlight=False)
+        for cause in causes["causes"]:
+            console.print(f"    {cause['text']}", markup=False, highlight=False)
     if s["retried"]:
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
     for r in s["running"]:

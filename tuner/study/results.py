@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,7 +19,10 @@ from tuner.study.lost import running_trials
 from tuner.spec import StudySpec
 from tuner.study.store import SPEC_ATTR, Loaded
 
-__all__ = ["best_trial", "export_trials", "front", "fail_reason", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
+if TYPE_CHECKING:
+    from tuner.health import Causes
+
+__all__ = ["best_trial", "export_trials", "front", "fail_reason", "health_causes", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -89,6 +92,7 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "failed_reasons": failed_reasons,
         "retried": sum(A.RETRY_OF in t.user_attrs for t in trials),
         "health": _health_counts(trials),
+        **({"causes": health_causes(trials).to_dict()} if any(A.HEALTH in t.user_attrs for t in trials) else {}),
         "running": running_trials(study),
         "best": trial_dict(best) if best else None,
         "metrics": [{"name": m.name, "direction": m.direction} for m in objectives],
@@ -105,6 +109,19 @@ def _health_counts(trials: list[FrozenTrial]) -> dict[str, int]:
         if t.state.is_finished() and isinstance(health, dict):
             counts[health["verdict"]] = counts.get(health["verdict"], 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def health_causes(trials: list[FrozenTrial]) -> "Causes":
+    """Which parameter values go with which verdicts across the study's complete and pruned
+    trials (tuner.health.causes; a failed trial's verdict is about a crash, not its training)."""
+    from tuner.health import causes
+
+    judged = [
+        (t.params, t.user_attrs[A.HEALTH]["verdict"])
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and isinstance(t.user_attrs.get(A.HEALTH), dict)
+    ]
+    return causes(judged)
 
 
 def _feasibility(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:

@@ -186,10 +186,9 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
         sampler=make_sampler(str(spec.sampler), spec.seed, n_startup=spec.n_startup),
         pruner=make_pruner(str(spec.pruner)),
     )
-    if len(objectives) > 1:  # the dashboard and Optuna's plots name each value (not "Objective 0")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([m.name for m in objectives])
+    with warnings.catch_warnings():  # the dashboard and Optuna's plots name each value by its metric (not "Objective 0")
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([m.name for m in objectives])
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     digest = data_digest(spec)
