@@ -9,6 +9,9 @@ PIP_INSTALL = -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAI
 # pytest-xdist workers for the suite: more than the cores, since many tests wait on processes,
 # servers and a browser rather than compute (`make test TEST_JOBS=1` runs it in one process)
 TEST_JOBS ?= 4
+# `make test` runs the suite but the slow end-to-end runs (many workers, kill -9, PgBouncer, Slurm,
+# the dashboard in Chromium, the bench): minutes on 2 cores. `make test-slow` runs those; CI both.
+TEST_MARKERS ?= not slow
 # The floors run: tuner with the lowest versions pyproject.toml admits, in a venv of its own,
 # over what can differ between versions: the fast paths under torch and Optuna and their
 # fallbacks, tuner's SQL and storage on Optuna's tables (its conformance suite included), studies,
@@ -20,7 +23,7 @@ FLOORS_TESTS ?= tests/test_compat.py tests/test_storage_conformance.py tests/tes
 	tests/test_heartbeat.py tests/test_study.py tests/test_samplers.py tests/test_train.py tests/test_steps.py \
 	tests/test_packing.py tests/test_torch_datasets.py tests/test_cli.py tests/test_docs.py tests/test_bad_input.py tests/test_dashboard.py
 
-.PHONY: setup demo test test-floors clean
+.PHONY: setup demo test test-slow test-floors clean
 
 setup: $(VENV)/.installed
 
@@ -45,7 +48,10 @@ demo: setup
 	$(VENV)/bin/tuner study run --spec studies/demo.yaml
 
 test: setup
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup -m "$(TEST_MARKERS)" $(PYTEST_ARGS)
+
+test-slow:
+	@$(MAKE) --no-print-directory test TEST_MARKERS=slow
 
 test-floors:
 	@$(MAKE) --no-print-directory setup VENV=$(FLOORS_VENV) CONSTRAINTS=.ci/floors.txt

@@ -79,8 +79,8 @@ class BenchSettings:
             pack=3,
             n_quality=8,
             pareto_seeds=1,
-            pareto_trials=10,
-            pareto_epochs=3,
+            pareto_trials=6,
+            pareto_epochs=2,
         )
 
 

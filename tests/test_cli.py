@@ -77,6 +77,7 @@ def test_readme_files_exist():
         assert (REPO / "search_spaces" / f"{name}.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_demo_reaches_095_on_digits_with_tpe_in_30_trials(project, cli):
     result = cli("study", "run", "--spec", "studies/demo.yaml", "--format", "json", "--device", "cpu")
     assert result.code == 0, result.err
@@ -258,6 +259,7 @@ def six_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "studies" / "tuner.db"
 
 
+@pytest.mark.xdist_group("six_trials")  # on one worker: the module's study is run once, not once a worker
 @pytest.mark.parametrize("width", [60, 80, 120])
 def test_trials_table_fits_the_terminal_without_splitting_a_number(project, six_trials, width: int) -> None:
     copy_sqlite(six_trials, Path("studies/tuner.db"))

@@ -216,6 +216,7 @@ def test_latency_and_training_time_are_measured_on_every_trial(space):
         assert t.values[2] == history[A.TRAIN_SECONDS][t.user_attrs[A.BEST_EPOCH] - 1]
 
 
+@pytest.mark.slow
 def test_several_workers_on_postgresql_keep_the_budget_exact_and_resume(project, space, pg_url):
     import subprocess
 
