@@ -217,7 +217,7 @@ def test_show_best_trials_and_json_formats(project, cli):
     table = cli("study", "trials", "d")
     assert table.code == 0 and "complete" in table.out
     listing = json.loads(cli("study", "list", "--format", "json").out)
-    assert listing == [{"name": "d", "direction": "maximize", "trials": 3, "best_value": best["value"], "sampler": "tpe", "workload": "digits", "budget": 3}]
+    assert listing == [{"name": "d", "direction": "maximize", "trials": 3, "best_value": best["value"], "sampler": "tpe", "stopped": None, "workload": "digits", "budget": 3}]
 
 
 def test_delete_asks_and_keeps_the_study_unless_confirmed(project, cli):

@@ -133,7 +133,8 @@ def test_a_run_with_several_workers_stops_for_the_reason_their_stops_add_up_to()
     assert Stop.of_workers({Stop.BUDGET, Stop.GRID_EXHAUSTED}) is Stop.GRID_EXHAUSTED
     assert Stop.of_workers({Stop.TIMEOUT}) is Stop.TIMEOUT
     assert Stop.of_workers({Stop.TIMEOUT, Stop.BUDGET}) is Stop.BUDGET
-    assert [s.says for s in Stop] == ["budget reached", "grid exhausted", "timeout"]
+    assert Stop.of_workers({Stop.BUDGET, Stop.GOAL}) is Stop.GOAL  # one worker saw the goal reached; the others' budget was not
+    assert [s.says for s in Stop] == ["budget reached", "grid exhausted", "timeout", "goal reached", "no improvement (patience)", "max time reached"]
 
 
 def test_grid_needs_grid_points_for_continuous_ranges(project):

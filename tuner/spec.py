@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,20 @@ from tuner.errors import SpecError
 from tuner.metrics import MEASURES, RECORDED, VALIDATION, Constraint, Metric, parse_constraint, parse_metric
 from tuner.patterns import parse_metric_pattern, parse_step_pattern
 
-__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
+__all__ = ["DEFAULT_TRIALS", "RUN_OPTIONS", "STOPPING_OPTIONS", "StudySpec", "check_study_name", "load_spec", "parse_pack", "spec_file_settings"]
 
 # What may change between runs of one study; everything else is fixed at creation.
-RUN_OPTIONS = ("trials", "pack", "max_failures", "max_streak")
+STOPPING_OPTIONS = ("patience", "min_delta", "goal", "max_time")  # stored with the study; a run may change them (tuner.stopping)
+RUN_OPTIONS = ("trials", "pack", "max_failures", "max_streak", *STOPPING_OPTIONS)
 DEFAULT_TRIALS = 30  # the budget of a spec that gives none (a grid study: its size)
 DIRECTIONS = ("maximize", "minimize")
 _OPTIONAL_TEXT = ("target", "direction", "objective", "command", "sampler", "pruner", "metric", "prune_on")
-_OMITTED_WHEN_UNSET = ("metrics", "constraints", "prune_on")  # not stored with a study that does not use them: its record reads as before
+_OMITTED_WHEN_UNSET = ("metrics", "constraints", "prune_on", "patience", "min_delta", "goal", "max_time")  # not stored with a study that does not use them: its record reads as before
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+# the values a built-in metric can take: a goal outside them is never reached
+_RANGES = {"val_accuracy": (0.0, 1.0), "val_loss": (0.0, math.inf), "val_rmse": (0.0, math.inf), "params": (1.0, math.inf), "train_seconds": (0.0, math.inf), "latency_ms": (0.0, math.inf)}
 
 
 def check_study_name(name: object) -> None:
@@ -62,6 +68,11 @@ class StudySpec:
     metric_patterns: list[str] | None = None  # a command's metrics read from its output: "name=REGEX" (tuner.patterns)
     step_pattern: str | None = None  # a command's step read from its output: a REGEX with one group
     pack: int | str | None = None  # trials a worker trains at once as one batched model (tuner.packing): a number (1: off) or auto; None: auto on a GPU, 1 on a CPU
+    # stopping before the budget (tuner.stopping), each None when off
+    patience: int | None = None  # finished trials without an improvement of the best (several metrics: the front's hypervolume) that stop the study
+    min_delta: float | None = None  # what counts as an improvement for patience: more than this; None: any
+    goal: float | None = None  # stop once a complete feasible trial's value reaches this (one metric)
+    max_time: str | float | None = None  # the study's wall time across its runs that stops it: seconds, or "90m", "2h"
 
     @property
     def n_startup(self) -> int:
@@ -97,8 +108,45 @@ class StudySpec:
         if self.startup_trials is not None and self.startup_trials < 1:
             raise SpecError(f"startup_trials must be at least 1, got {self.startup_trials}")
         parse_pack(self.pack)
+        self._check_stopping()
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise SpecError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+
+    def _check_stopping(self) -> None:
+        """--patience, --min-delta, --goal and --max-time: 0 or "none" turns one off."""
+        from tuner.stopping import parse_duration
+
+        if self.patience is not None:
+            if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+                raise SpecError(f"patience must be a number of finished trials (0: off), got {self.patience!r}")
+            object.__setattr__(self, "patience", self.patience or None)
+        if self.min_delta is not None:
+            if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or not 0 <= self.min_delta < math.inf:
+                raise SpecError(f"min_delta must be a number, 0 or more, got {self.min_delta!r}")
+            if self.patience is None:
+                raise SpecError("--min-delta says what improvement --patience waits for; give --patience N too (or drop --min-delta)")
+            object.__setattr__(self, "min_delta", float(self.min_delta) or None)
+        for key in ("goal", "max_time"):
+            if isinstance(getattr(self, key), str) and getattr(self, key).strip().lower() in ("none", "off"):
+                object.__setattr__(self, key, None)
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+        if self.goal is not None:
+            goal = self.goal
+            if isinstance(goal, str):
+                try:
+                    goal = float(goal)
+                except ValueError:
+                    raise SpecError(f"goal {self.goal!r} is not a number; give the value of {self.metric} that ends the study (or none)") from None
+            if isinstance(goal, bool) or not isinstance(goal, (int, float)) or not math.isfinite(goal):
+                raise SpecError(f"goal must be a number, the value of {self.metric} that ends the study, got {self.goal!r}")
+            if self.metrics is not None:
+                raise SpecError(f"--goal is a value of one metric and this study has {len(self.metrics)}; with several metrics use --patience (it watches the front's hypervolume)")
+            low, high = _RANGES.get(str(self.metric), (-math.inf, math.inf))
+            if not low <= goal <= high:
+                said = f"between {low:g} and {high:g}" if math.isfinite(high) else f"at least {low:g}"
+                raise SpecError(f"goal {goal:g} for {self.metric} ({self.direction}d) is never reached: {self.metric} is {said}")
+            object.__setattr__(self, "goal", float(goal))
 
     def _check_code(self) -> None:
         """The workload is tuner's own loop, or the person's code (an objective or a command); the

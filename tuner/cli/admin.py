@@ -8,7 +8,7 @@ import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
     SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import count
@@ -37,6 +37,10 @@ def create(
     step_pattern: StepPatternOpt = None,
     max_failures: MaxFailuresOpt = None,
     max_streak: StreakOpt = None,
+    patience: PatienceOpt = None,
+    min_delta: MinDeltaOpt = None,
+    goal: GoalOpt = None,
+    max_time: MaxTimeOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,

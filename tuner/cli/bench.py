@@ -192,7 +192,7 @@ def _table(doc: dict[str, Any]) -> Table:
         _pareto_rows(table, doc["pareto"])
     if "health" in doc:
         for m in doc["health"]["models"]:
-            table.add_row(f"health measurements, ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
+            table.add_row(f"health ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
     return table
 
 

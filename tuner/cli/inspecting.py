@@ -37,7 +37,7 @@ def list_(storage: StorageOpt = None, fmt: FormatOpt = Format.table) -> None:
         "name": [r["name"] for r in rows],
         "trials": [str(r["trials"]) for r in rows],
         "best": [f"{r['best_value']:.4g}" if isinstance(r["best_value"], float) else fmt_value(r["best_value"]) for r in rows],
-        "budget": [fmt_value(r["budget"]) for r in rows],
+        "budget": [fmt_value(r["budget"]) + (f" ({r['stopped']})" if r.get("stopped") else "") for r in rows],
         "dir": [",".join(d[:3] for d in str(r["direction"]).split(",")) for r in rows],
         "sampler": [fmt_value(r["sampler"]) for r in rows],
         "workload": [fmt_value(r["workload"]) for r in rows],
@@ -89,6 +89,13 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         c = s["constraints"]
         missed = ", ".join(f"{bound} missed by {n}" for bound, n in c["missed"].items())
         console.print(f"  constraints {', '.join(c['bounds'])}: {c['feasible']} of {count(c['complete'], 'complete trial')} feasible ({missed})", markup=False)
+    rules = [f"{k.replace('_', ' ')} {spec[k]:g}" if isinstance(spec[k], float) else f"{k.replace('_', ' ')} {spec[k]}" for k in ("goal", "patience", "min_delta", "max_time") if spec.get(k) is not None]
+    if rules:
+        console.print(f"  stops early at: {', '.join(rules)}", markup=False, highlight=False)
+    if s.get("stopped"):
+        from tuner.stopping import GO_ON, said
+
+        console.print(f"  {said(s['stopped'])}; to go on, {GO_ON.get(s['stopped']['rule'], 'change its rules')}", markup=False, highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in s["trials"].items() if v and k != "total")
     console.print(f"  trials: {s['trials']['total']} ({counts or 'none'})")
     if s["pruned_reasons"]:

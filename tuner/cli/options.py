@@ -98,6 +98,20 @@ MaxFailuresOpt = Annotated[
 ]
 
 
+PatienceOpt = Annotated[
+    Optional[int],
+    typer.Option("--patience", metavar="N", min=0, help="Stop the study when its best value (several metrics: the front's hypervolume) has not improved in the last N finished trials; 0: off."),
+]
+MinDeltaOpt = Annotated[Optional[float], typer.Option("--min-delta", metavar="X", min=0.0, help="What counts as an improvement for --patience: more than X \\[default: any].")]
+GoalOpt = Annotated[
+    Optional[str], typer.Option("--goal", metavar="VALUE", help="Stop the study once a trial's metric reaches VALUE (one metric); none: off.")
+]
+MaxTimeOpt = Annotated[
+    Optional[str],
+    typer.Option("--max-time", metavar="DURATION", help="Stop the study when its trials have run this long in all, across runs and workers: 90m, 2h, 3600; none: off."),
+]
+
+
 StreakOpt = Annotated[
     Optional[int], typer.Option("--max-streak", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
 ]
@@ -162,6 +176,7 @@ SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help=
 SPEC_OPTIONS = (
     "space", "workload", "target", "sampler", "pruner", "metric", "direction", "objective", "command", "trial_timeout", "seed", "trials",
     "val_fraction", "metric_pattern", "step_pattern", "max_failures", "max_streak", "constraint", "prune_on",
+    "patience", "min_delta", "goal", "max_time",
 )
 
 

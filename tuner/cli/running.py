@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
@@ -45,6 +45,10 @@ def run(
     step_pattern: StepPatternOpt = None,
     max_failures: MaxFailuresOpt = None,
     max_streak: StreakOpt = None,
+    patience: PatienceOpt = None,
+    min_delta: MinDeltaOpt = None,
+    goal: GoalOpt = None,
+    max_time: MaxTimeOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -281,6 +285,10 @@ def _run(
         print_json({**result.to_json(), "storage": mask(url), "metric": spec.metric, "direction": spec.direction})
         return
     why = result.stopped.says
+    if result.stopped.early:
+        from tuner.stopping import GO_ON
+
+        why = f"stopped early: {result.stop_reason or why}; to go on, {GO_ON[result.stopped.value]}"
     failed = f"; {result.n_failed} failed (not counted)" if result.n_failed else ""
     console.print(
         f"study '{result.name}': {result.n_finished}/{result.budget} finished ({result.n_complete} complete + "

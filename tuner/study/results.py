@@ -17,6 +17,7 @@ from tuner.metrics import feasible
 from tuner.storage import mask, open_storage
 from tuner.study.lost import running_trials
 from tuner.spec import StudySpec
+from tuner.stopping import STOPPED_ATTR
 from tuner.study.store import SPEC_ATTR, Loaded
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
                 "trials": s.n_trials,
                 "best_value": s.best_trial.value if s.best_trial and len(s.directions) == 1 else None,
                 "sampler": spec.get("sampler"),
+                "stopped": (s.user_attrs.get(STOPPED_ATTR) or {}).get("rule"),  # a stopping rule ended it early (tuner.stopping)
                 # what its trials run: tuner's loop on a workload, or the person's own code
                 "workload": f"objective {spec['objective']}" if spec.get("objective") else "command" if spec.get("command") else spec.get("workload"),
                 "budget": spec.get("trials"),
@@ -92,6 +94,7 @@ def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
         "failed_reasons": failed_reasons,
         "retried": sum(A.RETRY_OF in t.user_attrs for t in trials),
         "health": _health_counts(trials),
+        "stopped": study.user_attrs.get(STOPPED_ATTR) or None,
         **({"causes": health_causes(trials).to_dict()} if any(A.HEALTH in t.user_attrs for t in trials) else {}),
         "running": running_trials(study),
         "best": trial_dict(best) if best else None,

@@ -22,6 +22,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
+from tuner.stopping import STOPPED_ATTR
+from tuner.stopping import from_spec as stopping_of
 from tuner.errors import TunerError
 from tuner.failures import FailureStop, default_max_failures
 from tuner.heartbeat import Heartbeat
@@ -56,14 +58,28 @@ class Stop(str, enum.Enum):
     BUDGET = "budget"  # the study holds its budget of finished trials
     GRID_EXHAUSTED = "grid_exhausted"  # every grid point has run
     TIMEOUT = "timeout"  # --timeout passed
+    GOAL = "goal"  # a trial reached --goal (tuner.stopping)
+    PATIENCE = "patience"  # no improvement in the last --patience finished trials
+    MAX_TIME = "max_time"  # the study's wall time passed --max-time
 
     @property
     def says(self) -> str:
-        return {Stop.BUDGET: "budget reached", Stop.GRID_EXHAUSTED: "grid exhausted", Stop.TIMEOUT: "timeout"}[self]
+        return {
+            Stop.BUDGET: "budget reached", Stop.GRID_EXHAUSTED: "grid exhausted", Stop.TIMEOUT: "timeout",
+            Stop.GOAL: "goal reached", Stop.PATIENCE: "no improvement (patience)", Stop.MAX_TIME: "max time reached",
+        }[self]
+
+    @property
+    def early(self) -> bool:
+        """A stopping rule of the study's ended it before its budget."""
+        return self in (Stop.GOAL, Stop.PATIENCE, Stop.MAX_TIME)
 
     @classmethod
     def of_workers(cls, stops: set["Stop"]) -> "Stop":
-        """The run's reason from its workers': any grid exhausted, all timed out, else the budget."""
+        """The run's reason from its workers': a stopping rule, any grid exhausted, all timed out, else the budget."""
+        early = sorted(s for s in stops if s.early)
+        if early:
+            return early[0]
         if cls.GRID_EXHAUSTED in stops:
             return cls.GRID_EXHAUSTED
         return cls.TIMEOUT if stops == {cls.TIMEOUT} else cls.BUDGET
@@ -85,6 +101,7 @@ class RunResult:
     ran: int  # trials this invocation ran
     failures: list[str] = field(default_factory=list)
     front: list[int] | None = None  # with several metrics: the Pareto front's trials, by the first metric
+    stop_reason: str | None = None  # a stopping rule's reason in words, when one ended the run
     # local workers that died (--workers): slot, gpu, pid, how it ended, last stderr line, replaced
     worker_deaths: list[dict[str, Any]] = field(default_factory=list)
 
@@ -117,13 +134,41 @@ def _claim(loaded: Loaded, road: Road, budget: int, *, look_for_stale: bool = Tr
             return "wait" if running else Stop.GRID_EXHAUSTED
         return "trial"
 
-    decision = decide(road.count(lambda counts: decide(counts) == "trial"))
+    stop = _stopped_early(loaded, budget)
+    if stop is not None:
+        return stop, None
+    decision = decide(road.count(lambda counts: decide(counts) == "trial"))  # a road may start the trial within the count
     if decision != "trial":
         return decision, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = road.ask()
     return "trial", trial
+
+
+def _stopped_early(loaded: Loaded, budget: int) -> Stop | None:
+    """Under the study lock: whether one of the study's stopping rules (tuner.stopping) ends it
+    before its budget, recorded on the study with the reason; one worker decides, the others see
+    the same trials at their next claim. A study whose rules were changed so that none applies
+    any more goes on (its record is cleared). None where the budget decides."""
+    rules = stopping_of(loaded.spec)
+    if not rules.any:
+        return None
+    study = loaded.study
+    trials = study.get_trials(deepcopy=False)
+    n_finished = sum(t.state in FINISHED for t in trials)
+    if n_finished >= budget:
+        return None  # the budget came first: it is the reason
+    verdict = rules.decide(trials)
+    record = study.user_attrs.get(STOPPED_ATTR)
+    if verdict is None:
+        if record:
+            study.set_user_attr(STOPPED_ATTR, None)
+        return None
+    rule, reason = verdict
+    if not isinstance(record, dict) or record.get("reason") != reason:
+        study.set_user_attr(STOPPED_ATTR, {"rule": rule, "reason": reason, "n_finished": n_finished})
+    return Stop(rule)
 
 
 def _close_interrupted(road: Road, trial: optuna.Trial, signal_name: str) -> None:
@@ -418,4 +463,5 @@ def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: Stop, elapsed_s
         ran=ran,
         failures=sorted(set(failures)),
         front=[t.number for t in front(study)] if several else None,
+        stop_reason=(study.user_attrs.get(STOPPED_ATTR) or {}).get("reason") if stopped.early else None,
     )

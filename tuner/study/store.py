@@ -25,7 +25,7 @@ from tuner.metrics import parse_constraint
 from tuner.params import TrainConfig
 from tuner.samplers import make_pruner, make_sampler
 from tuner.space import SPACES_DIR, Space, load_space, parse_space
-from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, StudySpec
+from tuner.spec import DEFAULT_TRIALS, RUN_OPTIONS, STOPPING_OPTIONS, StudySpec
 from tuner.storage import count_states, mask, open_storage, sql_rdb
 from tuner.workloads import WorkloadRef, load_workload, parse_workload
 
@@ -302,8 +302,21 @@ def prepare_run(
         check_data(loaded)  # before the budget is touched: nothing is written for a run that cannot go on
         reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
         reconcile(loaded, settings, spaces_dir=spaces_dir)
+        # stopping rules given now replace the stored ones (checked before anything is written)
+        rules = {k: v for k, v in {**(file_settings or {}), **settings}.items() if k in STOPPING_OPTIONS and v is not None}
+        ruled = StudySpec(**{**loaded.spec.as_dict(), **rules}) if rules else None
         # the budget asked for: the flag's, else the file's; neither leaves the stored one
-        return loaded, set_budget(loaded, settings.get("trials") or (file_settings or {}).get("trials"))
+        change = set_budget(loaded, settings.get("trials") or (file_settings or {}).get("trials"))
+        if ruled is not None:
+            updated = StudySpec(**{**loaded.spec.as_dict(), **{k: getattr(ruled, k) for k in STOPPING_OPTIONS}})
+            if updated != loaded.spec:
+                from tuner.stopping import STOPPED_ATTR
+
+                loaded.spec = updated
+                loaded.study.set_user_attr(SPEC_ATTR, updated.as_dict())
+                if loaded.study.user_attrs.get(STOPPED_ATTR):  # stopped by the rules it had: the new ones decide afresh
+                    loaded.study.set_user_attr(STOPPED_ATTR, None)
+        return loaded, change
     if given is None:
         raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
     return create_study(given, storage_url, spaces_dir=spaces_dir), None
