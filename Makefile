@@ -16,9 +16,11 @@ TEST_MARKERS ?= not slow
 # over what can differ between versions: the fast paths under torch and Optuna and their
 # fallbacks, tuner's SQL and storage on Optuna's tables (its conformance suite included), studies,
 # samplers and heartbeats, training and packing against torch, the CLI (typer and click), and
-# the dashboard (optuna-dashboard). It leaves out the slow end-to-end runs but the dashboard's.
+# the dashboard (optuna-dashboard). It leaves out the slow end-to-end runs but the dashboard's, and
+# the docs' examples (studies run end to end through the same CLI the CLI tests cover).
 FLOORS_VENV ?= .venv-floors
 FLOORS_MARKERS ?= not slow or dashboard
+FLOORS_DESELECT ?= --deselect tests/test_cli.py::test_readme_examples_all_run
 FLOORS_TESTS ?= tests/test_compat.py tests/test_storage_conformance.py tests/test_sql.py tests/test_storage.py \
 	tests/test_heartbeat.py tests/test_study.py tests/test_samplers.py tests/test_train.py tests/test_steps.py \
 	tests/test_packing.py tests/test_torch_datasets.py tests/test_cli.py tests/test_docs.py tests/test_bad_input.py tests/test_dashboard.py
@@ -55,7 +57,7 @@ test-slow:
 
 test-floors:
 	@$(MAKE) --no-print-directory setup VENV=$(FLOORS_VENV) CONSTRAINTS=.ci/floors.txt
-	$(FLOORS_VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "$(FLOORS_MARKERS)" $(PYTEST_ARGS) $(FLOORS_TESTS)
+	$(FLOORS_VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "$(FLOORS_MARKERS)" $(FLOORS_DESELECT) $(PYTEST_ARGS) $(FLOORS_TESTS)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) studies/*.db studies/*.db-* studies/*.db.lock studies/artifacts studies/models studies/bench.json out

@@ -778,15 +778,15 @@ def test_eight_workers_behind_pgbouncer_meet_a_budget_and_run_a_grid_once(env, p
     Path("search_spaces/quick2.yaml").write_text(TINY_EPOCHS)
     runs = {}
     # the grid once, unpacked (a packed grid: tests/test_packing.py; packed claims here: the budget); the budget both ways
-    studies = [("pb", ["--trials", "60", "--sampler", "random"])] + ([("pb_grid", ["--sampler", "grid"])] if pack == "1" else [])
+    studies = [("pb", ["--trials", "40", "--sampler", "random"])] + ([("pb_grid", ["--sampler", "grid"])] if pack == "1" else [])
     for name, extra in studies:
         runs[name] = subprocess.run(
             [TUNER, "study", "run", name, "--space", "quick2", "--pruner", "none", *extra, "--workers", "8", "--threads", "1", "--pack", pack, "--format", "json"],
             env=env, capture_output=True, text=True, timeout=300,
         )
         assert runs[name].returncode == 0, runs[name].stderr
-    trials = _check_complete(pg_url, "pb", 60, {})  # the same database, read directly
-    assert json.loads(runs["pb"].stdout)["n_finished"] == 60 and json.loads(runs["pb"].stdout)["ran"] == 60
+    trials = _check_complete(pg_url, "pb", 40, {})  # the same database, read directly
+    assert json.loads(runs["pb"].stdout)["n_finished"] == 40 and json.loads(runs["pb"].stdout)["ran"] == 40
     grid = _trials(pg_url, "pb_grid") if "pb_grid" in runs else []
     if grid:
         points = _grid_points(grid)
