@@ -84,6 +84,7 @@ PRUNED_KIND = "pruned_kind"  # PRUNER or DIVERGED
 EPOCHS_RUN = "epochs_run"  # epochs trained before the trial ended
 HISTORY = "history"  # per-epoch curves: {"epoch": [...], "train_loss": [...], ...}
 RETRY_OF = "retry_of"  # on a queued copy: the number of the trial it repeats
+WARM_START = "warm_start"  # on a trial queued by --warm-start: {"study", "trial", "value", "changes"}; on its study: {"study", "storage", "queued", "skipped"}
 RETRY_ROOT = "retry_root"  # the first trial of the chain of copies
 RETRY_COUNT = "retry_count"  # how many times the configuration has been queued again
 RETRY_REASON = "retry_reason"  # why the trial it repeats ended

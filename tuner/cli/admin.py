@@ -8,11 +8,11 @@ import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
     SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import count
-from tuner.cli.running import new_database, say_new_database
+from tuner.cli.running import say_warm_start, new_database, say_new_database
 from tuner.errors import SpecError
 from tuner.space import SPACES_DIR
 from tuner.urls import mask, resolve_url
@@ -41,6 +41,8 @@ def create(
     min_delta: MinDeltaOpt = None,
     goal: GoalOpt = None,
     max_time: MaxTimeOpt = None,
+    warm_start: WarmStartOpt = None,
+    warm_start_storage: WarmStorageOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -54,11 +56,13 @@ def create(
     url = resolve_url(storage)
     new_db = new_database(url)
     chosen = default_space(options) if not spec and not options.get("space") and name else None
-    loaded = create_study(spec_from(name, spec, {**options, "space": options.get("space") or chosen}), url, spaces_dir=spaces_dir)
+    warm = warm_start_of(warm_start, warm_start_storage, url)
+    loaded = create_study(spec_from(name, spec, {**options, "space": options.get("space") or chosen}), url, spaces_dir=spaces_dir, warm_start=warm)
     say_new_database(new_db)
     if chosen:
         console_err.print(f"study '{name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)
     console.print(f"created study '{loaded.spec.name}' in {mask(url)}: {loaded.spec.sampler} over '{loaded.space.name}', budget {loaded.spec.trials} trials")
+    say_warm_start(loaded)
 
 
 def delete(

@@ -111,6 +111,10 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
             console.print(f"    {cause['text']}", markup=False, highlight=False)
     if s["retried"]:
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
+    warm = loaded.study.user_attrs.get(A.WARM_START)
+    if isinstance(warm, dict):
+        skipped = f", {len(warm['skipped'])} skipped" if warm["skipped"] else ""
+        console.print(f"  warm start: {warm['queued']} configurations of study '{warm['study']}' ({warm['storage']}) queued first{skipped}", markup=False, highlight=False)
     for r in s["running"]:
         console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
     if s.get("front") is not None:
@@ -327,6 +331,10 @@ def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[
             note = f"{note} (retry of trial {attrs[A.RETRY_OF]})".strip()
         if attrs.get(A.VIOLATED):
             note = f"infeasible: misses {', '.join(attrs[A.VIOLATED])}" + (f"; {note}" if note else "")
+        warm = attrs.get(A.WARM_START)
+        if isinstance(warm, dict):  # queued by --warm-start: where it came from, and what its mapping changed
+            came = f"from '{warm['study']}' trial {warm['trial']}" + (f" ({'; '.join(warm['changes'])})" if warm.get("changes") else "")
+            note = f"{came}; {note}" if note else came
         table.add_row(
             str(r["number"]), "failed" if r["state"] == "fail" else r["state"], *(short(v) for v in _values(r, len(metrics))),
             *([fmt_value(verdict_of(attrs))] if health else []), *(short(attrs.get(f)) for f in figures), *(short(r["params"].get(p)) for p in params),

@@ -112,6 +112,26 @@ MaxTimeOpt = Annotated[
 ]
 
 
+WarmStartOpt = Annotated[
+    Optional[str],
+    typer.Option("--warm-start", metavar="STUDY[:K]", help="Start a new study with the K best configurations of an earlier one (K 10; with several metrics, its Pareto front), mapped onto this space."),
+]
+WarmStorageOpt = Annotated[Optional[str], typer.Option("--warm-start-storage", metavar="URL", help="Where the --warm-start study is \\[default: this study's storage].")]
+
+
+def warm_start_of(study: Optional[str], storage: Optional[str], url: str) -> Optional[tuple[str, int, str]]:
+    """--warm-start and --warm-start-storage as create_study takes them."""
+    from tuner.urls import resolve_url
+    from tuner.warmstart import parse_warm_start
+
+    if study is None:
+        if storage is not None:
+            raise SpecError("--warm-start-storage says where the --warm-start study is; give --warm-start STUDY too")
+        return None
+    name, k = parse_warm_start(study)
+    return name, k, resolve_url(storage) if storage else url
+
+
 StreakOpt = Annotated[
     Optional[int], typer.Option("--max-streak", metavar="N", min=1, help="Consecutive failures of one kind that stop a run \\[default: 5].")
 ]

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
@@ -49,6 +49,8 @@ def run(
     min_delta: MinDeltaOpt = None,
     goal: GoalOpt = None,
     max_time: MaxTimeOpt = None,
+    warm_start: WarmStartOpt = None,
+    warm_start_storage: WarmStorageOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -89,11 +91,14 @@ def run(
     resolve_device(device)  # a bad --device fails before anything is written
     file_values = spec_file_settings(spec) if spec else {}
     new_db = new_database(url)
+    warm = warm_start_of(warm_start, warm_start_storage, url)
     loaded, change = prepare_run(
         study_name, url, given=given, settings={k: v for k, v in options.items() if v is not None}, spaces_dir=spaces_dir,
-        file_settings=file_values, spec_file=str(spec) if spec else None,
+        file_settings=file_values, spec_file=str(spec) if spec else None, warm_start=warm,
     )
     say_new_database(new_db)
+    if warm is not None:
+        say_warm_start(loaded, to=console_err)
     if chosen:
         console_err.print(f"study '{study_name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)
     _say_budget(loaded.spec.name, change)
@@ -123,6 +128,19 @@ def _pool(*, workers: Optional[int], gpus: Optional[str], per_gpu: int, max_rest
         return None
     label = f"{len(slots)} workers" if ids is None else f"{len(slots)} workers on GPU {','.join(ids)}"
     return _Pool(slots=slots, max_restarts=max_restarts, label=label)
+
+
+def say_warm_start(loaded: Any, *, to: Any = None) -> None:
+    """What a warm start queued, and what it skipped with why."""
+    from tuner import attrs as A
+
+    record = loaded.study.user_attrs.get(A.WARM_START)
+    if not isinstance(record, dict):
+        return
+    out = to or console
+    out.print(f"warm start: {count(record['queued'], 'configuration')} of study '{record['study']}' queued first", markup=False, highlight=False)
+    for why in record["skipped"]:
+        out.print(f"  skipped {why}", markup=False, highlight=False)
 
 
 def new_database(url: str) -> Optional[Path]:

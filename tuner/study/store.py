@@ -158,8 +158,10 @@ def check_code(spec: StudySpec, space: Space) -> None:
         check_workload(spec, space)
 
 
-def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR) -> Loaded:
-    """Validate everything, then create the study; nothing is written when any check fails."""
+def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR, warm_start: tuple[str, int, str] | None = None) -> Loaded:
+    """Validate everything, then create the study; nothing is written when any check fails.
+    `warm_start`: (study, K, its storage URL) whose best configurations are queued first
+    (tuner.warmstart)."""
     space = load_space(spec.space, spaces_dir=spaces_dir)
     grid: list[dict[str, Any]] = []
     if spec.sampler == "grid":
@@ -175,6 +177,11 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     spec = StudySpec(**{**spec.as_dict(), "trials": budget, "workload": absolute_workload(spec.workload)})
 
     quiet_optuna()
+    warm = None
+    if warm_start is not None:
+        from tuner.warmstart import plan
+
+        warm = plan(warm_start[0], warm_start[1], storage_url=warm_start[2], space=space, budget=budget, sampler=str(spec.sampler))
     storage = open_storage(storage_url, create=True)
     if spec.name in optuna.get_all_study_names(storage):
         raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
@@ -194,6 +201,8 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     digest = data_digest(spec)
     if digest is not None:
         study.set_user_attr(DATA_ATTR, digest)
+    if warm is not None:  # first in the queue: the earlier study's best configurations
+        warm.enqueue(study)
     for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
         study.enqueue_trial(point)
     return open_study(spec.name, storage_url, storage=storage)  # opened once: Optuna's schema check takes ~50 ms
@@ -293,11 +302,14 @@ def prepare_run(
     spaces_dir: Path = SPACES_DIR,
     file_settings: dict[str, Any] | None = None,
     spec_file: str | None = None,
+    warm_start: tuple[str, int, str] | None = None,
 ) -> tuple[Loaded, tuple[int, int] | None]:
     """The study a `run` works on: an existing one, checked against every setting given (flags,
     and the spec file's, see reconcile) and given the budget asked for; or a new one, created from
     `given`. Returns it and the budget change made, (old, new), if any."""
     if study_exists(name, storage_url):
+        if warm_start is not None:
+            raise SpecError(f"--warm-start seeds a new study, and study '{name}' exists already; drop --warm-start to continue it, or give a new name")
         loaded = open_study(name, storage_url)
         check_data(loaded)  # before the budget is touched: nothing is written for a run that cannot go on
         reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
@@ -319,7 +331,7 @@ def prepare_run(
         return loaded, change
     if given is None:
         raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
-    return create_study(given, storage_url, spaces_dir=spaces_dir), None
+    return create_study(given, storage_url, spaces_dir=spaces_dir, warm_start=warm_start), None
 
 
 def delete_study(name: str, storage_url: str) -> None:
