@@ -130,3 +130,45 @@ def test_warm_start_names():
     for bad in ("", ":3", "old:x", "old:-1"):
         with pytest.raises(SpecError):
             parse_warm_start(bad)
+
+
+def test_a_prior_steers_tpe_from_its_first_trial_without_being_a_trial():
+    """The sampler models the earlier trials (here: a bowl around x=2) from the first trial on."""
+    from tuner.prior import PriorSampler
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rng = __import__("numpy").random.default_rng(0)
+    prior = []
+    for i in range(60):
+        x = float(rng.uniform(-5, 5))
+        t = create_trial(state=TrialState.COMPLETE, values=[(x - 2) ** 2], params={"x": x}, distributions={"x": FloatDistribution(-5, 5)})
+        t.number = i - 60
+        prior.append(t)
+
+    def objective(trial: optuna.Trial) -> float:
+        return (trial.suggest_float("x", -5, 5) - 2) ** 2
+
+    cold = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+    cold.optimize(objective, n_trials=8)
+    warm = optuna.create_study(sampler=PriorSampler(optuna.samplers.TPESampler(seed=1), prior))
+    warm.optimize(objective, n_trials=8)
+    assert len(warm.trials) == 8 and min(t.number for t in warm.trials) == 0  # the prior's trials are not the study's
+    near = [abs(t.params["x"] - 2) < 0.75 for t in warm.trials]
+    assert sum(near) >= 6 and sum(abs(t.params["x"] - 2) < 0.75 for t in cold.trials) < sum(near)
+
+
+def test_warm_start_as_prior_stores_the_earlier_trials_and_every_worker_s_sampler_reads_them(cli, project):
+    from tuner.prior import PRIOR_ATTR, PriorSampler
+    from tuner.study import open_study
+
+    assert cli("study", "run", "old", "--space", "tiny", "--trials", "6", "--sampler", "random", "-q").code == 0
+    result = cli("study", "run", "new", "--space", "tiny", "--trials", "3", "--warm-start-as-prior", "old", "-q")
+    assert result.code == 0, result.err
+    assert "warm start: 6 trials of study 'old' given to the tpe sampler as its prior (not run, not counted)" in result.err
+    study = optuna.load_study(study_name="new", storage=SQLITE)
+    assert len(study.trials) == 3 and len(study.user_attrs[PRIOR_ATTR]["trials"]) == 6
+    assert isinstance(open_study("new", SQLITE).study.sampler, PriorSampler)
+    assert "prior: 6 finished trials of study 'old'" in cli("study", "show", "new").out
+    refused = cli("study", "run", "other", "--space", "tiny", "--trials", "3", "--sampler", "random", "--warm-start-as-prior", "old")
+    assert refused.code == 1 and "random does not model them: use --sampler tpe or gp" in refused.err
+    assert "other" not in optuna.get_all_study_names(SQLITE)

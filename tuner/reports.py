@@ -246,11 +246,9 @@ def _health(trials: list[FrozenTrial], causes: dict[str, Any] | None) -> dict[st
     (study_summary's), and the counts by parameter value the figure draws."""
     from tuner.health import by_parameter
 
-    judged = [
-        (t.params, t.user_attrs[A.HEALTH]["verdict"])
-        for t in sorted(trials, key=lambda t: t.number)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and isinstance(t.user_attrs.get(A.HEALTH), dict)
-    ]
+    from tuner.study.results import judged as judged_trials
+
+    judged = judged_trials(trials)
     counts: dict[str, int] = {}
     for _, v in judged:
         counts[v] = counts.get(v, 0) + 1

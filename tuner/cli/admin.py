@@ -8,7 +8,7 @@ import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
     SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import count
@@ -43,6 +43,7 @@ def create(
     max_time: MaxTimeOpt = None,
     warm_start: WarmStartOpt = None,
     warm_start_storage: WarmStorageOpt = None,
+    warm_start_as_prior: WarmPriorOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -56,8 +57,8 @@ def create(
     url = resolve_url(storage)
     new_db = new_database(url)
     chosen = default_space(options) if not spec and not options.get("space") and name else None
-    warm = warm_start_of(warm_start, warm_start_storage, url)
-    loaded = create_study(spec_from(name, spec, {**options, "space": options.get("space") or chosen}), url, spaces_dir=spaces_dir, warm_start=warm)
+    warm, prior = warm_start_of(warm_start, warm_start_storage, url, warm_start_as_prior)
+    loaded = create_study(spec_from(name, spec, {**options, "space": options.get("space") or chosen}), url, spaces_dir=spaces_dir, warm_start=warm, prior=prior)
     say_new_database(new_db)
     if chosen:
         console_err.print(f"study '{name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)

@@ -111,6 +111,11 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
             console.print(f"    {cause['text']}", markup=False, highlight=False)
     if s["retried"]:
         console.print(f"  retried: {s['retried']} trials re-queued after a lost worker or an interruption")
+    from tuner.prior import PRIOR_ATTR
+
+    prior = loaded.study.user_attrs.get(PRIOR_ATTR)
+    if isinstance(prior, dict):
+        console.print(f"  prior: {len(prior['trials'])} finished trials of study '{prior['study']}' ({prior['storage']}) given to its sampler, not run", markup=False, highlight=False)
     warm = loaded.study.user_attrs.get(A.WARM_START)
     if isinstance(warm, dict):
         skipped = f", {len(warm['skipped'])} skipped" if warm["skipped"] else ""

@@ -100,36 +100,43 @@ MaxFailuresOpt = Annotated[
 
 PatienceOpt = Annotated[
     Optional[int],
-    typer.Option("--patience", metavar="N", min=0, help="Stop the study when its best value (several metrics: the front's hypervolume) has not improved in the last N finished trials; 0: off."),
+    typer.Option("--patience", metavar="N", min=0, help="Stop the study when its best value (several metrics: the front's hypervolume) has not improved in the last N finished trials; 0: off.", rich_help_panel="Stopping early"),
 ]
-MinDeltaOpt = Annotated[Optional[float], typer.Option("--min-delta", metavar="X", min=0.0, help="What counts as an improvement for --patience: more than X \\[default: any].")]
+MinDeltaOpt = Annotated[Optional[float], typer.Option("--min-delta", metavar="X", min=0.0, help="What counts as an improvement for --patience: more than X \\[default: any].", rich_help_panel="Stopping early")]
 GoalOpt = Annotated[
-    Optional[str], typer.Option("--goal", metavar="VALUE", help="Stop the study once a trial's metric reaches VALUE (one metric); none: off.")
+    Optional[str], typer.Option("--goal", metavar="VALUE", help="Stop the study once a trial's metric reaches VALUE (one metric); none: off.", rich_help_panel="Stopping early")
 ]
 MaxTimeOpt = Annotated[
     Optional[str],
-    typer.Option("--max-time", metavar="DURATION", help="Stop the study when its trials have run this long in all, across runs and workers: 90m, 2h, 3600; none: off."),
+    typer.Option("--max-time", metavar="DURATION", help="Stop the study when its trials have run this long in all, across runs and workers: 90m, 2h, 3600; none: off.", rich_help_panel="Stopping early"),
 ]
 
 
 WarmStartOpt = Annotated[
     Optional[str],
-    typer.Option("--warm-start", metavar="STUDY[:K]", help="Start a new study with the K best configurations of an earlier one (K 10; with several metrics, its Pareto front), mapped onto this space."),
+    typer.Option("--warm-start", metavar="STUDY[:K]", help="Start a new study with the K best configurations of an earlier one (K 10; with several metrics, its Pareto front), mapped onto this space.", rich_help_panel="Warm starts"),
 ]
-WarmStorageOpt = Annotated[Optional[str], typer.Option("--warm-start-storage", metavar="URL", help="Where the --warm-start study is \\[default: this study's storage].")]
+WarmStorageOpt = Annotated[
+    Optional[str], typer.Option("--warm-start-storage", metavar="URL", help="Where the --warm-start (or --warm-start-as-prior) study is \\[default: this study's storage].", rich_help_panel="Warm starts")
+]
+WarmPriorOpt = Annotated[
+    Optional[str],
+    typer.Option("--warm-start-as-prior", metavar="STUDY", help="Give the sampler (tpe, gp) an earlier study's finished trials as observations: not run again, not counted.", rich_help_panel="Warm starts"),
+]
 
 
-def warm_start_of(study: Optional[str], storage: Optional[str], url: str) -> Optional[tuple[str, int, str]]:
-    """--warm-start and --warm-start-storage as create_study takes them."""
+def warm_start_of(study: Optional[str], storage: Optional[str], url: str, prior: Optional[str] = None) -> tuple[Optional[tuple[str, int, str]], Optional[tuple[str, str]]]:
+    """--warm-start, --warm-start-as-prior and --warm-start-storage as create_study takes them."""
     from tuner.urls import resolve_url
     from tuner.warmstart import parse_warm_start
 
-    if study is None:
+    if study is None and prior is None:
         if storage is not None:
             raise SpecError("--warm-start-storage says where the --warm-start study is; give --warm-start STUDY too")
-        return None
-    name, k = parse_warm_start(study)
-    return name, k, resolve_url(storage) if storage else url
+        return None, None
+    where = resolve_url(storage) if storage else url
+    warm = (*parse_warm_start(study), where) if study is not None else None
+    return warm, ((prior, where) if prior is not None else None)  # type: ignore[return-value]
 
 
 StreakOpt = Annotated[

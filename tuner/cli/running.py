@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
@@ -51,6 +51,7 @@ def run(
     max_time: MaxTimeOpt = None,
     warm_start: WarmStartOpt = None,
     warm_start_storage: WarmStorageOpt = None,
+    warm_start_as_prior: WarmPriorOpt = None,
     seed: SeedOpt = None,
     trials: TrialsOpt = None,
     val_fraction: ValOpt = None,
@@ -91,13 +92,13 @@ def run(
     resolve_device(device)  # a bad --device fails before anything is written
     file_values = spec_file_settings(spec) if spec else {}
     new_db = new_database(url)
-    warm = warm_start_of(warm_start, warm_start_storage, url)
+    warm, prior = warm_start_of(warm_start, warm_start_storage, url, warm_start_as_prior)
     loaded, change = prepare_run(
         study_name, url, given=given, settings={k: v for k, v in options.items() if v is not None}, spaces_dir=spaces_dir,
-        file_settings=file_values, spec_file=str(spec) if spec else None, warm_start=warm,
+        file_settings=file_values, spec_file=str(spec) if spec else None, warm_start=warm, prior=prior,
     )
     say_new_database(new_db)
-    if warm is not None:
+    if warm is not None or prior is not None:
         say_warm_start(loaded, to=console_err)
     if chosen:
         console_err.print(f"study '{study_name}': search space '{chosen}', the default (--space NAME picks another; `tuner space list`)", markup=False, highlight=False)
@@ -134,13 +135,17 @@ def say_warm_start(loaded: Any, *, to: Any = None) -> None:
     """What a warm start queued, and what it skipped with why."""
     from tuner import attrs as A
 
-    record = loaded.study.user_attrs.get(A.WARM_START)
-    if not isinstance(record, dict):
-        return
+    from tuner.prior import PRIOR_ATTR
+
     out = to or console
-    out.print(f"warm start: {count(record['queued'], 'configuration')} of study '{record['study']}' queued first", markup=False, highlight=False)
-    for why in record["skipped"]:
-        out.print(f"  skipped {why}", markup=False, highlight=False)
+    record = loaded.study.user_attrs.get(A.WARM_START)
+    if isinstance(record, dict):
+        out.print(f"warm start: {count(record['queued'], 'configuration')} of study '{record['study']}' queued first", markup=False, highlight=False)
+        for why in record["skipped"]:
+            out.print(f"  skipped {why}", markup=False, highlight=False)
+    prior = loaded.study.user_attrs.get(PRIOR_ATTR)
+    if isinstance(prior, dict):
+        out.print(f"warm start: {count(len(prior['trials']), 'trial')} of study '{prior['study']}' given to the {loaded.spec.sampler} sampler as its prior (not run, not counted)", markup=False, highlight=False)
 
 
 def new_database(url: str) -> Optional[Path]:

@@ -23,7 +23,7 @@ from tuner.study.store import SPEC_ATTR, Loaded
 if TYPE_CHECKING:
     from tuner.health import Causes
 
-__all__ = ["best_trial", "export_trials", "front", "fail_reason", "health_causes", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
+__all__ = ["best_trial", "export_trials", "front", "fail_reason", "health_causes", "judged", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows"]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -114,17 +114,21 @@ def _health_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def health_causes(trials: list[FrozenTrial]) -> "Causes":
-    """Which parameter values go with which verdicts across the study's complete and pruned
-    trials (tuner.health.causes; a failed trial's verdict is about a crash, not its training)."""
-    from tuner.health import causes
-
-    judged = [
+def judged(trials: list[FrozenTrial]) -> list[tuple[dict[str, Any], str]]:
+    """(params, verdict) of the complete and pruned trials with a verdict (tuner.health), in
+    the order they ran; a failed trial's verdict is about a crash, not its training."""
+    return [
         (t.params, t.user_attrs[A.HEALTH]["verdict"])
         for t in sorted(trials, key=lambda t: t.number)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and isinstance(t.user_attrs.get(A.HEALTH), dict)
     ]
-    return causes(judged)
+
+
+def health_causes(trials: list[FrozenTrial]) -> "Causes":
+    """Which parameter values go with which verdicts across the study's judged trials (tuner.health.causes)."""
+    from tuner.health import causes
+
+    return causes(judged(trials))
 
 
 def _feasibility(loaded: Loaded, trials: list[FrozenTrial]) -> dict[str, Any]:

@@ -158,10 +158,13 @@ def check_code(spec: StudySpec, space: Space) -> None:
         check_workload(spec, space)
 
 
-def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR, warm_start: tuple[str, int, str] | None = None) -> Loaded:
+def create_study(
+    spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES_DIR, warm_start: tuple[str, int, str] | None = None, prior: tuple[str, str] | None = None
+) -> Loaded:
     """Validate everything, then create the study; nothing is written when any check fails.
     `warm_start`: (study, K, its storage URL) whose best configurations are queued first
-    (tuner.warmstart)."""
+    (tuner.warmstart); `prior`: (study, its storage URL) whose trials the sampler is given as
+    observations (tuner.prior)."""
     space = load_space(spec.space, spaces_dir=spaces_dir)
     grid: list[dict[str, Any]] = []
     if spec.sampler == "grid":
@@ -182,6 +185,11 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
         from tuner.warmstart import plan
 
         warm = plan(warm_start[0], warm_start[1], storage_url=warm_start[2], space=space, budget=budget, sampler=str(spec.sampler))
+    prior_attr = None
+    if prior is not None:
+        from tuner.prior import prior_record
+
+        prior_attr = prior_record(prior[0], storage_url=prior[1], space=space, sampler=str(spec.sampler), directions=[m.direction for m in spec.objectives])
     storage = open_storage(storage_url, create=True)
     if spec.name in optuna.get_all_study_names(storage):
         raise SpecError(f"study '{spec.name}' already exists in {mask(storage_url)}; `tuner study run {spec.name}` continues it")
@@ -201,6 +209,10 @@ def create_study(spec: StudySpec, storage_url: str, *, spaces_dir: Path = SPACES
     digest = data_digest(spec)
     if digest is not None:
         study.set_user_attr(DATA_ATTR, digest)
+    if prior_attr is not None:
+        from tuner.prior import PRIOR_ATTR
+
+        study.set_user_attr(PRIOR_ATTR, prior_attr)
     if warm is not None:  # first in the queue: the earlier study's best configurations
         warm.enqueue(study)
     for point in grid:  # a new study, distinct points: nothing to skip, so no re-read per point
@@ -234,12 +246,14 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     chosen: Any = bare._storage
     if sql_rdb(storage) is not None:
         chosen = BufferedStorage(bare._storage, storage, claimed_by={A.WORKER: worker_identity()})
-    study = optuna.load_study(
-        study_name=name,
-        storage=chosen,
-        sampler=make_sampler(str(spec.sampler), spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup),
-        pruner=make_pruner(str(spec.pruner)),
-    )
+    sampler = make_sampler(str(spec.sampler), spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup)
+    from tuner.prior import PRIOR_ATTR
+
+    if isinstance(attrs.get(PRIOR_ATTR), dict):  # an earlier study's trials, given to the sampler (tuner.prior)
+        from tuner.prior import PriorSampler, prior_trials
+
+        sampler = PriorSampler(sampler, prior_trials(attrs[PRIOR_ATTR], space))
+    study = optuna.load_study(study_name=name, storage=chosen, sampler=sampler, pruner=make_pruner(str(spec.pruner)))
     return Loaded(study, spec, space, storage_url)
 
 
@@ -303,13 +317,15 @@ def prepare_run(
     file_settings: dict[str, Any] | None = None,
     spec_file: str | None = None,
     warm_start: tuple[str, int, str] | None = None,
+    prior: tuple[str, str] | None = None,
 ) -> tuple[Loaded, tuple[int, int] | None]:
     """The study a `run` works on: an existing one, checked against every setting given (flags,
     and the spec file's, see reconcile) and given the budget asked for; or a new one, created from
     `given`. Returns it and the budget change made, (old, new), if any."""
     if study_exists(name, storage_url):
-        if warm_start is not None:
-            raise SpecError(f"--warm-start seeds a new study, and study '{name}' exists already; drop --warm-start to continue it, or give a new name")
+        if warm_start is not None or prior is not None:
+            flag = "--warm-start" if warm_start is not None else "--warm-start-as-prior"
+            raise SpecError(f"{flag} seeds a new study, and study '{name}' exists already; drop {flag} to continue it, or give a new name")
         loaded = open_study(name, storage_url)
         check_data(loaded)  # before the budget is touched: nothing is written for a run that cannot go on
         reconcile(loaded, file_settings or {}, spaces_dir=spaces_dir, source=spec_file)
@@ -331,7 +347,7 @@ def prepare_run(
         return loaded, change
     if given is None:
         raise SpecError(f"no study '{name}' in {mask(storage_url)} yet; to create it pass --space NAME (or --spec FILE)")
-    return create_study(given, storage_url, spaces_dir=spaces_dir, warm_start=warm_start), None
+    return create_study(given, storage_url, spaces_dir=spaces_dir, warm_start=warm_start, prior=prior), None
 
 
 def delete_study(name: str, storage_url: str) -> None:
