@@ -93,7 +93,7 @@ def test_a_warm_started_study_runs_the_earlier_best_first_and_lists_where_they_c
         assert "dropout sampled" in t.user_attrs[A.WARM_START]["changes"]
     listed = cli("study", "trials", "new").out
     assert listed.count("from 'old'") == 3  # the note column (folded to the terminal's width)
-    assert "warm start: 3 configurations of study 'old'" in cli("study", "show", "new").out
+    assert "warm start from study 'old' (" in (shown := cli("study", "show", "new").out) and "3 configurations queued first" in shown
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_a_warm_started_study_runs_the_earlier_best_first_and_lists_where_they_c
     [
         (["--warm-start", "ghost"], "--warm-start ghost: no study 'ghost'"),
         (["--warm-start", "old:0"], "K must be a number of trials, 1 or more"),
-        (["--warm-start", "old", "--sampler", "grid"], "a grid study runs its own points"),
+        (["--warm-start", "old", "--sampler", "grid", "--workload", "wine"], "only points already run on the same space and workload can be skipped"),
         (["--warm-start-storage", "sqlite:///elsewhere.db"], "give --warm-start STUDY too"),
     ],
 )
@@ -172,3 +172,20 @@ def test_warm_start_as_prior_stores_the_earlier_trials_and_every_worker_s_sample
     refused = cli("study", "run", "other", "--space", "tiny", "--trials", "3", "--sampler", "random", "--warm-start-as-prior", "old")
     assert refused.code == 1 and "random does not model them: use --sampler tpe or gp" in refused.err
     assert "other" not in optuna.get_all_study_names(SQLITE)
+
+
+def test_a_grid_study_takes_over_the_points_an_earlier_grid_finished_and_runs_only_the_rest(cli, project):
+    assert cli("study", "run", "g1", "--space", "tiny", "--sampler", "grid", "--trials", "2", "-q").code == 0
+    finished = optuna.load_study(study_name="g1", storage=SQLITE).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    first = {tuple(sorted(t.params.items())): t for t in finished}
+    assert len(first) == 2
+    result = cli("study", "run", "g2", "--space", "tiny", "--sampler", "grid", "--warm-start", "g1", "-q")
+    assert result.code == 0 and ("grid exhausted" in result.out or "budget reached" in result.out), result.out
+    assert "warm start: 2 grid points study 'g1' finished taken over, not run again" in result.err
+    trials = optuna.load_study(study_name="g2", storage=SQLITE).trials
+    points = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(trials) == 4 and len(set(points)) == 4  # the whole grid, each point once
+    taken = [t for t in trials if t.user_attrs.get(A.WARM_START, {}).get("grid")]
+    assert sorted(tuple(sorted(t.params.items())) for t in taken) == sorted(first)  # taken over, with their results, not run again
+    for t in taken:
+        assert t.value == first[tuple(sorted(t.params.items()))].value

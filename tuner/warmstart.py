@@ -40,6 +40,26 @@ def parse_warm_start(text: str) -> tuple[str, int]:
     return name, int(k)
 
 
+def _grid_done(name: str, source: optuna.Study, where: str, *, space: Any, workload: str | None) -> WarmStart:
+    """A grid study warm-started from a study of the same space and workload: the points that
+    study finished (complete or pruned) are copied over as finished, with their results, and not
+    run again; the rest are queued as usual."""
+    from tuner.study.store import SPACE_ATTR, SPEC_ATTR
+
+    theirs = source.user_attrs.get(SPEC_ATTR) or {}
+    if source.user_attrs.get(SPACE_ATTR) != space.to_dict() or theirs.get("workload") != workload:
+        raise SpecError(
+            f"--warm-start {name} with a grid: only points already run on the same space and workload can be skipped, and '{name}' "
+            f"ran {theirs.get('space', '?')} on {theirs.get('workload', '?')}; drop --warm-start, or use another sampler to start from its best"
+        )
+    points = space.grid()
+    warm = WarmStart(name, where)
+    for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.params in points and not any(t.params == done.params for done in warm.done):
+            warm.done.append(t)
+    return warm
+
+
 @dataclass
 class WarmStart:
     """What a warm start queues in the new study, and what it left out, with why."""
@@ -48,17 +68,29 @@ class WarmStart:
     storage: str  # where it is (masked)
     queued: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (params, the record on the trial)
     skipped: list[str] = field(default_factory=list)  # "trial 7: activation=sigmoid is not a choice here"
+    done: list[FrozenTrial] = field(default_factory=list)  # a grid study's points the earlier study finished, taken over as they are
 
     def record(self) -> dict[str, Any]:
         """What the new study keeps of its warm start (attrs.WARM_START on the study)."""
-        return {"study": self.study, "storage": self.storage, "queued": len(self.queued), "skipped": self.skipped}
+        return {"study": self.study, "storage": self.storage, "queued": len(self.queued), "skipped": self.skipped, **({"grid_done": len(self.done)} if self.done else {})}
 
     def enqueue(self, study: optuna.Study) -> None:
         from tuner import attrs as A
 
         for params, record in self.queued:
             study.enqueue_trial(params, user_attrs={A.WARM_START: record})
+        for t in self.done:  # finished already: stored as the new study's, saying where from
+            study.add_trial(optuna.trial.create_trial(
+                state=t.state, values=t.values, params=t.params, distributions=t.distributions,
+                user_attrs={**t.user_attrs, A.WARM_START: {"study": self.study, "trial": t.number, "changes": [], "grid": True}},
+                intermediate_values=t.intermediate_values,
+            ))  # fmt: skip
         study.set_user_attr(A.WARM_START, self.record())
+
+    def skip_points(self, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The grid points still to run."""
+        done = [t.params for t in self.done]
+        return [p for p in grid if p not in done]
 
 
 def _best(source: optuna.Study, k: int) -> list[FrozenTrial]:
@@ -109,18 +141,19 @@ def _map(trial: FrozenTrial, space: Any) -> tuple[dict[str, Any] | None, list[st
     return fixed_now, changes
 
 
-def plan(name: str, k: int, *, storage_url: str, space: Any, budget: int, sampler: str) -> WarmStart:
+def plan(name: str, k: int, *, storage_url: str, space: Any, budget: int, sampler: str, workload: str | None = None) -> WarmStart:
     """Read the earlier study and map its best configurations onto `space`: what the new study
-    will queue. Raises SpecError (nothing written) when it cannot warm-start from it."""
+    will queue. A grid study instead takes over the grid points the earlier one finished
+    (_grid_done). Raises SpecError (nothing written) when it cannot warm-start from it."""
     from tuner.storage import open_storage
     from tuner.urls import mask
 
-    if sampler == "grid":
-        raise SpecError("--warm-start queues configurations first; a grid study runs its own points: drop --warm-start, or use another sampler")
     names = optuna.get_all_study_names(open_storage(storage_url))
     if name not in names:
         raise SpecError(f"--warm-start {name}: no study '{name}' in {mask(storage_url)} (studies there: {', '.join(names[:10]) or 'none'}; another database: --warm-start-storage URL)")
     source = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    if sampler == "grid":
+        return _grid_done(name, source, mask(storage_url), space=space, workload=workload)
     best = _best(source, k)
     if not best:
         raise SpecError(f"--warm-start {name}: study '{name}' has no complete trial to start from")

@@ -119,7 +119,8 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
     warm = loaded.study.user_attrs.get(A.WARM_START)
     if isinstance(warm, dict):
         skipped = f", {len(warm['skipped'])} skipped" if warm["skipped"] else ""
-        console.print(f"  warm start: {warm['queued']} configurations of study '{warm['study']}' ({warm['storage']}) queued first{skipped}", markup=False, highlight=False)
+        taken = f"{warm['grid_done']} grid points it had finished taken over" if "grid_done" in warm else f"{warm['queued']} configurations queued first{skipped}"
+        console.print(f"  warm start from study '{warm['study']}' ({warm['storage']}): {taken}", markup=False, highlight=False)
     for r in s["running"]:
         console.print(f"  running: {describe_running(r)}", markup=False, highlight=False)
     if s.get("front") is not None:

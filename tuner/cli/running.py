@@ -139,7 +139,9 @@ def say_warm_start(loaded: Any, *, to: Any = None) -> None:
 
     out = to or console
     record = loaded.study.user_attrs.get(A.WARM_START)
-    if isinstance(record, dict):
+    if isinstance(record, dict) and "grid_done" in record:
+        out.print(f"warm start: {count(record['grid_done'], 'grid point')} study '{record['study']}' finished taken over, not run again", markup=False, highlight=False)
+    elif isinstance(record, dict):
         out.print(f"warm start: {count(record['queued'], 'configuration')} of study '{record['study']}' queued first", markup=False, highlight=False)
         for why in record["skipped"]:
             out.print(f"  skipped {why}", markup=False, highlight=False)

@@ -184,7 +184,8 @@ def create_study(
     if warm_start is not None:
         from tuner.warmstart import plan
 
-        warm = plan(warm_start[0], warm_start[1], storage_url=warm_start[2], space=space, budget=budget, sampler=str(spec.sampler))
+        warm = plan(warm_start[0], warm_start[1], storage_url=warm_start[2], space=space, budget=budget, sampler=str(spec.sampler), workload=spec.workload)
+        grid = warm.skip_points(grid)  # a grid study: the points the earlier study ran are taken over, not run again
     prior_attr = None
     if prior is not None:
         from tuner.prior import prior_record
