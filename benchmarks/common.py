@@ -56,6 +56,8 @@ class BenchSettings:
     pareto_seeds: int = 3  # seeds of the pareto section, each run with pruner pareto and with none
     pareto_trials: int = 40  # trials of the unpruned study there; the pruned one runs twice as many (pruning buys trials)
     pareto_epochs: int | None = None  # epochs of its trials; None: the space's own
+    warm_source_trials: int = 30  # trials of each earlier study the warm section starts from (TPE, the reference space)
+    warm_seeds: int = 5  # studies per arm of the warm section
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -81,6 +83,8 @@ class BenchSettings:
             pareto_seeds=1,
             pareto_trials=6,
             pareto_epochs=2,
+            warm_source_trials=4,
+            warm_seeds=1,
         )
 
 

@@ -23,6 +23,7 @@ from benchmarks.packing import measure_packing
 from benchmarks.pareto import measure_pareto
 from benchmarks.search import measure_search
 from benchmarks.throughput import measure_throughput
+from benchmarks.warm import measure_warm
 from benchmarks.workers import measure_workers
 from tuner.errors import TunerError
 from tuner.space import SPACES_DIR
@@ -41,6 +42,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "packing": measure_packing,
     "pareto": measure_pareto,
     "health": measure_health,
+    "warm": measure_warm,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
 PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half

@@ -26,17 +26,18 @@ class _Reached(Exception):
 
 
 def time_to_threshold(
-    space: str, sampler: str, pruner: str, seed: int, settings: BenchSettings, device: Any, url: str, *, spaces_dir: Path, pack: int = 1
+    space: str, sampler: str, pruner: str, seed: int, settings: BenchSettings, device: Any, url: str, *, spaces_dir: Path, pack: int = 1,
+    warm_start: tuple[str, int, str] | None = None, prior: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Wall time from creating the study (grid points are queued then) to the end of the first
     complete trial whose value reaches THRESHOLD, with tuner's real path; None if no trial does
     within `search_cap` trials. Trials run `pack` at a time (1: unpacked, each strategy as it
-    compares with the others)."""
+    compares with the others); `warm_start` and `prior` start it from an earlier study (tuner.warmstart, tuner.prior)."""
     from tuner.study import create_study, run_study
 
     started = time.perf_counter()
     spec = StudySpec(name=f"bench-search-{sampler}-{seed}", space=space, sampler=sampler, pruner=pruner, seed=seed, trials=settings.search_cap)
-    loaded = create_study(spec, url, spaces_dir=spaces_dir)
+    loaded = create_study(spec, url, spaces_dir=spaces_dir, warm_start=warm_start, prior=prior)  # a warm start reads its earlier study here: timed
     created = time.perf_counter() - started
     hit: dict[str, Any] = {}
     n_done = [0]

@@ -147,6 +147,17 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     _check_pareto(doc["pareto"], BenchSettings.quick())
     assert "pareto hypervolume: on val_accuracy and log10(params), reference val_accuracy=0" in result.out  # the note under the table
 
+    w = doc["warm"]  # cold against warm-started studies, seconds to the threshold
+    assert set(w["arms"]) == {"cold", "warm related", "warm unrelated", "prior related"} and w["threshold"] == 0.97
+    for arm, part in w["arms"].items():
+        assert len(part["runs"]) == 1 and part["reached"] == sum(r["reached"] for r in part["runs"]), arm
+        assert (part["median_s"] is None) == (part["reached"] == 0)
+    for arm, ratio in w["ratios"].items():
+        both = w["arms"]["cold"]["median_s"], w["arms"][arm]["median_s"]
+        assert ratio == (pytest.approx(both[0] / both[1]) if all(both) else None)
+    assert 0 < w["earlier_best"]["related"] <= 1 and 0 < w["earlier_best"]["unrelated"] <= 1
+    assert "warm, seconds to 0.97 (cold over each): cold " in result.out  # the note under the table
+
     h = doc["health"]  # what the measurements behind each trial's verdict cost an epoch
     assert [m["hidden_units"] for m in h["models"]] == [64, 256]
     for m in h["models"]:

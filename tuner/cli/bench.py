@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto, health."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto, health, warm."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -190,6 +190,15 @@ def _table(doc: dict[str, Any]) -> Table:
             table.add_row(f"s a {q['trials']}-trial tpe study: auto vs 1", _num(q["packed"]["median_s"], "{:.1f}"), _num(q["unpacked"]["median_s"], "{:.1f}"), _num(q["speedup"], "{:.2f}x"), "", "")
     if "pareto" in doc:
         _pareto_rows(table, doc["pareto"])
+    if "warm" in doc:
+        w = doc["warm"]
+        cold = w["arms"]["cold"]
+
+        def took(part: dict[str, Any]) -> str:
+            return f"{_num(part['median_s'], '{:.1f}')} ({part['reached']}/{len(part['runs'])})"
+
+        for arm in ("warm related", "warm unrelated", "prior related"):
+            table.add_row(f"s to {w['threshold']}: cold vs {arm}", took(w["arms"][arm]), took(cold), _num(w["ratios"][arm], "{:.2f}x"), "", "")
     if "health" in doc:
         for m in doc["health"]["models"]:
             table.add_row(f"health ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
@@ -276,6 +285,13 @@ def _notes(doc: dict[str, Any]) -> list[str]:
         )
     if "health" in doc:
         lines.append(f"health: {doc['health']['how']}")
+    if "warm" in doc:
+        w = doc["warm"]
+        shown = ", ".join(
+            f"{arm} {_num(part['median_s'], '{:.2f}')} s ({part['reached']}/{len(part['runs'])} reached)" + (f" {w['ratios'][arm]:.2f}x" if w["ratios"].get(arm) else "")
+            for arm, part in w["arms"].items()
+        )
+        lines.append(f"warm, seconds to {w['threshold']} (cold over each): {shown}")
     return lines
 
 
