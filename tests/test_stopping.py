@@ -94,6 +94,10 @@ import time
 def flat(trial):
     return 0.5  # never improves after the first trial
 
+def slow(trial):
+    time.sleep(0.4)
+    return trial.number
+
 def rising(trial):
     time.sleep(0.3)
     return trial.number / 100
@@ -163,3 +167,14 @@ def test_bad_stopping_settings_get_one_line_and_write_nothing(cli, project, extr
     result = cli("study", "run", "bad", "--space", "tiny", "--trials", "3", *extra)
     assert result.code != 0 and said in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert not (project / "studies" / "tuner.db").exists()
+
+
+def test_max_time_stops_a_study_once_its_trials_have_run_that_long_across_runs(cli, code):
+    args = ["study", "run", "t", "--space", "x", "--objective", "stops:slow", "--metric", "score", "--direction", "maximize", "--trials", "50"]
+    result = cli(*args, "--max-time", "2s", "--sampler", "random")
+    assert result.code == 0 and "stopped early: its trials have run for " in result.out and "--max-time 2s" in result.out, result.out
+    n = len(optuna.load_study(study_name="t", storage=SQLITE).trials)
+    assert 4 <= n <= 8  # 0.4 s trials: about 5 of them fill 2 s
+    again = cli("study", "run", "t", "--max-time", "4s")  # a second run adds to the time the first spent
+    assert again.code == 0 and "stopped early" in again.out
+    assert len(optuna.load_study(study_name="t", storage=SQLITE).trials) <= 2 * n + 2
