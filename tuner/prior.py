@@ -62,7 +62,7 @@ def prior_trials(record: dict[str, Any], space: Any) -> list[FrozenTrial]:
     distributions = {n: p.distribution() for n, p in space.params.items() if p.type != "fixed"}
     out = []
     for i, row in enumerate(record.get("trials") or []):
-        params = {k: v for k, v in row["params"].items() if k in distributions and distributions[k]._contains(distributions[k].to_internal_repr(v))}
+        params = {k: v for k, v in row["params"].items() if k in distributions}  # mapped onto this space when stored (tuner.warmstart)
         t = create_trial(state=TrialState.COMPLETE, values=row["values"], params=params, distributions={k: distributions[k] for k in params})
         t.number = i - len(record["trials"])
         out.append(t)
