@@ -44,7 +44,7 @@ def _grid_done(name: str, source: optuna.Study, where: str, *, space: Any, workl
     """A grid study warm-started from a study of the same space and workload: the points that
     study finished (complete or pruned) are copied over as finished, with their results, and not
     run again; the rest are queued as usual."""
-    from tuner.study.store import SPACE_ATTR, SPEC_ATTR
+    from tuner.attrs import SPACE_ATTR, SPEC_ATTR
 
     theirs = source.user_attrs.get(SPEC_ATTR) or {}
     if source.user_attrs.get(SPACE_ATTR) != space.to_dict() or theirs.get("workload") != workload:

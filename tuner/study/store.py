@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 
 from tuner import attrs as A
+from tuner.attrs import SPACE_ATTR, SPEC_ATTR
 from tuner.buffered import BufferedStorage
 from tuner.errors import NoStorageError, SpaceError, SpecError, StorageError
 from tuner.heartbeat import worker_identity
@@ -46,8 +47,6 @@ __all__ = [
     "study_exists",
 ]
 
-SPEC_ATTR = "tuner.spec"
-SPACE_ATTR = "tuner.space"
 DATA_ATTR = "tuner.data_sha256"  # a CSV or npz workload's content when the study was created
 
 
