@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -142,12 +143,15 @@ def test_a_goal_stops_four_workers_on_postgresql_each_within_its_current_trial(c
     assert run.returncode == 0, run.stderr
     study = optuna.load_study(study_name="g", storage=pg_url)
     trials = study.get_trials()
-    reached = min((t for t in trials if t.value is not None and t.value >= 0.08), key=lambda t: t.number)
-    assert reached.number == 8 and len(trials) < 60
+    # the first trial to reach the goal, in time: with 4 workers, trials 8-11 run together and any may end first
+    reached = min((t for t in trials if t.value is not None and t.value >= 0.08), key=lambda t: t.datetime_complete)
+    assert reached.number >= 8 and len(trials) < 60
     late = [t.number for t in trials if t.datetime_start > reached.datetime_complete + timedelta(seconds=0.5)]
     assert not late, f"trials {late} were started after trial {reached.number} reached the goal"
     assert not [t for t in trials if t.state == TrialState.RUNNING] and not [t for t in trials if t.state == TrialState.FAIL]
-    assert "stopped early: trial 8 reached score 0.08, the goal >= 0.08; to go on, raise --goal" in run.stdout
+    # the reason names a trial that reached it (the first the deciding worker saw: a buffered write may land after a later trial's)
+    said = re.search(r"stopped early: trial (\d+) reached score (\S+), the goal >= 0.08; to go on, raise --goal", run.stdout)
+    assert said and int(said[1]) in {t.number for t in trials if t.value is not None and t.value >= 0.08}, run.stdout
     show = subprocess.run([TUNER, "study", "show", "g"], env=env, capture_output=True, text=True, timeout=120).stdout
     assert "stopped early (goal)" in show
 

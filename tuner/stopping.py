@@ -87,7 +87,7 @@ class Stopping:
         met = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and feasible(t) and sign * (t.value - self.goal) >= 0]  # type: ignore[operator]
         if not met:
             return None
-        first = min(met, key=lambda t: t.number)
+        first = min(met, key=lambda t: (t.datetime_complete or datetime.max, t.number))  # the first to reach it, in time
         return f"trial {first.number} reached {metric.name} {first.value:.6g}, the goal {'>=' if sign > 0 else '<='} {self.goal:g}"
 
     def _plateau(self, trials: Sequence[FrozenTrial]) -> str | None:
