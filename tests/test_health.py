@@ -265,3 +265,26 @@ def test_a_random_study_over_failing_settings_names_its_causes_where_people_look
     assert report.code == 0 and "causes:" in report.out
     page = (project / "out" / "failures" / "report.html").read_text()
     assert "<h2>Health</h2>" in page and "Causes across the study" in page and (project / "out" / "failures" / "health.png").is_file()
+
+
+def test_the_fisher_tail_matches_the_exact_hypergeometric_sum():
+    """tuner.health._tail (vectorized, truncated past the mode) against the sum written out with
+    exact binomial coefficients, wherever a statement could be made (k at or above the expected count)."""
+    import math
+    import random
+
+    from tuner.health import _tail
+
+    rng = random.Random(0)
+    cases = []
+    for _ in range(3000):
+        total = rng.randint(2, 300)
+        positives, n = rng.randint(0, total), rng.randint(0, total)
+        cases.append((total, positives, n, rng.randint(0, n)))
+    got = _tail(*(np.array(column) for column in zip(*cases)))
+    for (total, positives, n, k), p in zip(cases, got):
+        exact = sum(math.comb(positives, j) * math.comb(total - positives, n - j) for j in range(k, min(n, positives) + 1)) / math.comb(total, n)
+        if k * total >= n * positives:
+            assert p == pytest.approx(exact, rel=1e-9, abs=1e-300), (total, positives, n, k)
+        else:
+            assert p == 1.0

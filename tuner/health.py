@@ -293,31 +293,12 @@ def _shown(v: Any) -> str:
     return str(v)
 
 
-@functools.lru_cache(maxsize=65536)
-def _fisher(total: int, positives: int, n: int, k: int) -> float:
-    """One-sided Fisher exact p-value: the chance that n trials drawn from `total`, of which
-    `positives` had the outcome, include k or more of them (the hypergeometric tail, summed
-    until its terms no longer count)."""
-    def log_comb(a: int, b: int) -> float:
-        return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
-
-    top = min(n, positives)
-    low = max(k, n - (total - positives))
-    if low > top:
-        return 0.0
-    base, p = log_comb(total, n), 0.0
-    for j in range(low, top + 1):
-        term = math.exp(log_comb(positives, j) + log_comb(total - positives, n - j) - base)
-        p += term
-        if j > n * positives / total and term < 1e-12 * p:  # past the mode the terms only shrink
-            break
-    return min(p, 1.0)
-
-
 def _tail(total: np.ndarray | int, positives: np.ndarray, n: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """_fisher over arrays of cases, for deciding statements: exact where k is past the mode (an
-    enriched condition, whose tail's terms shrink at once: TAIL_TERMS of them hold all that
-    counts), 1.0 where k is below the expected count (no statement there)."""
+    """One-sided Fisher exact p-values over arrays of cases: the chance that n trials drawn from
+    `total`, of which `positives` had the outcome, include k or more of them (the hypergeometric
+    tail). Exact where k is past the mode (an enriched condition, whose tail's terms shrink at
+    once: TAIL_TERMS of them hold all that counts); 1.0 where k is below the expected count (no
+    statement is made there)."""
     total = np.broadcast_to(np.asarray(total), np.shape(k))
     log_fact = _log_factorials(int(total.max(initial=0)))
     top = np.minimum(n, positives)
