@@ -246,6 +246,10 @@ def test_causes_are_not_made_from_noise_nor_from_too_few_trials():
     assert made <= 3, f"{made} of 20 shuffled studies got a cause (the test allows about 5%)"
     few = causes(_synthetic(0, MIN_TRIALS - 1))
     assert not few.causes and "too few" in few.note
+    from tuner.health import MAX_TRIALS
+
+    many = causes(_synthetic(0, MAX_TRIALS + 500))  # judged on an even sample, and says of how many
+    assert many.n_trials == MAX_TRIALS and f"on {MAX_TRIALS} trials (an even sample of the study's {MAX_TRIALS + 500})" in many.note
 
 
 @pytest.mark.slow

@@ -372,9 +372,10 @@ def _outcomes(verdicts: list[str]) -> tuple[list[str], np.ndarray]:
 def causes(trials: list[tuple[dict[str, Any], str]]) -> Causes:
     """Which parameter values go with which verdicts across a study: (params, verdict) for each
     trial judged, in the order they ran. See the rules above."""
-    sampled = len(trials) > MAX_TRIALS
+    n_study = len(trials)
+    sampled = n_study > MAX_TRIALS
     if sampled:
-        trials = [trials[i] for i in np.linspace(0, len(trials) - 1, MAX_TRIALS).round().astype(int)]
+        trials = [trials[i] for i in np.linspace(0, n_study - 1, MAX_TRIALS).round().astype(int)]
     total = len(trials)
     if total < MIN_TRIALS:
         return Causes(total, [], None, f"{total} trials judged: too few to name causes across them ({MIN_TRIALS} needed)")
@@ -419,7 +420,7 @@ def causes(trials: list[tuple[dict[str, Any], str]]) -> Causes:
         text = " and ".join(_part_text(part) for part in words(c))
         made.append(Cause(text, names[o], int(table.n[c]), int((inside & outcomes[o]).sum()), total - int(table.n[c]),
                           int((~inside & outcomes[o]).sum()), dict(sorted(kinds.items(), key=lambda kv: -kv[1])), p))
-    tried = f"{len(table.n) * len(names)} statements tried on {total} trials" + (f" (an even sample of the study's {len(trials)})" if sampled else "")
+    tried = f"{len(table.n) * len(names)} statements tried on {total} trials" + (f" (an even sample of the study's {n_study})" if sampled else "")
     note = f"{len(made)} found, {tried}" if made else f"no parameter value goes with a failure more often than chance would give ({tried})"
     return Causes(total, made, threshold, note)
 
