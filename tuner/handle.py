@@ -234,16 +234,16 @@ class TrialHandle:
         from tuner.train import gradient_diagnostics
 
         found = gradient_diagnostics(model)
+        self._record(found)
         norms = list(found[A.GRAD_NORMS].values())
         if norms:
             self._measured.update({"grad_norm_first": norms[0], "grad_norm_last": norms[-1], "grad_norm_min": min(norms), "grad_norm_max": max(norms)})
-        if batch is not None:
-            dead = dead_units(model, batch)
-            if dead is not None:
-                self._measured.update({"dead_units": dead[0], "dead_layer": dead[1]})
-                found = {**found, "dead_units": dead[0], "dead_layer": dead[1]}
-        self._record({k: v for k, v in found.items() if k not in ("dead_units", "dead_layer")})
-        return found
+        dead = dead_units(model, batch) if batch is not None else None
+        if dead is None:
+            return found
+        units = {A.DEAD_UNITS: dead[0], A.DEAD_LAYER: dead[1]}  # per step, in the history: not an attribute of the trial
+        self._measured.update(units)
+        return {**found, **units}
 
     def set(self, **attrs: Any) -> None:
         """Record values of your own on the trial (JSON-serializable), shown by the dashboard."""
