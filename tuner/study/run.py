@@ -115,10 +115,12 @@ class RunResult:
         return cls(**{**{k: v for k, v in doc.items() if k in names}, "stopped": Stop(doc["stopped"])})
 
 
-def _claim(loaded: Loaded, road: Road, budget: int, *, look_for_stale: bool = True) -> tuple[str, optuna.Trial | None]:
+def _claim(loaded: Loaded, road: Road, budget: int, *, look_for_stale: bool = True, check_rules: bool = True) -> tuple[str, optuna.Trial | None]:
     """Under the study lock: free the trials of dead workers, then start one trial if the budget
     allows it. Queued trials (grid points, re-queued copies) are taken first, so with K workers
-    the study ends with exactly `budget` finished trials and each grid point runs once."""
+    the study ends with exactly `budget` finished trials and each grid point runs once. The
+    study's stopping rules are read first (`check_rules`: once a hold of the lock, since they
+    read every trial)."""
     study = loaded.study
     if look_for_stale:
         fail_lost(study)
@@ -134,7 +136,7 @@ def _claim(loaded: Loaded, road: Road, budget: int, *, look_for_stale: bool = Tr
             return "wait" if running else Stop.GRID_EXHAUSTED
         return "trial"
 
-    stop = _stopped_early(loaded, budget)
+    stop = _stopped_early(loaded, budget) if check_rules else None
     if stop is not None:
         return stop, None
     decision = decide(road.count(lambda counts: decide(counts) == "trial"))  # a road may start the trial within the count
@@ -396,7 +398,8 @@ def run_study(
                         decision, trial = _claim(loaded, road, budget, look_for_stale=look)
                         claimed += [trial] if trial is not None else []
                         while trial is not None and len(claimed) < n_pack:  # the rest of a pack, as the budget allows
-                            _, trial = _claim(loaded, road, budget, look_for_stale=False)
+                            # under the same lock no trial finished since the first claim: the stopping rules said their word
+                            _, trial = _claim(loaded, road, budget, look_for_stale=False, check_rules=False)
                             claimed += [trial] if trial is not None else []
                     if look:
                         stale_checked = time.monotonic()
