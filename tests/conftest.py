@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,28 +164,37 @@ def pgbouncer_url(pg_url: str):
         for path in [folder, *folder.iterdir()]:
             os.chown(path, user.pw_uid, user.pw_gid)
         argv[1:1] = ["-u", "postgres"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = server.set(port=port).update_query_dict({"pgbouncer": "transaction"}).render_as_string(hide_password=False)
     conninfo = f"host=127.0.0.1 port={port} user={server.username} dbname={server.database}"
-    try:
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 15
         while True:
             try:
                 psycopg.connect(conninfo, connect_timeout=2).close()
-                break
+                return proc
             except psycopg.OperationalError as e:
                 log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"pgbouncer did not start on port {port}: {e}; {proc.stderr.read() if proc.poll() is not None else ''}{log[-2000:]}")
                 time.sleep(0.1)
-        yield PgBouncer(url=url, log=folder / "pgbouncer.log")
-    finally:
+
+    def stop(proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGINT)  # a safe shutdown: PgBouncer closes its server connections
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    bouncer = PgBouncer(url=url, log=folder / "pgbouncer.log", start=start, stop=stop)
+    try:
+        bouncer.proc = start()
+        yield bouncer
+    finally:
+        if bouncer.proc is not None:
+            stop(bouncer.proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -191,6 +202,94 @@ def pgbouncer_url(pg_url: str):
 class PgBouncer:
     url: str  # the study storage URL through it, ?pgbouncer=transaction
     log: Path
+    start: Any = None
+    stop: Any = None
+    proc: Any = None
+
+    def restart(self, down_s: float) -> None:
+        """Stopped (its clients' connections close), down for `down_s`, and started again on its port."""
+        import time
+
+        self.stop(self.proc)
+        self.proc = None
+        time.sleep(down_s)
+        self.proc = self.start()
+
+
+def _pg_binaries() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own (its own data folder and port), which the test may
+    stop and start without touching the machine's server that other tests share."""
+
+    url: str  # postgresql+psycopg://postgres@127.0.0.1:PORT/postgres
+    bin: Path
+    data: Path
+    port: int
+    log: Path
+
+    def _ctl(self, *args: str) -> None:
+        import subprocess
+
+        argv = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr + (self.log.read_text()[-2000:] if self.log.exists() else "")
+
+    def start(self) -> None:
+        self._ctl("-w", "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._ctl("-w", "-m", "fast", "stop")  # as a failover or an upgrade does: every session is ended
+
+    def restart(self, down_s: float) -> None:
+        import time
+
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+@pytest.fixture
+def private_pg():
+    """A PostgreSQL server of this test's own (initdb into a temporary folder, its own port), for
+    tests that restart it. Skips where PostgreSQL's binaries are not installed, unless
+    TUNER_REQUIRE_POSTGRES=1 (CI): then it fails."""
+    import pwd
+    import subprocess
+    import tempfile
+
+    binaries = _pg_binaries()
+    if binaries is None:
+        reason = "PostgreSQL's server binaries (initdb, pg_ctl) are not installed"
+        if os.environ.get("TUNER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
+    data = folder / "data"
+    argv = [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as its own user, in a folder it owns
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    port = _free_port()
+    server = PrivatePostgres(url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", bin=binaries, data=data, port=port, log=folder / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server._ctl("-w", "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,6 +12,10 @@ changes). Reads of the whole study (pruners, samplers) come from a snapshot of t
 workers' trials at most `refresh_s` old, kept current with this worker's own trials (created,
 running, finished); queries for queued (WAITING) trials go to the database, so claiming queued
 trials stays exact.
+
+Through a database outage (tuner.outage) a running trial keeps training: its writes stay here,
+marked uncertain when a transaction carrying them was cut (they are then written as replacements),
+and reads are served from the last snapshot; what cannot wait (a claim, a trial's end) is retried.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from optuna.distributions import BaseDistribution, check_distribution_compatibil
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import attrs as A
+from tuner.outage import OUTAGE
 from tuner.sql import (
     Created,
     Final,
@@ -37,6 +43,7 @@ from tuner.sql import (
     attribute_keys,
     beat,
     best_trial_id,
+    claimed_by,
     count_and_create,
     count_states,
     create_running,
@@ -87,7 +94,8 @@ class BufferedStorage(BaseStorage):
         self._finished: OrderedDict[int, FrozenTrial] = OrderedDict()  # the trials we finished, newest last
         self._study_ids: dict[str, int] = {}  # study name -> id (fixed for the study's life)
         self._no_waiting: set[int] = set()  # studies a claim just counted with no queued trial (see claim)
-        self._reserved: dict[int, Created] = {}  # study id -> the trial a claim created for the next ask
+        # study id -> the trial a claim created for the next ask, or the id of one of ours to adopt
+        self._reserved: dict[int, Created | int] = {}
         # user attributes stored with every trial this storage starts, in the claim's own
         # transaction (tuner's workers: who runs it, see tuner.heartbeat)
         self._claimed_by = dict(claimed_by or {})
@@ -154,7 +162,8 @@ class BufferedStorage(BaseStorage):
         worker's next trial in the same transaction: the next Study.ask takes it, rather than
         creating one (and no queued trial is looked for, since none was counted)."""
         created: Created | None
-        counts, created = count_and_create(
+        counts, created = OUTAGE.call(
+            count_and_create,
             self._rdb,
             study_id,
             create_if=lambda c: not c[TrialState.WAITING] and start_if(c),
@@ -167,13 +176,35 @@ class BufferedStorage(BaseStorage):
                 self._no_waiting.add(study_id)
         return counts
 
+    def orphans(self, study_id: int, known: Container[int]) -> list[int]:
+        """This worker's RUNNING trials in the study that it does not hold (`known`): after a lost
+        connection, a claim that did commit though its answer never came."""
+        worker = self._claimed_by.get(A.WORKER)
+        if worker is None:
+            return []
+        return [t for t in OUTAGE.call(claimed_by, self._rdb, study_id, worker) if t not in known]
+
+    def adopt(self, study_id: int, trial_id: int) -> None:
+        """The next Study.ask takes this trial of ours (see orphans) rather than a new one."""
+        with self._lock:
+            self._reserved[study_id] = trial_id
+            self._no_waiting.add(study_id)
+
     def flush(self, trial_id: int) -> None:
-        """Commit the trial's buffered writes in one transaction: one statement per table."""
+        """Commit the trial's buffered writes in one transaction: one statement per table. Through
+        an outage they wait (a trial trains on; its end writes them), tried at most by the beats."""
         with self._lock:
             pending = self._pending.get(trial_id)
-            if pending is None or pending.empty():
+            if pending is None or pending.empty() or OUTAGE.began is not None:
                 return
-            write_trial(self._rdb, trial_id, pending)
+            try:
+                write_trial(self._rdb, trial_id, pending)
+            except Exception as e:
+                if not OUTAGE.failed(e):
+                    raise
+                pending.uncertain = True
+                return
+            OUTAGE.answered()
             self._pending[trial_id] = pending.next()
             self._flushed_at[trial_id] = time.monotonic()
 
@@ -183,7 +214,7 @@ class BufferedStorage(BaseStorage):
         key = (study_id, name)
         known = self._dists.get(key)
         if known is None:
-            known = self._dists[key] = param_distribution(self._rdb, study_id, name) or distribution
+            known = self._dists[key] = OUTAGE.call(param_distribution, self._rdb, study_id, name) or distribution
         if known is not distribution:
             check_distribution_compatibility(known, distribution)
 
@@ -199,7 +230,7 @@ class BufferedStorage(BaseStorage):
             pending = self._mine(trial_id)
             if pending is None:  # not a trial we run: straight to the database, then read again
                 self._drop_reads()
-                return self._rdb.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+                return OUTAGE.call(self._rdb.set_trial_param, trial_id, param_name, param_value_internal, distribution)
             self._check_distribution(self._study_of[trial_id], param_name, distribution)
             pending.params[param_name] = (param_value_internal, distribution)
             mine = self._writable(trial_id)
@@ -211,7 +242,7 @@ class BufferedStorage(BaseStorage):
             pending = self._mine(trial_id)
             if pending is None:  # not a trial we run: straight to the database, then read again
                 self._drop_reads()
-                return self._rdb.set_trial_intermediate_value(trial_id, step, intermediate_value)
+                return OUTAGE.call(self._rdb.set_trial_intermediate_value, trial_id, step, intermediate_value)
             pending.intermediate[step] = intermediate_value
             self._writable(trial_id).intermediate_values[step] = intermediate_value
             self._maybe_flush(trial_id)
@@ -221,7 +252,7 @@ class BufferedStorage(BaseStorage):
             pending = self._mine(trial_id)
             if pending is None:  # not a trial we run: straight to the database, then read again
                 self._drop_reads()
-                return self._rdb.set_trial_user_attr(trial_id, key, value)
+                return OUTAGE.call(self._rdb.set_trial_user_attr, trial_id, key, value)
             pending.user_attrs[key] = value
             self._writable(trial_id).user_attrs[key] = value
 
@@ -230,7 +261,7 @@ class BufferedStorage(BaseStorage):
             pending = self._mine(trial_id)
             if pending is None:  # not a trial we run: straight to the database, then read again
                 self._drop_reads()
-                return self._rdb.set_trial_system_attr(trial_id, key, value)
+                return OUTAGE.call(self._rdb.set_trial_system_attr, trial_id, key, value)
             pending.system_attrs[key] = value
             self._writable(trial_id).system_attrs[key] = value
 
@@ -241,17 +272,20 @@ class BufferedStorage(BaseStorage):
                 # a queued trial this worker takes: running, with its first beat and its worker,
                 # in one transaction (a kill right after still leaves a trial that turns stale)
                 self._snapshot.clear()
-                study_id = start_queued(self._rdb, trial_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by)
+                study_id = OUTAGE.call(start_queued, self._rdb, trial_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by)
                 if study_id is None:
                     return False
-                self.own(self._inner.get_trial(trial_id), study_id)
+                self.own(OUTAGE.call(self._inner.get_trial, trial_id), study_id)
                 return True
             if not (state.is_finished() and trial_id in self._pending):
                 self._snapshot.clear()
-                return self._inner.set_trial_state_values(trial_id, state, values)
-            # our trial ends: its buffered writes, values and state in one transaction
-            final = Final(state, list(values) if values is not None else None, datetime.now())
-            write_trial(self._rdb, trial_id, self._pending[trial_id], final)
+                return OUTAGE.call(self._inner.set_trial_state_values, trial_id, state, values)
+            pending = self._pending[trial_id]
+        # our trial ends: its buffered writes, values and state in one transaction, waited for
+        # through an outage without holding the lock (the heartbeat beats for a pack's others)
+        final = Final(state, list(values) if values is not None else None, datetime.now())
+        OUTAGE.call(self._end, trial_id, pending, final)
+        with self._lock:
             del self._pending[trial_id], self._flushed_at[trial_id], self._study_of[trial_id]
             trial = self._writable(trial_id)
             self._handed.discard(trial_id)
@@ -262,11 +296,19 @@ class BufferedStorage(BaseStorage):
                 self._finished.popitem(last=False)
         return True
 
+    def _end(self, trial_id: int, pending: Pending, final: Final) -> None:
+        try:
+            write_trial(self._rdb, trial_id, pending, final)
+        except Exception as e:
+            if OUTAGE.failed(e):
+                pending.uncertain = True  # the next try checks whether this one landed
+            raise
+
     def set_started(self, trial_ids: Sequence[int]) -> None:
         """These trials of ours start training now (tuner.sql.set_started)."""
         with self._lock:
             now = datetime.now()
-            set_started(self._rdb, trial_ids, now)
+            OUTAGE.call(set_started, self._rdb, trial_ids, now)
             for trial_id in trial_ids:
                 if trial_id in self._mine_now:
                     self._writable(trial_id).datetime_start = now
@@ -281,7 +323,7 @@ class BufferedStorage(BaseStorage):
             self._handed.discard(trial_id)
             self._snapshot.clear()
             self._drop_views()
-        return self._rdb.get_trial(trial_id)
+        return OUTAGE.call(self._rdb.get_trial, trial_id)
 
     def _known(self, trial_id: int) -> FrozenTrial | None:
         """One of our trials, running or finished, as this worker knows it (always current)."""
@@ -298,7 +340,7 @@ class BufferedStorage(BaseStorage):
             known = self._known(trial_id)
             if known is not None:
                 return _copy(known)
-        return self._inner.get_trial(trial_id)
+        return OUTAGE.call(self._inner.get_trial, trial_id)
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -310,15 +352,17 @@ class BufferedStorage(BaseStorage):
                 with self._lock:
                     counted_none = study_id in self._no_waiting
                     self._no_waiting.discard(study_id)
-                if counted_none or not count_states(self._rdb, study_id)[TrialState.WAITING]:
+                if counted_none or not OUTAGE.call(count_states, self._rdb, study_id)[TrialState.WAITING]:
                     return []
-            return self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+            return OUTAGE.call(self._inner.get_all_trials, study_id, deepcopy=deepcopy, states=states)
         with self._lock:
             taken, trials = self._snapshot.get(study_id, (-math.inf, []))  # none yet: take one, however long the clock has run
             if time.monotonic() - taken > self._refresh_s:
-                trials = list(self._inner.get_all_trials(study_id, deepcopy=False))  # ours: it grows
-                self._snapshot[study_id] = (time.monotonic(), trials)
-                self._drop_views()
+                fresh = self._read_trials(study_id)
+                if fresh is not None:
+                    trials = fresh
+                    self._snapshot[study_id] = (time.monotonic(), trials)
+                    self._drop_views()
             key = (study_id, None if states is None else tuple(states))
             view = self._views.get(key)
             if view is None:
@@ -334,19 +378,35 @@ class BufferedStorage(BaseStorage):
                 self._handed.update(self._view_pos[key])
         return copy.deepcopy(out) if deepcopy else out
 
+    def _read_trials(self, study_id: int) -> list[FrozenTrial] | None:
+        """The study's trials afresh; None where the snapshot must serve: through an outage, a
+        trial training reads what it has (a claim, under the study lock, reads afresh or waits)."""
+        if study_id not in self._snapshot or OUTAGE.in_atomic:
+            return list(OUTAGE.call(self._inner.get_all_trials, study_id, deepcopy=False))  # ours: it grows
+        if OUTAGE.began is not None:
+            return None
+        try:
+            trials = list(self._inner.get_all_trials(study_id, deepcopy=False))
+        except Exception as e:
+            if not OUTAGE.failed(e):
+                raise
+            return None
+        OUTAGE.answered()
+        return trials
+
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         with self._lock:  # the pruners read them at every report: not the whole trial's copy
             known = self._known(trial_id)
             if known is not None:
                 return dict(known.system_attrs)
-        return self._inner.get_trial_system_attrs(trial_id)
+        return OUTAGE.call(self._inner.get_trial_system_attrs, trial_id)
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
         with self._lock:
             known = self._known(trial_id)
             if known is not None:
                 return dict(known.user_attrs)
-        return self._inner.get_trial_user_attrs(trial_id)
+        return OUTAGE.call(self._inner.get_trial_user_attrs, trial_id)
 
     # -- everything else goes straight through ----------------------------------------------
 
@@ -363,44 +423,50 @@ class BufferedStorage(BaseStorage):
             self._drop_reads()
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._inner.set_study_user_attr(study_id, key, value)
+        OUTAGE.call(self._inner.set_study_user_attr, study_id, key, value)
 
     def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._inner.set_study_system_attr(study_id, key, value)
+        OUTAGE.call(self._inner.set_study_system_attr, study_id, key, value)
 
     def get_study_id_from_name(self, study_name: str) -> int:
         # Hyperband asks at every report and every sampling (its bracket studies): ~1 ms a query
         study_id = self._study_ids.get(study_name)
         if study_id is None:
-            study_id = self._study_ids[study_name] = self._inner.get_study_id_from_name(study_name)
+            study_id = self._study_ids[study_name] = OUTAGE.call(self._inner.get_study_id_from_name, study_name)
         return study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
-        return self._inner.get_study_name_from_id(study_id)
+        return OUTAGE.call(self._inner.get_study_name_from_id, study_id)
 
     def get_study_directions(self, study_id: int) -> list[Any]:
-        return self._inner.get_study_directions(study_id)
+        return OUTAGE.call(self._inner.get_study_directions, study_id)
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._inner.get_study_user_attrs(study_id)
+        return OUTAGE.call(self._inner.get_study_user_attrs, study_id)
 
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._inner.get_study_system_attrs(study_id)
+        return OUTAGE.call(self._inner.get_study_system_attrs, study_id)
 
     def get_all_studies(self) -> list[Any]:
-        return self._inner.get_all_studies()
+        return OUTAGE.call(self._inner.get_all_studies)
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         if template_trial is not None:  # a queued or copied trial, not one this worker runs now
             with self._lock:
                 self._drop_reads()
-            return self._inner.create_new_trial(study_id, template_trial)
+            return OUTAGE.call(self._inner.create_new_trial, study_id, template_trial)
         # Study.ask starting a trial for this worker: the one its claim created (see claim), else
         # one created now, with its first heartbeat; owned from here on
         with self._lock:
             created = self._reserved.pop(study_id, None)
-        trial_id, number, started = created or create_running(
-            self._rdb, study_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by
+        if isinstance(created, int):  # one of ours, adopted (see orphans): as the database holds it, if we do not
+            if created not in self._mine_now:
+                self.own(OUTAGE.call(self._rdb.get_trial, created), study_id)
+            with self._lock:
+                self._drop_reads()
+            return created
+        trial_id, number, started = created or OUTAGE.call(
+            create_running, self._rdb, study_id, heartbeat=self._heartbeats(), user_attrs=self._claimed_by
         )
         trial = FrozenTrial(
             number=number,
@@ -424,14 +490,14 @@ class BufferedStorage(BaseStorage):
         return trial_id
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+        return OUTAGE.call(self._inner.get_trial_id_from_study_id_trial_number, study_id, trial_number)
 
     def get_best_trial(self, study_id: int) -> FrozenTrial:
         # one query for its id (the cache would read every trial), then most often our own copy
         directions = self.get_study_directions(study_id)
         if len(directions) > 1:
             raise RuntimeError("Best trial can be obtained only for single-objective optimization.")
-        trial_id = best_trial_id(self._rdb, study_id, maximize=directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+        trial_id = OUTAGE.call(best_trial_id, self._rdb, study_id, maximize=directions[0] == optuna.study.StudyDirection.MAXIMIZE)
         if trial_id is None:
             raise ValueError("No trials are completed yet.")
         return self.get_trial(trial_id)
@@ -455,7 +521,15 @@ class BufferedStorage(BaseStorage):
                 for t in sorted(trial_ids)
                 if t in self._pending and not self._pending[t].empty() and self._flush_due(t, now)
             }
-            for trial_id in beat(self._rdb, trial_ids, due):
+            try:
+                written = beat(self._rdb, trial_ids, due)
+            except Exception as e:
+                if OUTAGE.failed(e):
+                    for pending in due.values():
+                        pending.uncertain = True  # the next beat or the trial's end writes them as replacements
+                raise
+            OUTAGE.answered()
+            for trial_id in written:
                 self._pending[trial_id] = due[trial_id].next()
                 self._flushed_at[trial_id] = now
 

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+_OUTAGE_BEAT_S = 1.0  # the time between beats while the database does not answer
+
 __all__ = ["Heartbeat", "describe", "process_gone", "slurm_task", "worker_identity"]
 
 
@@ -112,19 +114,27 @@ class Heartbeat:
                 if wait is None or wait > 0:
                     self._cv.wait(wait)
                     continue
-                self._beat(self._trial_ids)
-                self._due = time.monotonic() + self._interval
+                beaten = self._beat(self._trial_ids)
+                # through an outage, beat again soon: the beat that lands first after it keeps
+                # the trial from turning stale, and writes what waited (tuner.outage)
+                self._due = time.monotonic() + (self._interval if beaten else min(self._interval, _OUTAGE_BEAT_S))
 
-    def _beat(self, trial_ids: tuple[int, ...]) -> None:
-        """A missed beat is retried at the next one; the grace period covers it."""
+    def _beat(self, trial_ids: tuple[int, ...]) -> bool:
+        """Whether the beat landed; a missed beat is tried again, the grace period covers it."""
         beats = getattr(self._storage, "record_heartbeats", None)
         if beats is not None:  # tuner's storage: a pack's beats in one transaction
-            with contextlib.suppress(Exception):
+            try:
                 beats(trial_ids)
-            return
+            except Exception:
+                return False
+            return True
+        landed = True
         for trial_id in trial_ids:  # Optuna's: a transaction each
-            with contextlib.suppress(Exception):
+            try:
                 self._storage.record_heartbeat(trial_id)
+            except Exception:
+                landed = False
+        return landed
 
     @contextlib.contextmanager
     def running(self, *trial_ids: int) -> Iterator[None]:

@@ -37,6 +37,7 @@ __all__ = [
     "Running",
     "attribute_keys",
     "beat",
+    "claimed_by",
     "best_trial_id",
     "count_and_create",
     "count_states",
@@ -62,6 +63,9 @@ class Pending:
     user_attrs: dict[str, Any] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
     stored: set[tuple[str, str]] = field(default_factory=set)  # (table, key) of attributes already written
+    # a transaction carrying these writes failed in a way that leaves its commit unknown (the
+    # connection was lost): they are written again as replacements, never as duplicates
+    uncertain: bool = False
 
     def next(self) -> "Pending":
         """What is pending once these writes are in the database: nothing, with their keys known."""
@@ -381,6 +385,18 @@ def create_running(rdb: optuna.storages.RDBStorage, study_id: int, *, heartbeat:
         return _insert_running(cur, study_id, heartbeat=heartbeat, user_attrs=user_attrs or {})
 
 
+def claimed_by(rdb: optuna.storages.RDBStorage, study_id: int, worker: dict[str, Any]) -> list[int]:
+    """The study's RUNNING trials claimed by this worker (its identity, stored as the claim
+    stored it), by id: after a lost connection, a claim whose commit was unknown is found here."""
+    with _transaction(rdb) as cur:
+        rows = cur.execute(
+            "SELECT t.trial_id FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+            f"WHERE t.study_id = ? AND t.state = '{_RUNNING}' AND a.{cur.key} = ? AND a.value_json = ? ORDER BY t.trial_id",
+            (study_id, A.WORKER, json.dumps(worker)),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
 def count_and_create(
     rdb: optuna.storages.RDBStorage,
     study_id: int,
@@ -429,9 +445,11 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
     it is (and the error says so, as Optuna's would)."""
     with _transaction(rdb) as cur:
         if not _write_trial(cur, trial_id, pending, final):
-            row = cur.execute("SELECT state FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+            row = cur.execute("SELECT state, datetime_complete FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
                 raise KeyError(optuna_paths().not_found_msg)
+            if pending.uncertain and final is not None and row[0] == final.state.name and row[1] is not None and _timestamp(row[1]) == final.when:
+                return  # an earlier try committed this very end (its completion time is ours) before its connection was lost
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises: the trial has finished
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {row[0]}, not RUNNING: not updated")
 
@@ -467,6 +485,10 @@ def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | N
         )
     if guard.rowcount != 1:
         return False
+    if pending.uncertain:  # an earlier try may have committed some of these rows: replace, never duplicate
+        for table, column, keys in (("trial_params", "param_name", list(pending.params)), ("trial_intermediate_values", "step", list(pending.intermediate))):
+            if keys:
+                cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {column} IN ({', '.join('?' * len(keys))})", (trial_id, *keys))
     cur.executemany(
         "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?, ?, ?, ?)",
         [(trial_id, name, value, distribution_to_json(dist)) for name, (value, dist) in pending.params.items()],
@@ -479,7 +501,7 @@ def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | N
         "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?, ?, ?, ?)", rows
     )
     for table, attrs in (("trial_user_attributes", pending.user_attrs), ("trial_system_attributes", pending.system_attrs)):
-        again = [k for k in attrs if (table, k) in pending.stored]
+        again = [k for k in attrs if (table, k) in pending.stored or pending.uncertain]
         if again:  # a key written again replaces its earlier value
             cur.execute(f"DELETE FROM {table} WHERE trial_id = ? AND {cur.key} IN ({', '.join('?' * len(again))})", (trial_id, *again))
         cur.executemany(f"INSERT INTO {table} (trial_id, {cur.key}, value_json) VALUES (?, ?, ?)", [(trial_id, k, json.dumps(v)) for k, v in attrs.items()])

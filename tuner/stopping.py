@@ -27,17 +27,17 @@ STOPPED_ATTR = "tuner:stopped"  # on the study: {"rule", "reason", "n_finished"}
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
-def parse_duration(text: str | float | int) -> float:
-    """Seconds from "90", "90s", "15m", "2h", "1h30m" or "1d"."""
+def parse_duration(text: str | float | int, *, what: str = "max_time") -> float:
+    """Seconds from "90", "90s", "15m", "2h", "1h30m" or "1d" (`what` names the setting in errors)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
         match = _DURATION.match(str(text).strip().lower()) if str(text).strip() else None
         if match is None or not any(match.groups()):
-            raise SpecError(f"max_time {text!r} is not a duration; write it like 90s, 15m, 2h or 1h30m")
+            raise SpecError(f"{what} {text!r} is not a duration; write it like 90s, 15m, 2h or 1h30m")
         seconds = sum(float(v) * unit for v, unit in zip(match.groups(), (86400, 3600, 60, 1)) if v)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise SpecError(f"max_time must be above 0, got {text!r}")
+        raise SpecError(f"{what} must be above 0, got {text!r}")
     return seconds
 
 

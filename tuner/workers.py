@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner.errors import TunerError
+from tuner.outage import OUTAGE, DatabaseGone
 from tuner.slots import DEFAULT_MAX_RESTARTS, Slot, describe_death, describe_exit
 from tuner.study import Loaded, RunResult, Stop, signals_interrupt, summarize
 
@@ -76,8 +77,19 @@ def run_workers(
     slots = slots if slots is not None else [Slot(i, None) for i in range(n_workers or 1)]
     n_slots = len(slots)
 
+    last: list[tuple[int, float | None]] = [(0, None)]
+
     def finished() -> tuple[int, float | None]:
-        return progress(loaded.study._storage, loaded.study._study_id, loaded.study.directions)
+        """The study's progress; through a database outage, the last known (the workers wait it out)."""
+        if OUTAGE.began is None:
+            try:
+                last[0] = progress(loaded.study._storage, loaded.study._study_id, loaded.study.directions)
+            except Exception as e:
+                if not OUTAGE.failed(e):
+                    raise
+            else:
+                OUTAGE.answered()
+        return last[0]
 
     # The storage URL travels in the environment, not on the command line, where `ps` shows it.
     base_env = {**os.environ, "TUNER_STORAGE": loaded.url}
@@ -103,6 +115,7 @@ def run_workers(
                 cmd += [flag, str(limit)]
         if pack is not None:
             cmd += ["--pack", str(pack)]
+        cmd += ["--db-retry-for", f"{OUTAGE.retry_for_s:g}"]
         env = base_env if slot.gpu is None else {**base_env, "CUDA_VISIBLE_DEVICES": slot.gpu}
         out, err = logs / f"worker-{index}.out", logs / f"worker-{index}.err"
         with out.open("w") as o, err.open("w") as e:
@@ -116,6 +129,7 @@ def run_workers(
                 w.proc.send_signal(signum)
 
     ran, stops, deaths, n_restarts = 0, set(), [], 0
+    gone: list[str] = []  # what the workers that gave up on the database said (tuner.outage)
     halted, n_halted = False, 0  # whether a worker's own error stopped the others; how many it stopped
     for slot in slots:
         start(slot)
@@ -130,6 +144,9 @@ def run_workers(
                         done = RunResult.from_json(json.loads(w.out.read_text()))
                         ran += done.ran
                         stops.add(done.stopped)
+                        continue
+                    if w.proc.returncode == DatabaseGone.exit_code:  # a new worker would only wait again
+                        gone.append(w.death()["last_stderr"])
                         continue
                     if halted and w.proc.returncode != 1:
                         n_halted += 1  # stopped by us, below: not a death of its own
@@ -157,6 +174,8 @@ def run_workers(
         raise
     if on_progress is not None:
         on_progress(*_with_budget(finished(), budget))
+    if gone and (OUTAGE.began is not None or finished()[0] < budget):
+        raise DatabaseGone(f"{len(gone)} of {n_slots} workers stopped: {gone[0]}")
 
     lost = [d for d in deaths if not d["replaced"]]
     if lost:
@@ -168,7 +187,7 @@ def run_workers(
             + f"{others} (logs in {logs}); fix the cause or raise --max-restarts, then `tuner study resume {spec.name}`"
         )
     shutil.rmtree(logs, ignore_errors=True)
-    result = summarize(loaded, budget=budget, ran=ran, stopped=Stop.of_workers(stops), elapsed_s=time.monotonic() - started, failures=[])
+    result = OUTAGE.call(summarize, loaded, budget=budget, ran=ran, stopped=Stop.of_workers(stops), elapsed_s=time.monotonic() - started, failures=[])
     return dataclasses.replace(result, worker_deaths=deaths)
 
 

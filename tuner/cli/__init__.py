@@ -123,7 +123,7 @@ def main() -> None:
         if debug:
             raise
         console_err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         console_err.print("interrupted", highlight=False)
         sys.exit(130)

@@ -158,6 +158,17 @@ ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", metavar="FRAC
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")]
 
 
+DbRetryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--db-retry-for",
+        metavar="DURATION",
+        help="How long a worker waits out a lost database (a restart, a failover, a locked or full SQLite file) before it stops: 90s, 15m, 2h "
+        "[default: TUNER_DB_RETRY_FOR, else 10m]. Trials keep training meanwhile.",
+        rich_help_panel="Database",
+    ),
+]
+
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", metavar="SECONDS", min=1, help="Stop starting trials after this many seconds.")]
 
 

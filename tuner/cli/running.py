@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, DbRetryOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
@@ -63,6 +63,7 @@ def run(
     max_restarts: MaxRestartsOpt = DEFAULT_MAX_RESTARTS,
     threads: ThreadsOpt = None,
     pack: PackOpt = None,
+    db_retry_for: DbRetryOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -71,6 +72,8 @@ def run(
     """Run a study until it holds --trials finished trials (creating it first if it is new)."""
     options = {**spec_options(locals()), "pack": pack}
     from tuner.study import prepare_run, study_exists
+
+    _db_retry(db_retry_for)
 
     pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     url = resolve_url(storage)
@@ -105,6 +108,13 @@ def run(
     _say_budget(loaded.spec.name, change)
     pack = pack or (given.pack if given else None) or loaded.spec.pack
     _run(loaded, url, device=device, timeout=timeout, pool=pool, threads=threads, pack=pack, quiet=quiet, fmt=fmt, limits=(max_failures, max_streak))
+
+
+def _db_retry(value: Optional[str]) -> None:
+    """--db-retry-for (else TUNER_DB_RETRY_FOR) for this process and the workers it starts."""
+    from tuner.outage import OUTAGE, retry_for_from
+
+    OUTAGE.configure(retry_for_from(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +186,7 @@ def resume(
     pack: PackOpt = None,
     max_failures: MaxFailuresOpt = None,
     max_streak: StreakOpt = None,
+    db_retry_for: DbRetryOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -184,6 +195,7 @@ def resume(
     from tuner.study import check_data, open_study, set_budget
     from tuner.train import resolve_device
 
+    _db_retry(db_retry_for)
     parse_pack(pack)
     pool = _pool(workers=workers, gpus=gpus, per_gpu=per_gpu, max_restarts=max_restarts, device=device)
     resolve_device(device)
@@ -385,6 +397,7 @@ def worker(
     pack: PackOpt = None,
     max_failures: MaxFailuresOpt = None,
     max_streak: StreakOpt = None,
+    db_retry_for: DbRetryOpt = None,
     quiet: QuietOpt = False,
     fmt: FormatOpt = Format.table,
     storage: StorageOpt = None,
@@ -393,6 +406,7 @@ def worker(
     from tuner.study import open_study
     from tuner.train import resolve_device
 
+    _db_retry(db_retry_for)
     parse_pack(pack)
     resolve_device(device)
     url = resolve_url(storage)

@@ -14,6 +14,7 @@ from tuner import attrs as A
 from tuner import sql
 from tuner.errors import SpecError
 from tuner.heartbeat import describe, process_gone
+from tuner.outage import OUTAGE
 from tuner.spec import StudySpec
 from tuner.storage import StudyLock, fail_running, heartbeat_settings, running_rows
 from tuner.study.store import SPEC_ATTR, Loaded
@@ -43,11 +44,13 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     return True
 
 
-def lost_reason(running: sql.Running, grace_s: float) -> str | None:
-    """Why a running trial's worker counts as lost, or None while it may still be alive."""
+def lost_reason(running: sql.Running, grace_s: float, *, by_silence: bool = True) -> str | None:
+    """Why a running trial's worker counts as lost, or None while it may still be alive. Without
+    `by_silence`, only a gone process counts (just after a database outage, when no worker's
+    beats could land)."""
     if process_gone(running.worker):
         return f"lost its worker: process {describe(running.worker)} is gone"
-    if running.silent_past(grace_s):
+    if by_silence and running.silent_past(grace_s):
         return f"lost its worker: no heartbeat for {_silence(running.silent_s)} (grace {grace_s:g}s)"
     return None
 
@@ -61,9 +64,10 @@ def fail_lost(study: optuna.Study) -> list[int]:
     of this host that no longer exists), each with its reason, and queue each again up to the
     study's retries. Returns the numbers of the trials failed."""
     _, grace = heartbeat_settings()
+    by_silence = not OUTAGE.settling(grace)  # an outage silenced every worker: they get a grace period to beat again
     failed = []
     for running in running_rows(study._storage, study._study_id):
-        reason = lost_reason(running, grace)
+        reason = lost_reason(running, grace, by_silence=by_silence)
         if reason is not None and fail_running(study._storage, running.trial_id, reason=reason, kind=A.LOST_WORKER):
             requeue(study, study._storage.get_trial(running.trial_id), f"trial {running.number} {reason}")
             failed.append(running.number)

@@ -50,6 +50,12 @@ class Road:
     def started(self, trials: list[optuna.Trial]) -> None:
         """These claimed trials start training now (Optuna's storage keeps the claim's time)."""
 
+    def adopt_orphans(self, held: list[optuna.Trial]) -> list[optuna.Trial]:
+        """After a lost connection: the trials this worker claimed though the claim's answer never
+        came (its commit landed, or the ask after it failed), asked again; none on Optuna's road,
+        where such a trial turns stale and is queued again."""
+        return []
+
     def reset(self) -> None:
         """A signal may have broken the connection's session mid-query: start a fresh one."""
         self.storage.remove_session()
@@ -79,6 +85,13 @@ class BufferedRoad(Road):
 
     def ask(self) -> optuna.Trial:
         return self.study.ask()  # the claim recorded its worker
+
+    def adopt_orphans(self, held: list[optuna.Trial]) -> list[optuna.Trial]:
+        adopted = []
+        for trial_id in self.storage.orphans(self.study._study_id, {t._trial_id for t in held}):
+            self.storage.adopt(self.study._study_id, trial_id)
+            adopted.append(self.ask())
+        return adopted
 
     def durable(self, trial: optuna.Trial) -> None:
         self.storage.flush(trial._trial_id)

@@ -28,6 +28,7 @@ from tuner.errors import TunerError
 from tuner.failures import FailureStop, default_max_failures
 from tuner.heartbeat import Heartbeat
 from tuner.metrics import feasible
+from tuner.outage import OUTAGE, DatabaseGone, Lost
 from tuner.spec import DEFAULT_TRIALS
 from tuner.storage import StudyLock, count_states, heartbeat_settings, progress, rdb_of
 from tuner.study.lost import fail_lost, requeue, running_trials
@@ -197,6 +198,8 @@ def _execute(road: Road, trial: optuna.Trial, objective: Callable[[optuna.Trial]
     with heartbeat.running(trial._trial_id):
         try:
             outcome: float | BaseException = objective(trial)
+        except DatabaseGone:  # not the trial's failure: it stays running, and turns stale
+            raise
         except Exception as e:  # pruned, or failed: the objective stored the reason
             outcome = e
     honour_signals()
@@ -302,10 +305,15 @@ class _Progress:
         self.n_finished, self.best = 0, None
 
     def after(self, trial: FrozenTrial) -> tuple[int, float | None]:
-        if time.monotonic() - self._read_at >= PROGRESS_S:
-            self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.directions)
-            self._read_at = time.monotonic()
-            return self.n_finished, self.best
+        if time.monotonic() - self._read_at >= PROGRESS_S and OUTAGE.began is None:
+            try:
+                self.n_finished, self.best = progress(self._study._storage, self._study._study_id, self._study.directions)
+            except Exception as e:  # through an outage, this worker's own results carry the count
+                if not OUTAGE.failed(e):
+                    raise
+            else:
+                self._read_at = time.monotonic()
+                return self.n_finished, self.best
         self.n_finished += trial.state in FINISHED
         value = trial.values[0] if self._one and feasible(trial) and trial.state == TrialState.COMPLETE else None
         if value is not None and (self.best is None or (value > self.best if self._maximize else value < self.best)):
@@ -394,19 +402,13 @@ def run_study(
                     # dead workers' trials only turn stale after a grace period: one look per
                     # interval, or at every poll while nothing else is left to do
                     look = waiting or time.monotonic() - stale_checked >= interval
-                    with lock.held():
-                        decision, trial = _claim(loaded, road, budget, look_for_stale=look)
-                        claimed += [trial] if trial is not None else []
-                        while trial is not None and len(claimed) < n_pack:  # the rest of a pack, as the budget allows
-                            # under the same lock no trial finished since the first claim: the stopping rules said their word
-                            _, trial = _claim(loaded, road, budget, look_for_stale=False, check_rules=False)
-                            claimed += [trial] if trial is not None else []
+                    decision = _claim_under_lock(loaded, road, lock, budget, claimed, n_pack=n_pack, look_for_stale=look)
                     if look:
                         stale_checked = time.monotonic()
                     waiting = decision == "wait"
                     if waiting:
                         if on_wait is not None:
-                            on_wait(running_trials(study))
+                            on_wait(OUTAGE.call(running_trials, study))
                         time.sleep(POLL_S)
                         continue
                     if not claimed:
@@ -427,6 +429,8 @@ def run_study(
                     for trial in claimed:  # those already closed are left as they are
                         _close_interrupted(road, trial, getattr(e, "signal_name", "SIGINT"))
                     raise
+                except DatabaseGone as e:  # its running trials turn stale: a resume queues them again
+                    raise DatabaseGone(f"{e}; once it answers, `tuner study resume {spec.name}` finishes the study") from None
                 for frozen, n_finished, best in ended:
                     ran += 1
                     if _taken_away(frozen):  # not this worker's failure, nor a success: its copy is queued
@@ -443,7 +447,40 @@ def run_study(
     finally:
         heartbeat.close()
         lock.close()
-    return summarize(loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
+    return OUTAGE.call(summarize, loaded, budget=budget, ran=ran, stopped=stopped, elapsed_s=time.monotonic() - started, failures=failures)
+
+
+def _claim_under_lock(
+    loaded: Loaded, road: Road, lock: StudyLock, budget: int, claimed: list[optuna.Trial], *, n_pack: int, look_for_stale: bool
+) -> str:
+    """Claim up to `n_pack` trials (into `claimed`) under one hold of the study lock; the first
+    claim's decision ("trial", "wait", or a Stop). Through a database outage the hold is retried
+    whole: the lock is the server's, and a claim after it was lost would not be exact. Trials
+    claimed before the outage stay claimed, and a claim that committed though its answer was lost
+    is found and taken (road.adopt_orphans), not made again."""
+    attempt, decision = 0, "trial"
+    while True:
+        try:
+            with OUTAGE.atomic(), lock.held():
+                if attempt:
+                    claimed += road.adopt_orphans(claimed)
+                first = not claimed
+                while len(claimed) < n_pack:  # the rest of a pack, as the budget allows
+                    # under the same lock no trial finished since the first claim: the stopping rules said their word
+                    decision, trial = _claim(loaded, road, budget, look_for_stale=look_for_stale and first, check_rules=first)
+                    first = False
+                    if trial is None:
+                        break
+                    claimed.append(trial)
+            OUTAGE.answered()
+            return "trial" if claimed else decision
+        except Exception as e:
+            if not (isinstance(e, Lost) or OUTAGE.failed(e)):
+                raise
+            with contextlib.suppress(Exception):  # a session broken with its connection: a fresh one
+                road.reset()
+            OUTAGE.wait(attempt)
+            attempt += 1
 
 
 def summarize(loaded: Loaded, *, budget: int, ran: int, stopped: Stop, elapsed_s: float, failures: list[str]) -> RunResult:
