@@ -77,6 +77,8 @@ def _fill_to(name: str, url: str, n_total: int) -> int:
         next_id = conn.execute(sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id))).scalar_one() + 1
         copies = [{**source[i % len(source)], "trial_id": next_id + i, "number": n_have + i} for i in range(n_add)]
         conn.execute(trials.insert(), copies)
+        if conn.dialect.name == "postgresql":  # ids given explicitly: the next trial's id comes after them
+            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), (SELECT MAX(trial_id) FROM trials))")
         for table in children:
             keys = {c.name for c in table.primary_key.columns}
             rows: dict[int, list[dict[str, Any]]] = {}

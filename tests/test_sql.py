@@ -432,3 +432,65 @@ def test_a_running_trial_of_ours_once_returned_is_never_changed_afterwards(url):
     study.tell(trial, 0.5)
     assert [held, running] == frozen
     assert buffered.get_all_trials(study._study_id, deepcopy=False)[0].state == TrialState.COMPLETE
+
+
+def test_read_trials_gives_what_optunas_own_read_gives(tmp_path, monkeypatch):
+    """tuner's bulk read of a study's trials (tuner.sql.read_trials), trial for trial and field
+    for field against Optuna's get_all_trials: every state, infinite and NaN values, several
+    objectives, system attributes, queued trials; then its filters."""
+    import math
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuner import sql
+    from tuner.storage import open_storage
+
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")  # Optuna stores UTC and gives local times: a zone that is not UTC tells
+    time.tzset()
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}", create=True)
+    study = optuna.create_study(storage=storage, study_name="r", directions=["maximize", "minimize"])
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("x", 1e-3, 1.0, log=True)
+        trial.suggest_categorical("c", ["a", "b"])
+        if i % 2:
+            trial.suggest_int("n", 1, 8, step=1)
+        storage.set_trial_intermediate_value(trial._trial_id, 0, float("nan") if i == 3 else x)  # Trial.report refuses several objectives
+        storage.set_trial_intermediate_value(trial._trial_id, 1, float("inf") if i == 4 else -x)
+        trial.set_user_attr("history", {"val": [x, x / 2]})
+        storage.set_trial_system_attr(trial._trial_id, "constraints:size", [i - 3.0])
+        if i == 2:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif i == 5:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, [x, float("-inf") if i == 1 else i])
+    study.ask()  # running
+    study.enqueue_trial({"x": 0.5}, user_attrs={"retry_of": 1})
+    want = storage.get_all_trials(study._study_id, deepcopy=False)
+    got = sql.read_trials(storage, study._study_id)
+    assert len(got) == len(want) == 8
+
+    def same(a, b):
+        fields = ("number", "state", "values", "datetime_start", "datetime_complete", "params", "distributions", "user_attrs", "system_attrs", "_trial_id")
+        for f in fields:
+            assert getattr(a, f) == getattr(b, f), (a.number, f, getattr(a, f), getattr(b, f))
+        assert a.intermediate_values.keys() == b.intermediate_values.keys()
+        for k, v in a.intermediate_values.items():
+            assert v == b.intermediate_values[k] or (math.isnan(v) and math.isnan(b.intermediate_values[k]))
+
+    for a, b in zip(got, want):
+        same(a, b)
+    by_state = sql.read_trials(storage, study._study_id, states=(TrialState.COMPLETE, TrialState.WAITING))
+    assert [t.number for t in by_state] == [t.number for t in want if t.state in (TrialState.COMPLETE, TrialState.WAITING)]
+    tail = sql.read_trials(storage, study._study_id, after_id=want[4]._trial_id, also_ids=[want[1]._trial_id])
+    assert [t.number for t in tail] == [1, 5, 6, 7]
+    picked = sql.read_trials(storage, study._study_id, numbers=[0, 3], user_keys=["missing"], intermediate=False)
+    assert [t.number for t in picked] == [0, 3] and all(not t.user_attrs and not t.intermediate_values for t in picked)
+    assert sql.last_numbers(storage, study._study_id, 3) == [5, 6, 7]
+    assert sql.count_trials(storage, study._study_id, states=(TrialState.COMPLETE,)) == 4
+    monkeypatch.delenv("TZ")
+    time.tzset()

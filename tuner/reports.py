@@ -656,6 +656,25 @@ def _metric_axis(values: list[float], *, log: bool) -> tuple[Callable[[float], f
     return (lambda v: (v - low) / (high - low)), _short(low), _short(high)
 
 
+MAX_LINES = 2000  # lines a plot draws, one per trial: past some thousands a line is a pixel, and 100,000 take matplotlib minutes
+
+
+def _drawn(trials: list[FrozenTrial], best: _Best) -> list[FrozenTrial]:
+    """The trials a line plot draws: all of them, or past MAX_LINES the best (the front) and an
+    even sample of the others by number, so the picture keeps the study's shape."""
+    if len(trials) <= MAX_LINES:
+        return trials
+    kept = [t for t in trials if best.has(t)]
+    rest = [t for t in trials if not best.has(t)]
+    room = max(MAX_LINES - len(kept), 1)
+    sample = [rest[round(i * (len(rest) - 1) / max(room - 1, 1))] for i in range(min(room, len(rest)))]
+    return sorted({t.number: t for t in kept + sample}.values(), key=lambda t: t.number)
+
+
+def _of(drawn: list[FrozenTrial], trials: list[FrozenTrial]) -> str:
+    return "" if len(drawn) == len(trials) else f", {len(drawn)} drawn (the best and an even sample)"
+
+
 def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], best: _Best) -> Figure:
     complete = _complete(trials)
     if not complete:
@@ -674,7 +693,8 @@ def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], b
     axes = [*(m.name for m in objectives), *names]
     fig = _figure(max(8.0, 1.3 * len(axes) + 2), 5.0)
     ax = fig.add_subplot()
-    for t in sorted(complete, key=best.has):  # the best on top
+    drawn = _drawn(complete, best)
+    for t in sorted(drawn, key=best.has):  # the best on top
         xs = [float(k) for k in range(len(objectives))]
         ys = [scale(v) for (scale, _, _), v in zip(metric_axes, t.values)]
         for i, name in enumerate(names, start=len(objectives)):
@@ -708,7 +728,7 @@ def _plot_parallel(trials: list[FrozenTrial], *, objectives: Sequence[Metric], b
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=objectives[0].name, fraction=0.04)
     thickest = "the Pareto front's are thickest" if best.front else "the best is thickest"
     dashed = "\ndashed: trials that miss a constraint" if not all(feasible(t) for t in complete) else ""
-    ax.set_title(f"Parallel coordinates of {_count(len(complete), 'complete trial')} (scaled to [0, 1]; {thickest}){dashed}")
+    ax.set_title(f"Parallel coordinates of {_count(len(complete), 'complete trial')}{_of(drawn, complete)} (scaled to [0, 1]; {thickest}){dashed}")
     return fig
 
 
@@ -731,7 +751,8 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: Metric, index: int,
         labelled.add(kind)
         return kind
 
-    for t in sorted(reported, key=lambda t: (t.state == TrialState.COMPLETE, best.has(t))):
+    drawn = _drawn(reported, best)
+    for t in sorted(drawn, key=lambda t: (t.state == TrialState.COMPLETE, best.has(t))):
         steps = sorted(t.intermediate_values)
         ys = [t.intermediate_values[s] for s in steps]
         if best.has(t):
@@ -748,7 +769,7 @@ def _plot_intermediate(trials: list[FrozenTrial], *, metric: Metric, index: int,
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric.name)
-    ax.set_title(f"Intermediate values: {metric.name} per epoch, {_count(len(reported), 'trial')}")
+    ax.set_title(f"Intermediate values: {metric.name} per epoch, {_count(len(reported), 'trial')}{_of(drawn, reported)}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return fig

@@ -19,13 +19,13 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
 from tuner._compat import optuna_paths
@@ -41,10 +41,14 @@ __all__ = [
     "best_trial_id",
     "count_and_create",
     "count_states",
+    "count_trials",
     "create_running",
+    "ensure_indexes",
+    "last_numbers",
     "fail_running",
     "param_distribution",
     "progress",
+    "read_trials",
     "running_trials",
     "set_started",
     "start_queued",
@@ -221,22 +225,74 @@ _FEASIBLE = (
 )
 
 
+# (engine) -> (study id, maximize) -> (the last trial id covered, the best value among the settled
+# trials up to it): settled trials never change, so their best is read once
+_BEST: "weakref.WeakKeyDictionary[sqlalchemy.Engine, dict[tuple[int, bool], tuple[int, float | None]]]" = weakref.WeakKeyDictionary()
+
+
 def progress(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool, best: bool = True) -> tuple[int, float | None]:
     """Finished trials (complete or pruned) and (with `best`) the best finite value of a feasible
-    complete trial."""
-    best_of = "MAX" if maximize else "MIN"
+    complete trial. Both from what changed since the last look (see _Settled): a progress line
+    costs the same at 100,000 trials as at 100."""
+    best_of = max if maximize else min
     with _transaction(rdb) as cur:
-        n_finished = cur.execute(
-            "SELECT COUNT(*) FROM trials WHERE study_id = ? AND state IN ('COMPLETE', 'PRUNED')", (study_id,)
-        ).fetchone()[0]
-        value = None
-        if best:
-            value = cur.execute(
-                f"SELECT {best_of}(v.value) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
-                f"WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' AND {_FEASIBLE}",
-                (study_id,),
-            ).fetchone()[0]
+        counts = _count_states(cur, study_id)
+        n_finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if not best:
+            return n_finished, None
+        with _SETTLED_LOCK:
+            settled = _SETTLED.get(cur.engine, {}).get(study_id, _Settled()).last_id
+            covered, value = _BEST.setdefault(cur.engine, {}).get((study_id, maximize), (0, None))
+        if covered > settled:  # the study was made again: its trials start over
+            covered, value = 0, None
+        if settled > covered:
+            value = _best_between(cur, study_id, best_of, covered, settled, value)
+            with _SETTLED_LOCK:
+                _BEST[cur.engine][(study_id, maximize)] = (settled, value)
+        value = _best_between(cur, study_id, best_of, settled, None, value)
     return int(n_finished), value
+
+
+def _best_between(cur: _Cursor, study_id: int, best_of: Callable[..., Any], after: int, upto: int | None, value: float | None) -> float | None:
+    """The best of `value` and the first values of the feasible complete trials with ids in (after, upto]."""
+    agg = "MAX" if best_of is max else "MIN"
+    bound = "" if upto is None else " AND t.trial_id <= ?"
+    found = cur.execute(
+        f"SELECT {agg}(v.value) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+        f"WHERE t.study_id = ? AND t.trial_id > ?{bound} AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' AND {_FEASIBLE}",
+        (study_id, after) if upto is None else (study_id, after, upto),
+    ).fetchone()[0]
+    return value if found is None else found if value is None else best_of(value, found)
+
+
+# Indexes Optuna's schema lacks for tuner's queries, on Optuna's tables: they change no table's
+# meaning, and Optuna's migrations leave them be. Without them a claim's number, the progress
+# line and the running trials' look each walk every trial of the study.
+INDEXES = {
+    "ix_tuner_trials_study_number": "trials (study_id, number)",
+    "ix_tuner_trials_study_state": "trials (study_id, state)",
+}
+
+
+def ensure_indexes(rdb: optuna.storages.RDBStorage) -> list[str]:
+    """Create tuner's indexes where they are missing; the names created. A database that refuses
+    (read-only, no rights) keeps working without them, only slower on large studies."""
+    engine = rdb.engine
+    try:
+        have = {index["name"] for index in sqlalchemy.inspect(engine).get_indexes("trials")}
+    except sqlalchemy.exc.SQLAlchemyError:
+        return []
+    made = []
+    for name, on in INDEXES.items():
+        if name in have:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
+            made.append(name)
+        except sqlalchemy.exc.SQLAlchemyError:  # another worker made it meanwhile, or no rights: fine either way
+            continue
+    return made
 
 
 def best_trial_id(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool) -> int | None:
@@ -418,12 +474,17 @@ def _insert_running(cur: _Cursor, study_id: int, *, heartbeat: bool, user_attrs:
     if not cur.sqlite:  # SQLite's writer lock already serializes the insert below
         if cur.execute("SELECT study_id FROM studies WHERE study_id = ? FOR UPDATE", (study_id,)).fetchone() is None:
             raise KeyError(f"no study with id {study_id}")
+    # Optuna numbers a trial by the study's trials before it (they are never deleted): the highest
+    # number + 1, read from tuner's (study_id, number) index, costs the same at 100,000 trials as
+    # at 10 (a COUNT walks them all: 4 ms a claim at 100,000 on SQLite)
+    # at 100,000 trials as at 10 (a COUNT walks them all: 4 ms a claim at 100,000 on SQLite). The
+    # highest number alone in its subquery: SQLite reads a MAX from an index only in a query of its own.
     insert = (
         "INSERT INTO trials (number, study_id, state, datetime_start) "
-        f"SELECT COUNT(*), ?, '{_RUNNING}', ? FROM trials WHERE study_id = ? "
-        "HAVING EXISTS (SELECT 1 FROM studies WHERE study_id = ?)"  # no row, no trial, for a study that is gone
+        f"SELECT (SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study_id = ?), study_id, '{_RUNNING}', ? "
+        "FROM studies WHERE study_id = ?"  # no row, no trial, for a study that is gone
     )
-    params = (study_id, cur.when(started), study_id, study_id)
+    params = (study_id, cur.when(started), study_id)
     if cur.sqlite or cur.postgresql:
         row = cur.execute(insert + " RETURNING trial_id, number", params).fetchone()
         if row is None:
@@ -512,3 +573,117 @@ def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | N
             rows.append((trial_id, objective, stored, kind.name))
         cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", rows)
     return True
+
+
+_SPECIAL = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}
+
+
+def _local(value: Any) -> datetime | None:
+    """A stored trial time as Optuna 5 hands it out: stored as naive UTC, given as naive local time."""
+    if value is None:
+        return None
+    return _timestamp(value).replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def last_numbers(rdb: optuna.storages.RDBStorage, study_id: int, n: int, *, states: Iterable[TrialState] | None = None) -> list[int]:
+    """The numbers of the study's last `n` trials (in `states`), from the (study_id, number) index."""
+    among = "" if states is None else f" AND state IN ({', '.join(repr(s.name) for s in states)})"
+    with _transaction(rdb) as cur:
+        rows = cur.execute(f"SELECT number FROM trials WHERE study_id = ?{among} ORDER BY number DESC LIMIT ?", (study_id, n)).fetchall()
+    return sorted(int(r[0]) for r in rows)
+
+
+def count_trials(rdb: optuna.storages.RDBStorage, study_id: int, *, states: Iterable[TrialState] | None = None) -> int:
+    among = "" if states is None else f" AND state IN ({', '.join(repr(s.name) for s in states)})"
+    with _transaction(rdb) as cur:
+        return int(cur.execute(f"SELECT COUNT(*) FROM trials WHERE study_id = ?{among}", (study_id,)).fetchone()[0])
+
+
+def read_trials(
+    rdb: optuna.storages.RDBStorage,
+    study_id: int,
+    *,
+    states: Iterable[TrialState] | None = None,
+    after_id: int = 0,
+    also_ids: Iterable[int] = (),
+    numbers: Iterable[int] | None = None,
+    user_keys: Iterable[str] | None = None,
+    intermediate: bool = True,
+) -> list[FrozenTrial]:
+    """The study's trials as Optuna's get_all_trials gives them (ordered by id, equal field for
+    field: tests/test_sql.py holds them side by side), with `states` only, and only those with an
+    id above `after_id` or in `also_ids` (a reader that keeps the finished ones it read: they never
+    change), or with these `numbers`. A reader that needs a few user attributes names them
+    (`user_keys`), and one that needs no learning curve leaves out the `intermediate` values:
+    a study's summary at 100,000 trials reads a fifth of their rows. Five plain queries, one a table, grouped here: Optuna's ORM reads 100,000 trials in
+    about 150 s and 7 GB on SQLite, mostly building and tracking its objects."""
+    where = "t.study_id = ?"
+    args: list[Any] = [study_id]
+    also = sorted(set(also_ids))
+    if after_id or also:
+        where += f" AND (t.trial_id > ?{' OR t.trial_id IN (' + ', '.join('?' * len(also)) + ')' if also else ''})"
+        args += [after_id, *also]
+    if states is not None:
+        names = [s.name for s in states]
+        where += f" AND t.state IN ({', '.join('?' * len(names))})"
+        args += names
+    if numbers is not None:
+        wanted = sorted(set(numbers))
+        if not wanted:
+            return []
+        where += f" AND t.number IN ({', '.join('?' * len(wanted))})"
+        args += wanted
+    keys = sorted(set(user_keys)) if user_keys is not None else None
+    dists: dict[str, BaseDistribution] = {}
+    with _transaction(rdb) as cur:
+        rows = cur.execute(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete FROM trials t WHERE {where} ORDER BY t.trial_id", args).fetchall()
+        if not rows:
+            if cur.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
+                raise KeyError(optuna_paths().not_found_msg)  # as Optuna's read says it
+            return []
+        fields: dict[int, dict[str, Any]] = {
+            int(r[0]): {"number": r[1], "state": TrialState[r[2]], "start": _local(r[3]), "complete": _local(r[4]),
+                        "values": {}, "params": {}, "dists": {}, "user": {}, "system": {}, "steps": {}}  # fmt: skip
+            for r in rows
+        }
+
+        def children(sql: str, extra: Sequence[Any] = ()) -> Any:
+            return cur.execute(sql.format(where=where, key=cur.key), [*args, *extra]).fetchall()
+
+        for trial_id, objective, value, kind in children(
+            "SELECT v.trial_id, v.objective, v.value, v.value_type FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id WHERE {where}"
+        ):
+            fields[trial_id]["values"][objective] = value if kind == "FINITE" else _SPECIAL[kind]
+        for trial_id, name, value, dist_json in children(
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id "
+            "WHERE {where} ORDER BY p.param_id"
+        ):
+            dist = dists.get(dist_json)
+            if dist is None:
+                dist = dists[dist_json] = json_to_distribution(dist_json)
+            fields[trial_id]["params"][name] = dist.to_external_repr(value)
+            fields[trial_id]["dists"][name] = dist
+        for table, slot, only in (("trial_user_attributes", "user", keys), ("trial_system_attributes", "system", None)):
+            if only is not None and not only:
+                continue
+            among = "" if only is None else f" AND a.{{key}} IN ({', '.join('?' * len(only))})"
+            for trial_id, key, value_json in children(
+                f"SELECT a.trial_id, a.{{key}}, a.value_json FROM {table} a JOIN trials t ON t.trial_id = a.trial_id WHERE {{where}}{among}", only or ()
+            ):
+                fields[trial_id][slot][key] = json.loads(value_json)
+        for trial_id, step, value, kind in children(
+            "SELECT i.trial_id, i.step, i.intermediate_value, i.intermediate_value_type FROM trial_intermediate_values i "
+            "JOIN trials t ON t.trial_id = i.trial_id WHERE {where}"
+        ) if intermediate else ():
+            fields[trial_id]["steps"][step] = value if kind == "FINITE" else _SPECIAL[kind]
+    out = []
+    for trial_id, f in fields.items():
+        values = [f["values"][i] for i in range(len(f["values"]))] if f["values"] else None
+        out.append(
+            FrozenTrial(
+                number=f["number"], state=f["state"], value=None, values=values, datetime_start=f["start"], datetime_complete=f["complete"],
+                params=f["params"], distributions=f["dists"], user_attrs=f["user"], system_attrs=f["system"],
+                intermediate_values=f["steps"], trial_id=trial_id,
+            )  # fmt: skip
+        )
+    return out

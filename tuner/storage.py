@@ -204,6 +204,9 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
     if path is not None:
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connection_pragmas)
         storage.engine.dispose()  # connections opened while creating the tables lack the pragmas
+    from tuner.sql import ensure_indexes
+
+    ensure_indexes(storage)
     return storage
 
 

@@ -292,19 +292,35 @@ def trials(
         Optional[str], typer.Option("--columns", metavar="NAMES", help="Comma-separated parameters to show (default: those that vary, as many as fit).")
     ] = None,
     wide: Annotated[bool, typer.Option("--wide", help="Every parameter, whatever the terminal's width.")] = False,
+    limit: Annotated[
+        Optional[int],
+        typer.Option("--limit", metavar="N", min=0, help=f"The last N trials by number; 0: every one [default: the last {TABLE_LIMIT} in a table, every one with --format json]."),
+    ] = None,
     storage: StorageOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Every trial: state, value, parameters, and why it was pruned or failed."""
+    """The study's trials (a table shows the latest): state, value, parameters, and why each was pruned or failed."""
     from tuner.study import open_study, trial_rows
 
     loaded = open_study(name, resolve_url(storage))
     states = None if state == StateFilter.all else (state.trial_state,)
-    rows = trial_rows(loaded, states=states)
+    last = (None if fmt == Format.json else TABLE_LIMIT) if limit is None else limit or None
+    rows = trial_rows(loaded, states=states, last=last)
     if fmt == Format.json:
         print_json(rows)
         return
     _print_trials(rows, loaded, columns=columns, wide=wide)
+    if last is not None and len(rows) == last:
+        from tuner import sql
+        from tuner.storage import sql_rdb
+
+        rdb = sql_rdb(loaded.study._storage)
+        total = sql.count_trials(rdb, loaded.study._study_id, states=states) if rdb is not None else len(loaded.study.get_trials(deepcopy=False, states=states))
+        if total > last:
+            console.print(f"the last {last} of {total} trials; --limit 0 shows every one, --format json gives them all to a script", markup=False, highlight=False)
+
+
+TABLE_LIMIT = 200  # trials a table shows unless --limit says otherwise: a terminal holds no more, and a large study reads only these
 
 
 def _print_trials(rows: list[dict[str, Any]], loaded: Any, *, columns: Optional[str] = None, wide: bool = False) -> None:

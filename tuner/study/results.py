@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,16 +49,21 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    """Each study's name, settings, trial count and best value: from aggregate queries where
+    tuner's SQL runs (Optuna's summaries load every trial of every study: minutes at 100,000)."""
+    from tuner.storage import sql_rdb
+
     storage = open_storage(storage_url)
+    rdb = sql_rdb(storage)
     rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+    for s in _summaries(storage, rdb):
         spec = s.user_attrs.get(SPEC_ATTR, {})
         rows.append(
             {
                 "name": s.study_name,
                 "direction": ",".join(d.name.lower() for d in s.directions),
                 "trials": s.n_trials,
-                "best_value": s.best_trial.value if s.best_trial and len(s.directions) == 1 else None,
+                "best_value": s.best_value if len(s.directions) == 1 else None,
                 "sampler": spec.get("sampler"),
                 "stopped": (s.user_attrs.get(STOPPED_ATTR) or {}).get("rule"),  # a stopping rule ended it early (tuner.stopping)
                 # what its trials run: tuner's loop on a workload, or the person's own code
@@ -68,9 +74,48 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class _Summary:
+    study_name: str
+    directions: list[Any]
+    user_attrs: dict[str, Any]
+    n_trials: int
+    best_value: float | None
+
+
+def _summaries(storage: Any, rdb: Any) -> list[_Summary]:
+    if rdb is None:
+        return [
+            _Summary(s.study_name, s.directions, s.user_attrs, s.n_trials, s.best_trial.value if s.best_trial and len(s.directions) == 1 else None)
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=True)
+        ]
+    from tuner import sql
+
+    out = []
+    for study in storage.get_all_studies():  # names, directions, attributes: no trials
+        one = len(study.directions) == 1
+        _, best = sql.progress(rdb, study._study_id, maximize=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE, best=one)
+        out.append(_Summary(study.study_name, study.directions, study.user_attrs, sum(sql.count_states(rdb, study._study_id).values()), best))
+    return out
+
+
+# the user attributes a summary reads: a study's trials read whole hold their learning curves too
+_SUMMARY_KEYS = (A.HEALTH, A.FAIL_KIND, A.FAIL_REASON, A.PRUNED_KIND, A.PRUNED_REASON, A.RETRY_OF, A.VIOLATED)
+
+
+def _summary_trials(study: optuna.Study) -> list[FrozenTrial]:
+    from tuner import sql
+    from tuner.storage import sql_rdb
+
+    rdb = sql_rdb(study._storage)
+    if rdb is None:
+        return study.get_trials(deepcopy=False)
+    return sql.read_trials(rdb, study._study_id, user_keys=_SUMMARY_KEYS, intermediate=False)
+
+
 def study_summary(loaded: Loaded, storage_url: str) -> dict[str, Any]:
     study = loaded.study
-    trials = study.get_trials(deepcopy=False)
+    trials = _summary_trials(study)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     best = best_trial(study)
     objectives = loaded.spec.objectives
@@ -185,8 +230,20 @@ def trial_dict(t: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def trial_rows(loaded: Loaded, *, states: tuple[TrialState, ...] | None = None) -> list[dict[str, Any]]:
-    return [trial_dict(t) for t in loaded.study.get_trials(deepcopy=False, states=states)]
+def trial_rows(loaded: Loaded, *, states: tuple[TrialState, ...] | None = None, last: int | None = None) -> list[dict[str, Any]]:
+    """The study's trials as rows (trial_dict), or its `last` ones by number: a table of the
+    latest trials of a 100,000-trial study reads those alone."""
+    if last is None:
+        return [trial_dict(t) for t in loaded.study.get_trials(deepcopy=False, states=states)]
+    from tuner import sql
+    from tuner.storage import sql_rdb
+
+    study = loaded.study
+    rdb = sql_rdb(study._storage)
+    if rdb is None:
+        return [trial_dict(t) for t in study.get_trials(deepcopy=False, states=states)[-last:]] if last else []
+    numbers = sql.last_numbers(rdb, study._study_id, last, states=states)
+    return [trial_dict(t) for t in sql.read_trials(rdb, study._study_id, numbers=numbers)]
 
 
 def export_trials(loaded: Loaded, out: Path, *, fmt: str) -> int:
