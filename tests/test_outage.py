@@ -192,6 +192,8 @@ def _states(url: str, name: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1
+        if t.state == TrialState.FAIL:  # said in the assertion's message
+            out[f"#{t.number}"] = (t.user_attrs.get("fail_reason"), sorted(t.user_attrs), t.params, len(t.intermediate_values), str(t.datetime_start), str(t.datetime_complete))
     return out
 
 
@@ -255,8 +257,12 @@ def test_a_study_rides_out_sqlite_locked_past_its_busy_timeout(cli, project, mon
     """Another process holds SQLite's write lock for 2 s, past a busy timeout cut to 0.2 s: the
     run says so, waits, and ends with its budget and no failed trial."""
     import tuner.storage
+    from tuner.outage import OUTAGE
 
     monkeypatch.setattr(tuner.storage, "_SQLITE_BUSY_TIMEOUT_S", 0.2)
+    # this process's outage state goes back as it was: later tests here judge lost workers by their silence
+    monkeypatch.setattr(OUTAGE, "ended_at", OUTAGE.ended_at)
+    monkeypatch.setattr(OUTAGE, "began", OUTAGE.began)
     Path("search_spaces/t.yaml").write_text(SPACE.replace("epochs: 4", "epochs: 1"))
     Path("locker.py").write_text(
         "import sqlite3, threading, time\n"

@@ -494,3 +494,42 @@ def test_read_trials_gives_what_optunas_own_read_gives(tmp_path, monkeypatch):
     assert sql.count_trials(storage, study._study_id, states=(TrialState.COMPLETE,)) == 4
     monkeypatch.delenv("TZ")
     time.tzset()
+
+
+def test_read_trials_reads_one_snapshot_while_others_write(url, monkeypatch):
+    """Between read_trials' first statement and the rest, another connection ends a running trial
+    and starts a new one (as 4 workers on PostgreSQL do all the time): the read gives the study
+    as it was at one moment, neither a RUNNING trial with values nor a new trial's rows without
+    the trial (which failed a trial with KeyError before)."""
+    _, _, rdb = _study(url)
+    study = optuna.load_study(study_name="s", storage=rdb)
+    running = study.ask()
+    running.suggest_float("x", 0.0, 1.0)
+    other = optuna.load_study(study_name="s", storage=optuna.storages.RDBStorage(url))
+    real = sql._Cursor.execute
+    written: list[int] = []
+
+    def execute(self: sql._Cursor, statement: str, params: Any = ()) -> Any:
+        out = real(self, statement, params)
+        if statement.startswith("SELECT t.trial_id, t.number, t.state") and not written:
+            out = out.fetchall()
+            other.tell(running.number, 0.5)
+            new = other.ask()
+            new.suggest_float("x", 0.0, 1.0)
+            new.set_user_attr("note", "new")
+            written.append(new.number)
+
+            class Rows:  # the rows already read, as the cursor would give them
+                def fetchall(self) -> Any:
+                    return out
+
+            return Rows()
+        return out
+
+    monkeypatch.setattr(sql._Cursor, "execute", execute)
+    got = sql.read_trials(rdb, study._study_id)
+    monkeypatch.undo()
+    assert written == [1]
+    assert [(t.number, t.state, t.values, list(t.params)) for t in got] == [(0, TrialState.RUNNING, None, ["x"])]
+    after = sql.read_trials(rdb, study._study_id)
+    assert [(t.number, t.state, t.values, t.user_attrs) for t in after] == [(0, TrialState.COMPLETE, [0.5], {}), (1, TrialState.RUNNING, None, {"note": "new"})]

@@ -636,6 +636,13 @@ def read_trials(
     keys = sorted(set(user_keys)) if user_keys is not None else None
     dists: dict[str, BaseDistribution] = {}
     with _transaction(rdb) as cur:
+        # one snapshot for the six reads, which would each take their own: a trial ending between
+        # them would come back RUNNING with its values, one created since with rows but no fields
+        if cur.sqlite:
+            if not cur._cur.connection.in_transaction:
+                cur.execute("BEGIN")
+        elif cur.postgresql:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         rows = cur.execute(f"SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete FROM trials t WHERE {where} ORDER BY t.trial_id", args).fetchall()
         if not rows:
             if cur.execute("SELECT 1 FROM studies WHERE study_id = ?", (study_id,)).fetchone() is None:
@@ -648,7 +655,9 @@ def read_trials(
         }
 
         def children(sql: str, extra: Sequence[Any] = ()) -> Any:
-            return cur.execute(sql.format(where=where, key=cur.key), [*args, *extra]).fetchall()
+            """The rows of the trials read above (on a server without one snapshot, as MySQL's
+            default, a trial created since the first read is left for the next read)."""
+            return [r for r in cur.execute(sql.format(where=where, key=cur.key), [*args, *extra]).fetchall() if r[0] in fields]
 
         for trial_id, objective, value, kind in children(
             "SELECT v.trial_id, v.objective, v.value, v.value_type FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id WHERE {where}"

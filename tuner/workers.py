@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -78,10 +79,13 @@ def run_workers(
     n_slots = len(slots)
 
     last: list[tuple[int, float | None]] = [(0, None)]
+    probed = [-math.inf]
 
     def finished() -> tuple[int, float | None]:
-        """The study's progress; through a database outage, the last known (the workers wait it out)."""
-        if OUTAGE.began is None:
+        """The study's progress; through a database outage, the last known (the workers wait it
+        out), the database tried again each second to see it back."""
+        if OUTAGE.began is None or time.monotonic() - probed[0] >= 1.0:
+            probed[0] = time.monotonic()
             try:
                 last[0] = progress(loaded.study._storage, loaded.study._study_id, loaded.study.directions)
             except Exception as e:
