@@ -147,6 +147,31 @@ def test_a_claim_whose_answer_was_lost_is_found_by_its_worker(tmp_path):
     assert sql.claimed_by(storage, study._study_id, me) == [mine]
 
 
+def test_a_pooled_connection_the_server_ended_is_replaced_without_a_round_trip(pg_url):
+    """The server ends a worker's idle pooled connection (as a restart or an idle timeout does):
+    the next transaction gets a new connection, no error, no outage, though the pool sends no
+    pre-ping (a query, one round trip a transaction) before handing a connection out."""
+    from tuner.outage import OUTAGE
+
+    storage = open_storage(pg_url, create=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    assert not storage.engine.pool._pre_ping
+    sql.create_running(storage, study._study_id, heartbeat=True)
+    with storage.engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
+    admin.dispose()
+    time.sleep(0.2)  # the server's word on the socket arrives
+    began = OUTAGE.began
+    assert sql.count_states(storage, study._study_id) == {TrialState.RUNNING: 1}
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    assert OUTAGE.began is began
+    storage.engine.dispose()
+
+
 SPACE = """\
 params:
   lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}

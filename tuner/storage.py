@@ -165,14 +165,14 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
         # transaction's server would not know it (PgBouncer < 1.21, or without
         # max_prepared_statements): never prepare. PgBouncer refuses the startup `options` too,
         # so synchronous_commit is the database's own setting there (see docs/clusters.md).
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
+        engine_kwargs = {"pool_pre_ping": not _probes(parsed), "connect_args": {"connect_timeout": 10, "prepare_threshold": None}}
     elif parsed.get_backend_name() == "postgresql":
         # Commits return before the server flushes its log to disk (~1.5 ms each, 3 a trial): a
         # server crash may lose the last fraction of a second of results, never consistency, and
         # a trial whose end was lost is failed as stale and re-queued. SQLite's WAL + NORMAL alike.
         given = parsed.query.get("options")
         options = " ".join(filter(None, [given if isinstance(given, str) else None, "-c synchronous_commit=off"]))
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10, "options": options}}
+        engine_kwargs = {"pool_pre_ping": not _probes(parsed), "connect_args": {"connect_timeout": 10, "options": options}}
     _read_migrations_once()
     # Behind PgBouncer, Optuna's own schema check would hold one connection in a transaction
     # while it opens a second: with as many workers starting as PgBouncer has server
@@ -204,10 +204,38 @@ def open_storage(url: str, *, create: bool = False) -> optuna.storages.RDBStorag
     if path is not None:
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connection_pragmas)
         storage.engine.dispose()  # connections opened while creating the tables lack the pragmas
+    elif _probes(parsed):
+        sqlalchemy.event.listen(storage.engine, "checkout", _alive_or_replaced)
     from tuner.sql import ensure_indexes
 
     ensure_indexes(storage)
     return storage
+
+
+def _probes(parsed: sqlalchemy.engine.URL) -> bool:
+    """Whether the engine's connections are checked by _alive_or_replaced rather than by the
+    pool's pre-ping: psycopg 3 on PostgreSQL, whose connection's socket can be looked at."""
+    return parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
+
+
+def _alive_or_replaced(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection checked as it leaves the pool, without a round trip: a server that
+    ended the session (restart, failover, PgBouncer restart, an idle timeout) has said so on its
+    socket (an error, then end of file), which an idle connection's never is otherwise. The
+    pool's pre-ping sent a query instead: one round trip a transaction, 5 a trial. A connection
+    lost without a word (a cable pulled) fails its first statement, which tuner.outage retries."""
+    import select
+
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    if pgconn is None:
+        return
+    try:
+        closed = dbapi_connection.closed or pgconn.socket < 0
+        readable = not closed and bool(select.select([pgconn.socket], [], [], 0)[0])
+    except Exception:  # noqa: BLE001 - a connection that cannot be looked at is not kept
+        closed, readable = True, False
+    if closed or readable:
+        raise sqlalchemy.exc.DisconnectionError("the server ended this connection")  # the pool opens a new one
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -249,9 +277,11 @@ class StudyLock:
             self._engine, self._own_engine = engine, engine is None
             if engine is None:
                 self._engine = sqlalchemy.create_engine(
-                    _parse(url).render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=True,
+                    _parse(url).render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=not _probes(_parse(url)),
                     connect_args={"prepare_threshold": None} if behind_pgbouncer(url) else {},
                 )
+                if _probes(_parse(url)):
+                    sqlalchemy.event.listen(self._engine, "checkout", _alive_or_replaced)
             # Behind PgBouncer a worker waiting on the lock would hold one of its few server
             # connections, and the holder needs a second one for its claim: with more waiting
             # workers than the pool has connections, nobody moves. So it tries and waits outside.
