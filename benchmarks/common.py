@@ -58,6 +58,10 @@ class BenchSettings:
     pareto_epochs: int | None = None  # epochs of its trials; None: the space's own
     warm_source_trials: int = 30  # trials of each earlier study the warm section starts from (TPE, the reference space)
     warm_seeds: int = 5  # studies per arm of the warm section
+    scale_sizes: tuple[int, ...] = (1000, 10000, 100000)  # study sizes of the scale section, smallest first
+    scale_start: int = 40  # real trials the scale study starts with (its copies fill it to each size)
+    scale_window: int = 30  # real trials timed with random sampling at each size
+    scale_tpe_window: int = 5  # then with TPE (a TPE trial at 100,000 takes seconds)
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -85,6 +89,10 @@ class BenchSettings:
             pareto_epochs=2,
             warm_source_trials=4,
             warm_seeds=1,
+            scale_sizes=(30, 60),
+            scale_start=6,
+            scale_window=4,
+            scale_tpe_window=3,
         )
 
 

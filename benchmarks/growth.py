@@ -16,10 +16,12 @@ from benchmarks.common import REFERENCE_SPACE, Bench, Clock, check_timed, quiet,
 from tuner.space import load_space
 from tuner.spec import StudySpec
 
-__all__ = ["measure_growth"]
+__all__ = ["fill_to", "growth_space", "measure_growth", "timed_window"]
+
+_FILL_CHUNK = 5000  # trials a transaction when a study is grown
 
 
-def _growth_space(spaces_dir: Path, workdir: Path, epochs: int) -> str:
+def growth_space(spaces_dir: Path, workdir: Path, epochs: int) -> str:
     """The reference space with tiny trials (few epochs), written beside the bench's databases."""
     import yaml
 
@@ -30,7 +32,7 @@ def _growth_space(spaces_dir: Path, workdir: Path, epochs: int) -> str:
     return str(path)
 
 
-def _timed_window(loaded: Any, device: Any, threads: int, clock: Clock) -> list[dict[str, float]]:
+def timed_window(loaded: Any, device: Any, threads: int, clock: Clock) -> list[dict[str, float]]:
     """Run the study to its budget; each trial's wall time (between consecutive trials' ends) and its parts."""
     from tuner.study import run_study
 
@@ -50,7 +52,7 @@ def _timed_window(loaded: Any, device: Any, threads: int, clock: Clock) -> list[
     return rows[1:]  # the first also holds run_study's start-up
 
 
-def _fill_to(name: str, url: str, n_total: int) -> int:
+def fill_to(name: str, url: str, n_total: int) -> int:
     """Copies of the study's finished trials, row for row (parameters, values, per-epoch values,
     attributes), until it holds n_total trials; the count added. Bulk inserts into Optuna's tables:
     2,000 trials in a second or two, where one add_trial each would take minutes."""
@@ -74,21 +76,25 @@ def _fill_to(name: str, url: str, n_total: int) -> int:
         n_add = max(n_total - n_have, 0)
         if not source or not n_add:
             return 0
-        next_id = conn.execute(sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id))).scalar_one() + 1
-        copies = [{**source[i % len(source)], "trial_id": next_id + i, "number": n_have + i} for i in range(n_add)]
-        conn.execute(trials.insert(), copies)
-        if conn.dialect.name == "postgresql":  # ids given explicitly: the next trial's id comes after them
-            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), (SELECT MAX(trial_id) FROM trials))")
+        rows: dict[Any, dict[int, list[dict[str, Any]]]] = {}
         for table in children:
             keys = {c.name for c in table.primary_key.columns}
-            rows: dict[int, list[dict[str, Any]]] = {}
+            rows[table] = {}
             for r in conn.execute(sqlalchemy.select(table).where(table.c.trial_id.in_([t["trial_id"] for t in source]))):
-                rows.setdefault(r.trial_id, []).append({k: v for k, v in r._mapping.items() if k not in keys})
-            new_rows = [
-                {**row, "trial_id": next_id + i} for i in range(n_add) for row in rows.get(source[i % len(source)]["trial_id"], [])
-            ]
-            if new_rows:
-                conn.execute(table.insert(), new_rows)
+                rows[table].setdefault(r.trial_id, []).append({k: v for k, v in r._mapping.items() if k not in keys})
+        next_id = conn.execute(sqlalchemy.select(sqlalchemy.func.max(trials.c.trial_id))).scalar_one() + 1
+    for start in range(0, n_add, _FILL_CHUNK):  # a transaction a chunk: 100,000 trials' rows at once take gigabytes
+        with storage.engine.begin() as conn:
+            span = range(start, min(start + _FILL_CHUNK, n_add))
+            conn.execute(trials.insert(), [{**source[i % len(source)], "trial_id": next_id + i, "number": n_have + i} for i in span])
+            for table in children:
+                new_rows = [{**row, "trial_id": next_id + i} for i in span for row in rows[table].get(source[i % len(source)]["trial_id"], [])]
+                if new_rows:
+                    conn.execute(table.insert(), new_rows)
+    with storage.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # ids given explicitly: the next trial's id comes after them
+            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), (SELECT MAX(trial_id) FROM trials))")
+        conn.exec_driver_sql("ANALYZE")  # the planner's statistics, as a database that grew by itself would have them
     storage.engine.dispose()
     return n_add
 
@@ -97,7 +103,7 @@ def measure_growth(bench: Bench) -> dict[str, Any]:
     """Per-trial service time (wall less training) in one SQLite study at `growth_small` and at
     `growth_large` trials, with tiny trials, for random sampling without pruning and for tuner's
     defaults (TPE, median pruner). The study grows from small to large with copies of its own
-    trials (bulk inserts, see _fill_to), so 2,000 trials take seconds; the timed windows are real trials."""
+    trials (bulk inserts, see fill_to), so 2,000 trials take seconds; the timed windows are real trials."""
     from tuner.study import create_study, open_study
 
     settings, device, spaces_dir = bench.settings, bench.device, bench.spaces_dir
@@ -112,20 +118,20 @@ def measure_growth(bench: Bench) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         workdir = Path(tmp)
-        space = _growth_space(spaces_dir, workdir, settings.growth_epochs)
+        space = growth_space(spaces_dir, workdir, settings.growth_epochs)
         for sampler, pruner in (("random", "none"), ("tpe", "median")):
             url = f"sqlite:///{workdir / sampler}.db"
             spec = StudySpec(name=f"bench-growth-{sampler}", space=space, sampler=sampler, pruner=pruner, seed=settings.seed, trials=settings.growth_small)
             loaded = create_study(spec, url, spaces_dir=spaces_dir)
             windows = []
             clock = Clock()
-            small = _timed_window(loaded, device, settings.threads, clock)
+            small = timed_window(loaded, device, settings.threads, clock)
             check_timed(clock, settings.growth_small, "growth")
             windows.append(small[-settings.growth_window :])
-            _fill_to(spec.name, url, settings.growth_large - settings.growth_window)
+            fill_to(spec.name, url, settings.growth_large - settings.growth_window)
             loaded = open_study(spec.name, url)
             loaded.spec = dataclasses.replace(loaded.spec, trials=settings.growth_large)
-            windows.append(_timed_window(loaded, device, settings.threads, Clock()))
+            windows.append(timed_window(loaded, device, settings.threads, Clock()))
             row: dict[str, Any] = {"pruner": pruner}
             for key in ("service_ms", "sampling_ms", "reports_ms", "wall_ms"):
                 row[key] = [statistics.median(t[key] for t in w) for w in windows]

@@ -21,6 +21,7 @@ from benchmarks.health import measure_health
 from benchmarks.overhead import POSTGRES_ADMIN, measure_overhead
 from benchmarks.packing import measure_packing
 from benchmarks.pareto import measure_pareto
+from benchmarks.scale import measure_scale
 from benchmarks.search import measure_search
 from benchmarks.throughput import measure_throughput
 from benchmarks.warm import measure_warm
@@ -43,9 +44,10 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "pareto": measure_pareto,
     "health": measure_health,
     "warm": measure_warm,
+    "scale": measure_scale,
 }
 # --skip names that leave out a part of a section rather than all of it: the part -> its section.
-PARTS = {"postgres": "overhead"}  # overhead's PostgreSQL half
+PARTS = {"postgres": "overhead"}  # the PostgreSQL halves of overhead and scale
 
 
 def skip_names() -> tuple[str, ...]:

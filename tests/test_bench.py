@@ -61,7 +61,7 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
     machine = doc["machine"]
     assert machine["cpu"] and machine["cores"] >= 1 and machine["device"] == "cpu"
     assert machine["torch"] and machine["optuna"] and machine["date"]
-    assert doc["settings"] == dataclasses.asdict(BenchSettings.quick())
+    assert doc["settings"] == json.loads(json.dumps(dataclasses.asdict(BenchSettings.quick())))
     assert doc["skipped"] == []
     _positive(doc["wall_s"], "wall_s")
 
@@ -167,6 +167,25 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
         assert m["share"] == pytest.approx(m["per_epoch_ms"] / m["epoch_ms"])
     assert h["share"] == max(m["share"] for m in h["models"]) and "threads 1" in h["how"]
     assert "health, 64 units: " in result.out and "dead-units probe" in result.out  # the note under the table
+
+    sc = doc["scale"]  # a study grown to each size on each database, then the read commands on it
+    assert sc["sizes"] == [30, 60] and sc["target"] == 1.2
+    for storage in storages:
+        part = sc[storage]
+        assert [r["trials"] for r in part["sizes"]] == [r["counted"] for r in part["sizes"]] == [30, 60]
+        for r in part["sizes"]:
+            for key in ("service_ms", "tpe_service_ms", "tpe_sampling_ms"):
+                _positive(r[key], f"scale.{storage}.{key}")
+            assert r["tpe_sampling_ms"] < r["tpe_service_ms"]
+        assert part["ratio"] == pytest.approx(part["sizes"][-1]["service_ms"] / part["sizes"][0]["service_ms"])
+        assert part["met"] == (part["ratio"] <= 1.2)
+        assert set(part["commands_s"]) == {"study list", "study show", "study best", "study trials", "study export", "report"}
+        assert all(v > 0 for v in part["commands_s"].values())
+        assert f"scale {storage}, seconds a command at 60 trials: study list " in result.out  # the note under the table
+    if storages == ["sqlite"]:
+        assert "skipped" in sc["postgresql"]
+    else:
+        assert _bench_databases() == []
 
     # the bench leaves nothing behind in the default storage
     assert not (project / "studies" / "tuner.db").exists()

@@ -47,7 +47,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Runs per measurement; figures are medians (default 3; 1 with --quick).")] = None,
     skip: Annotated[
         Optional[str],
-        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres, growth, search, workers, command, packing, pareto, health, warm."),
+        typer.Option("--skip", metavar="NAMES", help="Comma-separated sections to leave out: throughput, overhead, postgres (PostgreSQL in overhead and scale), growth, search, workers, command, packing, pareto, health, warm, scale."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N; auto takes a GPU when torch sees one.")] = "auto",
     postgres: Annotated[
@@ -58,7 +58,7 @@ def bench(
 ) -> None:
     """Benchmark tuner against Optuna's PyTorch example: trial throughput, service overhead (and its
     growth to 2,000 trials), time to 0.97 accuracy per search strategy, worker scaling, command trials,
-    trial packing and the pareto pruner on a two-metric study."""
+    trial packing, the pareto pruner on a two-metric study, and studies of 1,000 to 100,000 trials."""
     harness = _load_benchmarks()
     settings = harness.BenchSettings.quick(repeats) if quick else harness.BenchSettings(**({"repeats": repeats} if repeats else {}))
     names = tuple(s.strip() for s in (skip or "").split(",") if s.strip())
@@ -199,6 +199,22 @@ def _table(doc: dict[str, Any]) -> Table:
 
         for arm in ("warm related", "warm unrelated", "prior related"):
             table.add_row(f"s to {w['threshold']}: cold vs {arm}", took(w["arms"][arm]), took(cold), _num(w["ratios"][arm], "{:.2f}x"), "", "")
+    if "scale" in doc:
+        sc = doc["scale"]
+        small, large = sc["sizes"][0], sc["sizes"][-1]
+        for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+            part = sc.get(key, {})
+            if "sizes" not in part:
+                continue
+            table.add_row(
+                f"service ms, {small}->{large} trials, random, {label}",
+                "->".join(f"{r['service_ms']:.1f}" for r in part["sizes"]),
+                "",
+                _num(part["ratio"], "{:.2f}x"),
+                f"<={sc['target']:g}x",
+                _met(part["met"]),
+            )
+            table.add_row(f"TPE sampling ms, {small}->{large} trials, {label}", "->".join(_num(r["tpe_sampling_ms"], "{:.0f}") for r in part["sizes"]), "", "", "", "")
     if "health" in doc:
         for m in doc["health"]["models"]:
             table.add_row(f"health ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
@@ -292,6 +308,14 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             for arm, part in w["arms"].items()
         )
         lines.append(f"warm, seconds to {w['threshold']} (cold over each): {shown}")
+    scale = doc.get("scale", {})
+    for key in ("sqlite", "postgresql"):
+        part = scale.get(key, {})
+        if "commands_s" in part:
+            shown = ", ".join(f"{command} {seconds:.1f}" for command, seconds in part["commands_s"].items())
+            lines.append(f"scale {key}, seconds a command at {scale['sizes'][-1]} trials: {shown}")
+        elif "skipped" in part:
+            lines.append(f"scale {key}: {part['skipped']}")
     return lines
 
 
