@@ -533,3 +533,20 @@ def test_read_trials_reads_one_snapshot_while_others_write(url, monkeypatch):
     assert [(t.number, t.state, t.values, list(t.params)) for t in got] == [(0, TrialState.RUNNING, None, ["x"])]
     after = sql.read_trials(rdb, study._study_id)
     assert [(t.number, t.state, t.values, t.user_attrs) for t in after] == [(0, TrialState.COMPLETE, [0.5], {}), (1, TrialState.RUNNING, None, {"note": "new"})]
+
+
+def test_a_write_that_fails_midway_leaves_nothing_and_says_why(url):
+    """A trial's writes after its guard go to the server together (one round trip on PostgreSQL):
+    one that the database refuses (a step written twice, as a second writer's would be) fails the
+    whole transaction with the database's reason, and none of its rows are left."""
+    _, _, rdb = _study(url)
+    study = optuna.load_study(study_name="s", storage=rdb)
+    trial = study.ask()
+    rdb.set_trial_intermediate_value(trial._trial_id, 0, 0.5)
+    again = sql.Pending(params={"x": (0.3, FloatDistribution(0.0, 1.0))}, intermediate={0: 0.7, 1: 0.8}, user_attrs={"note": "x"})
+    with pytest.raises(optuna.exceptions.StorageInternalError, match="(?i)unique|duplicate"):
+        sql.write_trial(rdb, trial._trial_id, again)
+    fresh = _fresh(url, trial._trial_id)
+    assert fresh.state == TrialState.RUNNING and fresh.params == {} and fresh.user_attrs == {} and fresh.intermediate_values == {0: 0.5}
+    sql.write_trial(rdb, trial._trial_id, sql.Pending(params=again.params, intermediate={1: 0.8}))  # the connection is fine after
+    assert _fresh(url, trial._trial_id).intermediate_values == {0: 0.5, 1: 0.8}

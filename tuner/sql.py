@@ -135,6 +135,14 @@ class _Cursor:
     def close(self) -> None:
         self._cur.close()
 
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        """Statements whose answers nobody reads sent together, answered in one round trip
+        (psycopg's pipeline mode; an error surfaces at the block's end, inside the transaction)."""
+        connection = getattr(self._cur, "connection", None)
+        if self.postgresql and hasattr(connection, "pipeline") and hasattr(connection, "pgconn"):
+            return connection.pipeline()
+        return contextlib.nullcontext()
+
 
 class _Held:
     """A SQLite database's connection taken from its engine's pool (with the pool's settings and
@@ -574,6 +582,13 @@ def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | N
         )
     if guard.rowcount != 1:
         return False
+    with cur.batch():
+        _write_rows(cur, trial_id, pending, final)
+    return True
+
+
+def _write_rows(cur: _Cursor, trial_id: int, pending: Pending, final: Final | None) -> None:
+    """_write_trial's rows, the trial's row claimed."""
     if pending.uncertain:  # an earlier try may have committed some of these rows: replace, never duplicate
         for table, column, keys in (("trial_params", "param_name", list(pending.params)), ("trial_intermediate_values", "step", list(pending.intermediate))):
             if keys:
@@ -600,7 +615,6 @@ def _write_trial(cur: _Cursor, trial_id: int, pending: Pending, final: Final | N
             stored, kind = optuna_paths().value_repr(value)
             rows.append((trial_id, objective, stored, kind.name))
         cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", rows)
-    return True
 
 
 _SPECIAL = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}
