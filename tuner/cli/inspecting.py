@@ -294,7 +294,7 @@ def trials(
     wide: Annotated[bool, typer.Option("--wide", help="Every parameter, whatever the terminal's width.")] = False,
     limit: Annotated[
         Optional[int],
-        typer.Option("--limit", metavar="N", min=0, help=f"The last N trials by number; 0: every one [default: the last {TABLE_LIMIT} in a table, every one with --format json]."),
+        typer.Option("--limit", metavar="N", min=0, help=f"The last N trials by number; 0: every one. Without it a table shows the last {TABLE_LIMIT}, --format json every one."),
     ] = None,
     storage: StorageOpt = None,
     fmt: FormatOpt = Format.table,
