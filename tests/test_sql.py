@@ -550,3 +550,43 @@ def test_a_write_that_fails_midway_leaves_nothing_and_says_why(url):
     assert fresh.state == TrialState.RUNNING and fresh.params == {} and fresh.user_attrs == {} and fresh.intermediate_values == {0: 0.5}
     sql.write_trial(rdb, trial._trial_id, sql.Pending(params=again.params, intermediate={1: 0.8}))  # the connection is fine after
     assert _fresh(url, trial._trial_id).intermediate_values == {0: 0.5, 1: 0.8}
+
+
+def test_the_dashboard_reads_trials_incrementally_as_optuna_would_read_them(url):
+    """What `tuner dashboard` hands optuna-dashboard (which asks for every trial every few
+    seconds): the same trials as Optuna's own read, field for field, as trials are added, end,
+    and the study is deleted and made again; the finished ones read once."""
+    from tuner.dashboard import ConstraintsShown
+
+    _, _, rdb = _study(url)
+    study = optuna.load_study(study_name="s", storage=rdb)
+    shown = ConstraintsShown(rdb)
+
+    def same() -> None:
+        want = rdb.get_all_trials(study._study_id, deepcopy=False)
+        got = shown.get_all_trials(study._study_id, deepcopy=False)
+        assert [(t.number, t.state, t.values, t.params, t.user_attrs, t.intermediate_values, t._trial_id) for t in got] == [
+            (t.number, t.state, t.values, t.params, t.user_attrs, t.intermediate_values, t._trial_id) for t in want
+        ]
+        complete = shown.get_all_trials(study._study_id, states=(TrialState.COMPLETE,))
+        assert [t.number for t in complete] == [t.number for t in want if t.state == TrialState.COMPLETE]
+
+    running = study.ask()
+    running.suggest_float("x", 0.0, 1.0)
+    study.tell(study.ask(), 0.25)
+    same()
+    running.report(0.5, 0)
+    running.set_user_attr("note", "later")
+    study.tell(running, 0.75)
+    study.ask()
+    same()
+    reads: list[dict] = []
+    real = sql.read_trials
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sql, "read_trials", lambda *a, **k: reads.append(k) or real(*a, **k))
+        same()
+    assert reads[0]["after_id"] == 3 and reads[0]["also_ids"] == {3}  # the two finished are not read again
+    optuna.delete_study(study_name="s", storage=rdb)
+    study = optuna.create_study(study_name="s", storage=rdb)  # SQLite may give it the same id
+    study.tell(study.ask(), 1.0)
+    same()
