@@ -590,3 +590,32 @@ def test_the_dashboard_reads_trials_incrementally_as_optuna_would_read_them(url)
     study = optuna.create_study(study_name="s", storage=rdb)  # SQLite may give it the same id
     study.tell(study.ask(), 1.0)
     same()
+
+
+def test_trial_times_are_stored_as_optuna_stores_them_in_any_time_zone(url, monkeypatch):
+    """Optuna 5 stores naive UTC and hands out local times. tuner's own writes (a claim, an end, a
+    trial failed as lost) store the same, so that in New York a trial does not start five hours
+    early for Optuna, the dashboard and the lost-trial judge."""
+    import time
+    from datetime import datetime, timedelta
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        _, _, rdb = _study(url)
+        study = optuna.load_study(study_name="s", storage=rdb)
+        trial_id, _, started = sql.create_running(rdb, study._study_id, heartbeat=False)
+        now = datetime.now()
+        read = _fresh(url, trial_id)
+        assert abs(read.datetime_start - now) < timedelta(seconds=30) and abs(read.datetime_start - started) < timedelta(seconds=1)
+        (running,) = sql.running_trials(rdb, study._study_id)
+        assert running.silent_s is not None and running.silent_s < 30  # no beat yet: silent since its start, seconds, not hours
+        end = datetime.now()
+        sql.write_trial(rdb, trial_id, sql.Pending(), sql.Final(TrialState.COMPLETE, [0.5], end))
+        assert abs(_fresh(url, trial_id).datetime_complete - end) < timedelta(seconds=1)
+        lost, _, _ = sql.create_running(rdb, study._study_id, heartbeat=False)
+        assert sql.fail_running(rdb, lost, reason="lost", kind="lost")
+        assert abs(_fresh(url, lost).datetime_complete - datetime.now()) < timedelta(seconds=30)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -112,8 +112,10 @@ class _Cursor:
         return sql if self._qmark else sql.replace("?", "%s")
 
     def when(self, value: datetime) -> Any:
-        # SQLAlchemy keeps SQLite datetimes as text in this form; other drivers take datetime objects
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+        """A trial time (naive local, as Optuna hands them out) as Optuna 5 stores it: naive UTC.
+        SQLAlchemy keeps SQLite datetimes as text in this form; other drivers take datetime objects."""
+        utc = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else utc
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self._cur.execute(self._sql(sql), tuple(params))
@@ -374,7 +376,7 @@ def running_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Runni
     now = datetime.now()
     out = []
     for trial_id, number, start, beat, worker in rows:
-        started = _timestamp(start) if start is not None else None
+        started = _local(start)
         beat_age = (now_db - _timestamp(beat)).total_seconds() if beat is not None else None
         silent = beat_age if beat_age is not None else ((now - started).total_seconds() if started else None)
         identity = json.loads(worker) if worker is not None else None
@@ -545,7 +547,7 @@ def write_trial(rdb: optuna.storages.RDBStorage, trial_id: int, pending: Pending
             row = cur.execute("SELECT state, datetime_complete FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
                 raise KeyError(optuna_paths().not_found_msg)
-            if pending.uncertain and final is not None and row[0] == final.state.name and row[1] is not None and _timestamp(row[1]) == final.when:
+            if pending.uncertain and final is not None and row[0] == final.state.name and row[1] is not None and _local(row[1]) == final.when:
                 return  # an earlier try committed this very end (its completion time is ours) before its connection was lost
             rdb.check_trial_is_updatable(trial_id, TrialState[row[0]])  # raises: the trial has finished
             raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {row[0]}, not RUNNING: not updated")
