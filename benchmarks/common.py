@@ -62,6 +62,10 @@ class BenchSettings:
     scale_start: int = 40  # real trials the scale study starts with (its copies fill it to each size)
     scale_window: int = 30  # real trials timed with random sampling at each size
     scale_tpe_window: int = 5  # then with TPE (a TPE trial at 100,000 takes seconds)
+    scale_history: int = 1000  # then with TPE modeling only the last this many trials (--history)
+    history_trials: int = 150  # trials of each study of the history-window quality check
+    history_window: int = 30  # its window: a fifth of the study, as 20,000 of 100,000 would be
+    history_seeds: int = 3  # studies per arm there
     seed: int = 0
     threads: int = 1  # torch threads in every in-process measurement (both paths)
 
@@ -93,6 +97,10 @@ class BenchSettings:
             scale_start=6,
             scale_window=4,
             scale_tpe_window=3,
+            scale_history=20,
+            history_trials=14,
+            history_window=7,
+            history_seeds=1,
         )
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchmarks.common import Bench, Clock, check_timed, quiet
+from benchmarks.common import Bench, Clock, check_timed, quiet, time_sampler
 from benchmarks.growth import fill_to, growth_space, timed_window
 from tuner.errors import TunerError
 from tuner.spec import StudySpec
@@ -84,15 +84,19 @@ def _one_backend(bench: Bench, label: str, url: str, workdir: Path) -> dict[str,
     rows = []
     for size in settings.scale_sizes:
         started = time.perf_counter()
-        fill_to(spec.name, url, size - window - tpe_window)
+        fill_to(spec.name, url, size - window - 2 * tpe_window)
         filled_s = time.perf_counter() - started
         loaded = open_study(spec.name, url)
-        loaded.spec = dataclasses.replace(loaded.spec, trials=size - tpe_window)
+        loaded.spec = dataclasses.replace(loaded.spec, trials=size - 2 * tpe_window)
         random_rows = timed_window(loaded, device, settings.threads, Clock())
         loaded = open_study(spec.name, url)  # TPE on the same study, to the size: its sampling time is Optuna's and grows with the history
         loaded.study.sampler = make_sampler("tpe", settings.seed + size)
-        loaded.spec = dataclasses.replace(loaded.spec, trials=size)
+        loaded.spec = dataclasses.replace(loaded.spec, trials=size - tpe_window)
         tpe_rows = timed_window(loaded, device, settings.threads, Clock())
+        loaded = open_study(spec.name, url)  # and modeling only the last `scale_history` trials (--history)
+        loaded.study.sampler = make_sampler("tpe", settings.seed + size + 1, history=settings.scale_history)
+        loaded.spec = dataclasses.replace(loaded.spec, trials=size)
+        windowed_rows = timed_window(loaded, device, settings.threads, Clock())
         row = {
             "trials": size,
             "counted": sum(count_states(loaded.study._storage, loaded.study._study_id).values()),  # the study did hold `size`
@@ -100,6 +104,7 @@ def _one_backend(bench: Bench, label: str, url: str, workdir: Path) -> dict[str,
             "storage_and_loop_ms": statistics.median(t["service_ms"] - t["sampling_ms"] - t["reports_ms"] for t in random_rows),
             "tpe_service_ms": statistics.median(t["service_ms"] for t in tpe_rows) if tpe_rows else None,
             "tpe_sampling_ms": statistics.median(t["sampling_ms"] for t in tpe_rows) if tpe_rows else None,
+            "tpe_history_sampling_ms": statistics.median(t["sampling_ms"] for t in windowed_rows) if windowed_rows else None,
             "fill_s": filled_s,
         }
         rows.append(row)
@@ -108,6 +113,37 @@ def _one_backend(bench: Bench, label: str, url: str, workdir: Path) -> dict[str,
     commands = _time_commands(spec.name, url, workdir)
     bench.log(f"scale {label} read commands at {settings.scale_sizes[-1]} trials: " + ", ".join(f"{k} {v:.1f}s" for k, v in commands.items()))
     return {"sizes": rows, "ratio": rows[-1]["service_ms"] / rows[0]["service_ms"], "commands_s": commands}
+
+
+def _history_quality(bench: Bench, workdir: Path) -> dict[str, Any]:
+    """What --history costs in search: TPE studies of `history_trials` tiny trials, modeling all of
+    their history or the last `history_window` trials, on the same seeds; the best validation
+    accuracy each reached and TPE's sampling time a trial."""
+    from tuner.study import create_study, run_study
+
+    settings = bench.settings
+    space = growth_space(bench.spaces_dir, workdir, settings.growth_epochs)
+    arms: dict[str, dict[str, list[float]]] = {"all": {"best": [], "sampling_ms": []}, "window": {"best": [], "sampling_ms": []}}
+    for i in range(settings.history_seeds):
+        for arm, history in (("all", None), ("window", settings.history_window)):
+            spec = StudySpec(
+                name=f"bench-history-{arm}-{i}", space=space, sampler="tpe", pruner="none", seed=settings.seed + i, trials=settings.history_trials, history=history
+            )
+            loaded = create_study(spec, f"sqlite:///{workdir / f'history-{arm}-{i}.db'}", spaces_dir=bench.spaces_dir)
+            clock = Clock()
+            time_sampler(loaded.study.sampler, clock)
+            result = run_study(loaded, device=str(bench.device), threads=settings.threads, pack=1)
+            arms[arm]["best"].append(float(result.best_value))
+            arms[arm]["sampling_ms"].append(1000 * clock.parts()[2] / settings.history_trials)
+    out: dict[str, Any] = {"trials": settings.history_trials, "history": settings.history_window, "seeds": settings.history_seeds}
+    for arm, figures in arms.items():
+        out[arm] = {**figures, "mean_best": statistics.mean(figures["best"]), "median_sampling_ms": statistics.median(figures["sampling_ms"])}
+    out["best_difference"] = out["window"]["mean_best"] - out["all"]["mean_best"]
+    bench.log(
+        f"scale history: {settings.history_trials}-trial TPE studies, best {out['all']['mean_best']:.4f} modeling all, "
+        f"{out['window']['mean_best']:.4f} the last {settings.history_window} (mean of {settings.history_seeds} seeds)"
+    )
+    return out
 
 
 def measure_scale(bench: Bench) -> dict[str, Any]:
@@ -121,7 +157,7 @@ def measure_scale(bench: Bench) -> dict[str, Any]:
         "how": (
             f"tiny trials ({settings.growth_epochs} epochs of bench_ref) on tuner's real path; at each size the median of the last "
             f"{settings.scale_window} real trials with random sampling (service = wall less training), then {settings.scale_tpe_window} "
-            "with TPE (its sampling time); grown between sizes with copies of the study's finished trials, the planner's statistics "
+            f"with TPE (its sampling time), then {settings.scale_tpe_window} with TPE modeling the last {settings.scale_history} (--history); grown between sizes with copies of the study's finished trials, the planner's statistics "
             "renewed (ANALYZE); read commands timed as new processes on the largest study"
         ),
         "sizes": list(settings.scale_sizes),
@@ -132,6 +168,7 @@ def measure_scale(bench: Bench) -> dict[str, Any]:
         with _backends(bench, workdir) as backends:
             for label, url in backends:
                 out[label] = _one_backend(bench, label, url, workdir)
+        out["history"] = _history_quality(bench, workdir)
     for label in ("sqlite", "postgresql"):
         if label in out:
             out[label]["met"] = out[label]["ratio"] <= out["target"]

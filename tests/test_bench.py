@@ -174,7 +174,7 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
         part = sc[storage]
         assert [r["trials"] for r in part["sizes"]] == [r["counted"] for r in part["sizes"]] == [30, 60]
         for r in part["sizes"]:
-            for key in ("service_ms", "tpe_service_ms", "tpe_sampling_ms"):
+            for key in ("service_ms", "tpe_service_ms", "tpe_sampling_ms", "tpe_history_sampling_ms"):
                 _positive(r[key], f"scale.{storage}.{key}")
             assert r["tpe_sampling_ms"] < r["tpe_service_ms"]
         assert part["ratio"] == pytest.approx(part["sizes"][-1]["service_ms"] / part["sizes"][0]["service_ms"])
@@ -182,6 +182,12 @@ def test_quick_bench_writes_every_section_well_formed(project: Path, cli) -> Non
         assert set(part["commands_s"]) == {"study list", "study show", "study best", "study trials", "study export", "report"}
         assert all(v > 0 for v in part["commands_s"].values())
         assert f"scale {storage}, seconds a command at 60 trials: study list " in result.out  # the note under the table
+    h = sc["history"]  # what --history costs in search, on the same seeds
+    assert (h["trials"], h["history"], h["seeds"]) == (14, 7, 1)
+    for arm in ("all", "window"):
+        assert len(h[arm]["best"]) == 1 and 0 < h[arm]["mean_best"] <= 1 and h[arm]["median_sampling_ms"] > 0
+    assert h["best_difference"] == pytest.approx(h["window"]["mean_best"] - h["all"]["mean_best"])
+    assert "scale --history 7: best in 14-trial TPE studies " in result.out  # the note under the table
     if storages == ["sqlite"]:
         assert "skipped" in sc["postgresql"]
     else:

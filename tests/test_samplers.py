@@ -74,3 +74,64 @@ def test_fast_random_sampler_in_a_study_matches_optunas() -> None:
 @pytest.mark.parametrize("name", ["random", "grid"])
 def test_random_and_grid_studies_use_the_fast_sampler(name: str) -> None:
     assert isinstance(make_sampler(name, 0), FastRandomSampler)
+
+
+def _objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5.0, 5.0)
+    kind = trial.suggest_categorical("kind", ["a", "b", "c"])
+    return (x - 1.0) ** 2 + {"a": 0.0, "b": 0.5, "c": 1.0}[kind]
+
+
+def test_a_history_window_gives_tpe_the_study_as_if_it_held_only_its_last_trials() -> None:
+    """TPE behind --history 10 on a 30-trial study samples exactly what TPE samples on a study of
+    those 10 trials alone (Optuna's own sampler, the same seed): the window is all it sees."""
+    from tuner.samplers import HistoryWindow
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    full = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    full.optimize(_objective, n_trials=30)
+
+    def tpe() -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=7, multivariate=True, group=True, n_startup_trials=5, constant_liar=True)
+
+    def first(study: optuna.Study) -> tuple[float, str]:
+        trial = study.ask()
+        return trial.suggest_float("x", -5.0, 5.0), trial.suggest_categorical("kind", ["a", "b", "c"])
+
+    def holding(trials: list, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        study = optuna.create_study(sampler=sampler)
+        for t in trials:
+            study.add_trial(t)
+        return study
+
+    drawn = set()
+    for n in (6, 10, 20):
+        windowed = first(holding(full.trials, HistoryWindow(tpe(), n)))
+        assert windowed == first(holding(full.trials[-n:], tpe())), n
+        drawn.add(windowed)
+    assert first(holding(full.trials, tpe())) not in drawn  # the whole history samples otherwise
+    running = holding(full.trials, HistoryWindow(tpe(), 6))
+    running.ask()  # a running trial (a liar for TPE) is always shown, whatever the window
+    seen: list = []
+    inner = HistoryWindow(tpe(), 6)
+    real = inner._inner.sample_relative
+    inner._inner.sample_relative = lambda study, trial, space: seen.append(study._get_trials(deepcopy=False)) or real(study, trial, space)
+    running.sampler = inner
+    first(running)
+    assert [t.state.name for t in seen[0]] == ["COMPLETE"] * 6 + ["RUNNING", "RUNNING"]
+
+
+def test_history_is_for_samplers_that_model_results_and_at_least_their_start_up(cli, project) -> None:
+    """--history with a sampler that models nothing, or below the sampler's random start-up, is
+    one line naming the fix, exit 1, and no study."""
+    from pathlib import Path
+
+    Path("search_spaces/h.yaml").write_text("params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n  epochs: 1\n")
+    bad = cli("study", "create", "h", "--space", "h", "--sampler", "random", "--history", "50")
+    assert bad.code == 1 and bad.err.count("\n") == 1 and "drop --history" in bad.err and "sampler random" in bad.err
+    low = cli("study", "create", "h", "--space", "h", "--trials", "100", "--history", "3")
+    assert low.code == 1 and low.err.count("\n") == 1 and "pass --history 5 or more" in low.err
+    assert not Path("studies/tuner.db").exists() or "h" not in cli("study", "list", "--format", "json").out
+    ok = cli("study", "create", "h", "--space", "h", "--trials", "100", "--history", "40")
+    assert ok.code == 0, ok.err
+    assert "sampler tpe (the last 40 trials)" in cli("study", "show", "h").out

@@ -63,6 +63,7 @@ class StudySpec:
     val_fraction: float = 0.2  # share of the data held out for validation
     retries: int = 2  # times a trial lost to a dead worker or a signal is queued again
     startup_trials: int | None = None  # random trials before tpe or gp model the results; None: budget / 20, in 3..10
+    history: int | None = None  # tpe and gp model the last N finished trials only (tuner.samplers.HistoryWindow); None: all
     max_failures: int | None = None  # failed trials in one run that stop it; None: a quarter of the budget, at least 10
     max_streak: int = 5  # consecutive failures of one kind (tuner.failures) that stop a run
     metric_patterns: list[str] | None = None  # a command's metrics read from its output: "name=REGEX" (tuner.patterns)
@@ -93,9 +94,9 @@ class StudySpec:
         check_name("sampler", self.sampler, SAMPLERS)
         check_name("pruner", self.pruner, PRUNERS)
         self._check_search()
-        for key in ("seed", "trials", "retries", "startup_trials", "max_failures", "max_streak"):
+        for key in ("seed", "trials", "retries", "startup_trials", "history", "max_failures", "max_streak"):
             value = getattr(self, key)
-            if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials", "max_failures") and value is None):
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (key in ("trials", "startup_trials", "history", "max_failures") and value is None):
                 raise SpecError(f"{key} must be an integer, got {value!r}")
             if key.startswith("max_failures") and value is not None and value < 1:
                 raise SpecError(f"{key} must be at least 1, got {value}")
@@ -107,6 +108,13 @@ class StudySpec:
             raise SpecError(f"retries must be 0 or more, got {self.retries}")
         if self.startup_trials is not None and self.startup_trials < 1:
             raise SpecError(f"startup_trials must be at least 1, got {self.startup_trials}")
+        if self.history is not None:
+            from tuner.samplers import HISTORY_SAMPLERS
+
+            if self.sampler not in HISTORY_SAMPLERS:
+                raise SpecError(f"--history bounds what {' and '.join(HISTORY_SAMPLERS)} model; sampler {self.sampler} does not model the trials' results: drop --history")
+            if self.history < max(self.n_startup, 2):
+                raise SpecError(f"--history {self.history} is fewer than the {max(self.n_startup, 2)} trials the sampler starts modeling from; pass --history {max(self.n_startup, 2)} or more")
         parse_pack(self.pack)
         self._check_stopping()
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:

@@ -8,7 +8,7 @@ import typer
 
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
+    CommandOpt, ConstraintOpt, PruneOnOpt, DirectionOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, HistoryOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PrunerOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt,
     SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, TrialsOpt, TrialTimeoutOpt, ValOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
 from tuner.cli.render import count
@@ -25,6 +25,7 @@ def create(
     workload: WorkloadOpt = None,
     target: TargetOpt = None,
     sampler: SamplerOpt = None,
+    history: HistoryOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
     constraint: ConstraintOpt = None,

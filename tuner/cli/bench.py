@@ -215,6 +215,19 @@ def _table(doc: dict[str, Any]) -> Table:
                 _met(part["met"]),
             )
             table.add_row(f"TPE sampling ms, {small}->{large} trials, {label}", "->".join(_num(r["tpe_sampling_ms"], "{:.0f}") for r in part["sizes"]), "", "", "", "")
+            table.add_row(
+                f"TPE sampling ms, --history {doc['settings']['scale_history']}, {label}", "->".join(_num(r["tpe_history_sampling_ms"], "{:.0f}") for r in part["sizes"]), "", "", "", ""
+            )
+        h = sc.get("history")
+        if h:
+            table.add_row(
+                f"TPE best in {h['trials']} trials: --history {h['history']} vs all ({h['seeds']} seeds)",
+                _num(h["window"]["mean_best"], "{:.4f}"),
+                _num(h["all"]["mean_best"], "{:.4f}"),
+                _num(h["best_difference"], "{:+.4f}"),
+                "",
+                "",
+            )
     if "health" in doc:
         for m in doc["health"]["models"]:
             table.add_row(f"health ms an epoch, {m['hidden_units']} units", _num(m["per_epoch_ms"]), _num(m["epoch_ms"]), f"{m['share']:.1%}", "", "")
@@ -316,6 +329,12 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             lines.append(f"scale {key}, seconds a command at {scale['sizes'][-1]} trials: {shown}")
         elif "skipped" in part:
             lines.append(f"scale {key}: {part['skipped']}")
+    h = scale.get("history")
+    if h:
+        lines.append(
+            f"scale --history {h['history']}: best in {h['trials']}-trial TPE studies {h['window']['mean_best']:.4f} against {h['all']['mean_best']:.4f} "
+            f"modeling all ({h['seeds']} seeds); TPE's sampling {h['window']['median_sampling_ms']:.1f} ms a trial against {h['all']['median_sampling_ms']:.1f}"
+        )
     return lines
 
 

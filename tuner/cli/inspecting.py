@@ -79,7 +79,8 @@ def show(name: NameArg, storage: StorageOpt = None, fmt: FormatOpt = Format.tabl
         trains = f"objective {spec['objective']}"
     else:
         trains = f"workload {spec['workload']}"
-    console.print(f"  space {spec['space']}, {trains}, sampler {spec['sampler']}, pruner {spec['pruner']}, seed {spec['seed']}", markup=False)
+    window = f" (the last {spec['history']} trials)" if spec.get("history") else ""
+    console.print(f"  space {spec['space']}, {trains}, sampler {spec['sampler']}{window}, pruner {spec['pruner']}, seed {spec['seed']}", markup=False)
     if spec.get("metric_patterns") or spec.get("step_pattern"):
         read = [f"'{p}'" for p in spec.get("metric_patterns") or []] + ([f"step '{spec['step_pattern']}'"] if spec.get("step_pattern") else [])
         console.print(f"  reads from its output: {', '.join(read)}", markup=False, highlight=False)

@@ -33,6 +33,10 @@ TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="COLUMN", 
 SamplerOpt = Annotated[
     Optional[str], typer.Option("--sampler", metavar="NAME", help="tpe, random, grid, gp, qmc, cmaes, nsga2 or nsga3; nsga2 with several metrics \\[default: tpe].")
 ]
+HistoryOpt = Annotated[
+    Optional[int],
+    typer.Option("--history", metavar="N", min=1, help="tpe and gp model only the last N finished trials: their time a trial grows with the history (TPE: a second at 100,000 trials) \\[default: all]."),
+]
 
 
 PrunerOpt = Annotated[
@@ -212,7 +216,7 @@ SpacesDirOpt = Annotated[Path, typer.Option("--spaces-dir", metavar="DIR", help=
 # the options `study create` and `study run` share that are settings of the study's spec, by the
 # name of the command's argument (its spec field's name, but --metric-pattern's: metric_patterns)
 SPEC_OPTIONS = (
-    "space", "workload", "target", "sampler", "pruner", "metric", "direction", "objective", "command", "trial_timeout", "seed", "trials",
+    "space", "workload", "target", "sampler", "history", "pruner", "metric", "direction", "objective", "command", "trial_timeout", "seed", "trials",
     "val_fraction", "metric_pattern", "step_pattern", "max_failures", "max_streak", "constraint", "prune_on",
     "patience", "min_delta", "goal", "max_time",
 )

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuner.attrs import fail_reason
 from tuner.cli.common import Format, FormatOpt, StorageOpt, console, console_err, fmt_value, print_json
 from tuner.cli.options import (
-    CommandOpt, ConstraintOpt, DbRetryOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
+    CommandOpt, ConstraintOpt, DbRetryOpt, PruneOnOpt, DeviceOpt, DirectionOpt, GpusOpt, MaxFailuresOpt, MaxTimeOpt, WarmPriorOpt, WarmStartOpt, WarmStorageOpt, warm_start_of, MinDeltaOpt, PatienceOpt, GoalOpt, HistoryOpt, MaxRestartsOpt, MetricOpt, MetricPatternOpt, NameArg, ObjectiveOpt, PackOpt, PerGpuOpt,
     PrunerOpt, QuietOpt, SamplerOpt, SeedOpt, SpaceOpt, SpacesDirOpt, SpecOpt, StepPatternOpt, StreakOpt, TargetOpt, ThreadsOpt, TimeoutOpt, TrialsOpt,
     TrialTimeoutOpt, ValOpt, WorkersOpt, WorkloadOpt, default_space, spec_from, spec_options,
 )
@@ -33,6 +33,7 @@ def run(
     workload: WorkloadOpt = None,
     target: TargetOpt = None,
     sampler: SamplerOpt = None,
+    history: HistoryOpt = None,
     pruner: PrunerOpt = None,
     metric: MetricOpt = None,
     constraint: ConstraintOpt = None,

@@ -198,7 +198,7 @@ def create_study(
         storage=storage,
         study_name=spec.name,
         directions=[m.direction for m in objectives],
-        sampler=make_sampler(str(spec.sampler), spec.seed, n_startup=spec.n_startup),
+        sampler=make_sampler(str(spec.sampler), spec.seed, n_startup=spec.n_startup, history=spec.history),
         pruner=make_pruner(str(spec.pruner)),
     )
     with warnings.catch_warnings():  # the dashboard and Optuna's plots name each value by its metric (not "Objective 0")
@@ -246,7 +246,7 @@ def open_study(name: str, storage_url: str, *, worker_index: int = 0, storage: o
     chosen: Any = bare._storage
     if sql_rdb(storage) is not None:
         chosen = BufferedStorage(bare._storage, storage, claimed_by={A.WORKER: worker_identity()})
-    sampler = make_sampler(str(spec.sampler), spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup)
+    sampler = make_sampler(str(spec.sampler), spec.seed + n_existing + 7919 * worker_index, n_startup=spec.n_startup, history=spec.history)
     from tuner.prior import PRIOR_ATTR
 
     if isinstance(attrs.get(PRIOR_ATTR), dict):  # an earlier study's trials, given to the sampler (tuner.prior)
