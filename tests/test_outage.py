@@ -172,6 +172,35 @@ def test_a_pooled_connection_the_server_ended_is_replaced_without_a_round_trip(p
     storage.engine.dispose()
 
 
+def test_a_connection_past_descriptor_1024_is_kept(pg_url):
+    """A worker with many files open (datasets, logs, a pack's loaders) gets connections whose
+    descriptor is past 1,024, which select() refuses: the socket check still keeps them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    pipes = [os.pipe() for _ in range(560)]
+    try:
+        storage = open_storage(pg_url, create=True)
+        study = optuna.create_study(storage=storage, study_name="s")
+        sql.create_running(storage, study._study_id, heartbeat=True)
+        with storage.engine.connect() as conn:
+            assert conn.connection.dbapi_connection.pgconn.socket > 1024
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        for _ in range(3):
+            assert sql.count_states(storage, study._study_id) == {TrialState.RUNNING: 1}
+        with storage.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid  # the same connection, kept
+        storage.engine.dispose()
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 SPACE = """\
 params:
   lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}

@@ -231,7 +231,12 @@ def _alive_or_replaced(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         return
     try:
         closed = dbapi_connection.closed or pgconn.socket < 0
-        readable = not closed and bool(select.select([pgconn.socket], [], [], 0)[0])
+        if not closed and hasattr(select, "poll"):  # poll: select() refuses descriptors past 1,024
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:
+            readable = not closed and bool(select.select([pgconn.socket], [], [], 0)[0])
     except Exception:  # noqa: BLE001 - a connection that cannot be looked at is not kept
         closed, readable = True, False
     if closed or readable:
