@@ -111,7 +111,7 @@ def test_a_history_window_gives_tpe_the_study_as_if_it_held_only_its_last_trials
         drawn.add(windowed)
     assert first(holding(full.trials, tpe())) not in drawn  # the whole history samples otherwise
     running = holding(full.trials, HistoryWindow(tpe(), 6))
-    running.ask()  # a running trial (a liar for TPE) is always shown, whatever the window
+    running.ask()  # a running trial (a liar for TPE) newer than the window's first trial is shown
     seen: list = []
     inner = HistoryWindow(tpe(), 6)
     real = inner._inner.sample_relative

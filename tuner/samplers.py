@@ -119,8 +119,8 @@ def make_sampler(name: str, seed: int, *, n_startup: int = 10, history: int | No
 
 
 class _Recent:
-    """The study as a windowed sampler sees it: its unfinished trials (running ones are liars for
-    TPE) and its last `n` finished ones by number."""
+    """The study as a windowed sampler sees it: its last `n` finished trials and the unfinished
+    ones created since the first of them (running ones are liars for TPE)."""
 
     def __init__(self, study: optuna.Study, n: int) -> None:
         self._study, self._n = study, n
@@ -129,11 +129,15 @@ class _Recent:
         return getattr(self._study, name)
 
     def _last(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        finished = [t for t in trials if t.state.is_finished()]
-        if len(finished) <= self._n:
-            return trials
-        kept = {id(t) for t in sorted(finished, key=lambda t: t.number)[-self._n :]}
-        return [t for t in trials if not t.state.is_finished() or id(t) in kept]
+        """From the end (Optuna lists trials as they were created) back to the n-th finished one:
+        a window of 1,000 in a 100,000-trial study costs a walk of 1,000, not a sort of 100,000."""
+        n_finished = 0
+        for start in range(len(trials) - 1, -1, -1):
+            if trials[start].state.is_finished():
+                n_finished += 1
+                if n_finished == self._n:
+                    return trials[start:]
+        return trials
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         return self._last(self._study.get_trials(deepcopy=deepcopy, states=states))
@@ -147,7 +151,8 @@ class _Recent:
 
 
 class HistoryWindow(BaseSampler):
-    """A sampler that models only the study's last `n` finished trials (`--history N`): TPE's time
+    """A sampler that models only the study's last `n` finished trials, and the running ones
+    started since (`--history N`): TPE's time
     a trial grows with the history (15 ms at 1,000 trials, a second at 100,000 on 2 cores), and a
     long study's recent trials are where its search is. What it costs in search quality is
     measured by `tuner bench`'s scale section."""
