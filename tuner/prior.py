@@ -18,11 +18,12 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from tuner.errors import SpecError
+from tuner.samplers import MODELING_SAMPLERS, StudyView, ViewSampler
 
 __all__ = ["PRIOR_ATTR", "PRIOR_SAMPLERS", "PriorSampler", "prior_record", "prior_trials"]
 
 PRIOR_ATTR = "tuner:prior"  # on the study: {"study", "storage", "trials": [{"params", "values"}], "skipped"}
-PRIOR_SAMPLERS = ("tpe", "gp")  # the samplers that model finished trials (random, qmc and grid ignore them; nsga and cmaes keep their own populations)
+PRIOR_SAMPLERS = MODELING_SAMPLERS  # random, qmc and grid ignore finished trials; nsga and cmaes keep their own populations
 MAX_PRIOR = 500  # earlier trials kept as the prior, the best first: what TPE and GP model in well under a second
 
 
@@ -69,49 +70,23 @@ def prior_trials(record: dict[str, Any], space: Any) -> list[FrozenTrial]:
     return out
 
 
-class _WithPrior:
+class _WithPrior(StudyView):
     """The study as the inner sampler sees it: its own trials and the prior's."""
 
     def __init__(self, study: optuna.Study, prior: list[FrozenTrial]) -> None:
-        self._study, self._prior = study, prior
+        super().__init__(study)
+        self._prior = prior
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _mine(self, states: Container[TrialState] | None) -> list[FrozenTrial]:
-        return [t for t in self._prior if states is None or t.state in states]
-
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._mine(states) + self._study.get_trials(deepcopy=deepcopy, states=states)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False) -> list[FrozenTrial]:
-        return self._mine(states) + self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
+    def shown(self, trials: list[FrozenTrial], states: Container[TrialState] | None) -> list[FrozenTrial]:
+        return [t for t in self._prior if states is None or t.state in states] + trials
 
 
-class PriorSampler(BaseSampler):
+class PriorSampler(ViewSampler):
     """A sampler that models an earlier study's trials beside the study's own."""
 
     def __init__(self, inner: BaseSampler, prior: list[FrozenTrial]) -> None:
-        self._inner, self._prior = inner, prior
+        super().__init__(inner)
+        self._prior = prior
 
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(_WithPrior(study, self._prior), trial)  # type: ignore[arg-type]
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._inner.sample_relative(_WithPrior(study, self._prior), trial, search_space)  # type: ignore[arg-type]
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
-        return self._inner.sample_independent(_WithPrior(study, self._prior), trial, param_name, param_distribution)  # type: ignore[arg-type]
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._inner.after_trial(study, trial, state, values)
+    def view(self, study: optuna.Study) -> StudyView:
+        return _WithPrior(study, self._prior)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.errors import SpecError
 from tuner.pruning import ParetoPruner
 
-__all__ = ["HISTORY_SAMPLERS", "HistoryWindow", "MULTI_SAMPLERS", "PRUNERS", "SAMPLERS", "SINGLE_PRUNERS", "FastRandomSampler", "default_startup_trials", "make_pruner", "make_sampler", "nsga_population"]
+__all__ = ["MODELING_SAMPLERS", "HistoryWindow", "MULTI_SAMPLERS", "PRUNERS", "SAMPLERS", "SINGLE_PRUNERS", "FastRandomSampler", "default_startup_trials", "make_pruner", "make_sampler", "nsga_population", "StudyView", "ViewSampler"]
 
 
 class FastRandomSampler(optuna.samplers.RandomSampler):
@@ -70,9 +70,10 @@ SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
     "nsga2": lambda seed, n_startup: optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga_population(n_startup)),
     "nsga3": lambda seed, n_startup: optuna.samplers.NSGAIIISampler(seed=seed, population_size=nsga_population(n_startup)),
 }
-# those whose cost grows with the history, and which --history bounds (tuner.samplers.HistoryWindow):
-# TPE's sampling is ~10 ms a trial per 1,000 finished trials (a second at 100,000), GP's grows faster
-HISTORY_SAMPLERS = ("tpe", "gp")
+# those that model the finished trials' results: an earlier study's trials are their prior
+# (tuner.prior), and --history bounds what they model (HistoryWindow): their cost grows with the
+# history (TPE's ~10 ms a trial per 1,000 finished trials, a second at 100,000; GP's faster)
+MODELING_SAMPLERS = ("tpe", "gp")
 # those that model several metrics at once (CMA-ES models one)
 MULTI_SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "qmc", "grid")
 
@@ -118,17 +119,68 @@ def make_sampler(name: str, seed: int, *, n_startup: int = 10, history: int | No
     return sampler if history is None else HistoryWindow(sampler, history)
 
 
-class _Recent:
-    """The study as a windowed sampler sees it: its last `n` finished trials and the unfinished
-    ones created since the first of them (running ones are liars for TPE)."""
+class StudyView:
+    """The study as a wrapping sampler shows it to the sampler inside: its trials as `shown`
+    gives them, everything else the study's own."""
 
-    def __init__(self, study: optuna.Study, n: int) -> None:
-        self._study, self._n = study, n
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
-    def _last(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    def shown(self, trials: list[FrozenTrial], states: Container[TrialState] | None) -> list[FrozenTrial]:
+        return trials
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self.shown(self._study.get_trials(deepcopy=deepcopy, states=states), states)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False) -> list[FrozenTrial]:
+        return self.shown(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache), states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class ViewSampler(BaseSampler):
+    """A sampler that samples with `inner`, showing it the study through `view` (a StudyView);
+    what it is told of each trial's start and end is the study's own."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self._inner = inner
+
+    def view(self, study: optuna.Study) -> StudyView:
+        raise NotImplementedError
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(self.view(study), trial)  # type: ignore[arg-type]
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(self.view(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        return self._inner.sample_independent(self.view(study), trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+class _Recent(StudyView):
+    """The study as a windowed sampler sees it: its last `n` finished trials and the unfinished
+    ones created since the first of them (running ones are liars for TPE)."""
+
+    def __init__(self, study: optuna.Study, n: int) -> None:
+        super().__init__(study)
+        self._n = n
+
+    def shown(self, trials: list[FrozenTrial], states: Container[TrialState] | None) -> list[FrozenTrial]:
         """From the end (Optuna lists trials as they were created) back to the n-th finished one:
         a window of 1,000 in a 100,000-trial study costs a walk of 1,000, not a sort of 100,000."""
         n_finished = 0
@@ -139,44 +191,19 @@ class _Recent:
                     return trials[start:]
         return trials
 
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._last(self._study.get_trials(deepcopy=deepcopy, states=states))
 
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False) -> list[FrozenTrial]:
-        return self._last(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
-
-class HistoryWindow(BaseSampler):
+class HistoryWindow(ViewSampler):
     """A sampler that models only the study's last `n` finished trials, and the running ones
-    started since (`--history N`): TPE's time
-    a trial grows with the history (15 ms at 1,000 trials, a second at 100,000 on 2 cores), and a
-    long study's recent trials are where its search is. What it costs in search quality is
-    measured by `tuner bench`'s scale section."""
+    started since (`--history N`): TPE's time a trial grows with the history (15 ms at 1,000
+    trials, a second at 100,000 on 2 cores), and a long study's recent trials are where its search
+    is. What it costs in search quality is measured by `tuner bench`'s scale section."""
 
     def __init__(self, inner: BaseSampler, n: int) -> None:
-        self._inner, self._n = inner, n
+        super().__init__(inner)
+        self._n = n
 
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(_Recent(study, self._n), trial)  # type: ignore[arg-type]
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._inner.sample_relative(_Recent(study, self._n), trial, search_space)  # type: ignore[arg-type]
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
-        return self._inner.sample_independent(_Recent(study, self._n), trial, param_name, param_distribution)  # type: ignore[arg-type]
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._inner.after_trial(study, trial, state, values)
+    def view(self, study: optuna.Study) -> StudyView:
+        return _Recent(study, self._n)
 
 
 def make_pruner(name: str) -> BasePruner:

@@ -109,10 +109,10 @@ class StudySpec:
         if self.startup_trials is not None and self.startup_trials < 1:
             raise SpecError(f"startup_trials must be at least 1, got {self.startup_trials}")
         if self.history is not None:
-            from tuner.samplers import HISTORY_SAMPLERS
+            from tuner.samplers import MODELING_SAMPLERS
 
-            if self.sampler not in HISTORY_SAMPLERS:
-                raise SpecError(f"--history bounds what {' and '.join(HISTORY_SAMPLERS)} model; sampler {self.sampler} does not model the trials' results: drop --history")
+            if self.sampler not in MODELING_SAMPLERS:
+                raise SpecError(f"--history bounds what {' and '.join(MODELING_SAMPLERS)} model; sampler {self.sampler} does not model the trials' results: drop --history")
             if self.history < max(self.n_startup, 2):
                 raise SpecError(f"--history {self.history} is fewer than the {max(self.n_startup, 2)} trials the sampler starts modeling from; pass --history {max(self.n_startup, 2)} or more")
         parse_pack(self.pack)
