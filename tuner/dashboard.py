@@ -102,13 +102,13 @@ class ConstraintsShown(BaseStorage):
     def __init__(self, storage: BaseStorage) -> None:
         import threading
 
+        from tuner.sql import TrialReads
         from tuner.storage import sql_rdb
 
         self._storage = storage
         self._rdb = sql_rdb(storage)  # None where tuner's SQL does not fit the schema: Optuna's reads then
         self._lock = threading.Lock()
-        # study id -> (its trials by id, as handed out; the highest id read; the ids not finished then)
-        self._read: dict[int, tuple[dict[int, Any], int, set[int]]] = {}
+        self._read = TrialReads(shown=_listed, recount=True)  # another process may delete and remake a study
 
     def __getattr__(self, name: str) -> Any:  # what the storage has beyond BaseStorage's methods
         return getattr(self._storage, name)
@@ -123,27 +123,14 @@ class ConstraintsShown(BaseStorage):
         changing."""
         if self._rdb is None:
             return [_listed(t) for t in self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)]
-        from tuner import sql
-
         with self._lock:
-            known, after, unfinished = self._read.get(study_id, ({}, 0, set()))
-            fresh = sql.read_trials(self._rdb, study_id, after_id=after, also_ids=unfinished)
-            for trial in fresh:
-                known[trial._trial_id] = _listed(trial)
-            if fresh:
-                after = max(after, fresh[-1]._trial_id)
-            if len(known) != sql.count_trials(self._rdb, study_id):  # the study was deleted and made again under its id: start over
-                self._read.pop(study_id, None)
-                known = {t._trial_id: _listed(t) for t in sql.read_trials(self._rdb, study_id)}
-                after = max(known, default=0)
-            self._read[study_id] = (known, after, {i for i, t in known.items() if not t.state.is_finished()})
-            trials = list(known.values())
+            trials = self._read.trials(self._rdb, study_id)
         return trials if states is None else [t for t in trials if t.state in states]
 
     def delete_study(self, study_id: int) -> None:
         self._storage.delete_study(study_id)
         with self._lock:
-            self._read.pop(study_id, None)
+            self._read.forget(study_id)
 
     def get_best_trial(self, study_id: int) -> Any:
         from optuna.study import StudyDirection

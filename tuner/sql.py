@@ -32,6 +32,7 @@ from tuner._compat import optuna_paths
 
 __all__ = [
     "Created",
+    "TrialReads",
     "Final",
     "Pending",
     "Running",
@@ -627,6 +628,42 @@ def _local(value: Any) -> datetime | None:
     if value is None:
         return None
     return _timestamp(value).replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _as_read(trial: FrozenTrial) -> FrozenTrial:
+    return trial
+
+
+class TrialReads:
+    """Studies' trials read by read_trials once, then only what may have changed: the trials
+    created since, and those not finished at the last read (a finished trial never changes).
+    `shown` maps each trial read to what is kept and handed out. With `recount`, each read also
+    counts the study's trials, and a count that disagrees (the study deleted and made again under
+    the same id, as SQLite reuses ids) reads it afresh. Not thread-safe: its owner locks. Pickled
+    with its storage (Optuna's storages are), so `shown` is a module's function, not a lambda."""
+
+    def __init__(self, *, shown: Callable[[FrozenTrial], Any] = _as_read, recount: bool = False) -> None:
+        self._shown, self._recount = shown, recount
+        # study id -> (its trials by id, as shown; the highest id read; the ids not finished then)
+        self._read: dict[int, tuple[dict[int, Any], int, set[int]]] = {}
+
+    def trials(self, rdb: optuna.storages.RDBStorage, study_id: int) -> list[Any]:
+        """The study's trials, in Optuna's order (a new list: the caller's)."""
+        known, after, unfinished = self._read.get(study_id, ({}, 0, set()))
+        fresh = read_trials(rdb, study_id, after_id=after, also_ids=unfinished)
+        for trial in fresh:
+            known[trial._trial_id] = self._shown(trial)  # by id: a new id comes last, as Optuna orders them
+        if fresh:
+            after = max(after, fresh[-1]._trial_id)
+        if self._recount and len(known) != count_trials(rdb, study_id):
+            known = {t._trial_id: self._shown(t) for t in read_trials(rdb, study_id)}
+            after = max(known, default=0)
+            fresh = list(known.values())
+        self._read[study_id] = (known, after, {t._trial_id for t in fresh if not t.state.is_finished()})
+        return list(known.values())
+
+    def forget(self, study_id: int) -> None:
+        self._read.pop(study_id, None)
 
 
 def last_numbers(rdb: optuna.storages.RDBStorage, study_id: int, n: int, *, states: Iterable[TrialState] | None = None) -> list[int]:
