@@ -159,11 +159,14 @@ def test_a_pooled_connection_the_server_ended_is_replaced_without_a_round_trip(p
     sql.create_running(storage, study._study_id, heartbeat=True)
     with storage.engine.connect() as conn:
         pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    admin = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    admin = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")  # each look a fresh view of the backends
     with admin.connect() as conn:
         assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
+        deadline = time.monotonic() + 30  # the backend is gone once it has said so on the socket
+        while conn.exec_driver_sql(f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}").first() is not None:
+            assert time.monotonic() < deadline, "the terminated backend stayed"
+            time.sleep(0.05)
     admin.dispose()
-    time.sleep(0.2)  # the server's word on the socket arrives
     began = OUTAGE.began
     assert sql.count_states(storage, study._study_id) == {TrialState.RUNNING: 1}
     with storage.engine.connect() as conn:

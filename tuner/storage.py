@@ -281,11 +281,12 @@ class StudyLock:
             # no connection of the lock's own
             self._engine, self._own_engine = engine, engine is None
             if engine is None:
+                parsed = _parse(url)
                 self._engine = sqlalchemy.create_engine(
-                    _parse(url).render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=not _probes(_parse(url)),
+                    parsed.render_as_string(hide_password=False), pool_size=1, max_overflow=0, pool_pre_ping=not _probes(parsed),
                     connect_args={"prepare_threshold": None} if behind_pgbouncer(url) else {},
                 )
-                if _probes(_parse(url)):
+                if _probes(parsed):
                     sqlalchemy.event.listen(self._engine, "checkout", _alive_or_replaced)
             # Behind PgBouncer a worker waiting on the lock would hold one of its few server
             # connections, and the holder needs a second one for its claim: with more waiting
