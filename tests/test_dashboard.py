@@ -258,6 +258,22 @@ def test_finished_study_is_listed_and_its_page_shows_trials_and_best_value(watch
     shutil.copy(shot, kept)
 
 
+def test_a_study_larger_than_the_window_shows_its_latest_trials_and_its_best(watched: optuna.Study, page: Page, tmp_path: Path) -> None:
+    """`--window 2` on the 5-trial study: the page holds trials 3 and 4 and the best before them,
+    its best trial card is the study's best, and the server says which trials the page shows.
+    (At 100,000 trials the default window keeps the page to seconds: docs/studies.md.)"""
+    study_id = watched._study_id
+    best = watched.best_trial
+    earlier = [t for t in watched.trials if t.number < 3 and t.state == optuna.trial.TrialState.COMPLETE]
+    shown = {max(earlier, key=lambda t: t.value).number, 3, 4}
+    with _dashboard("--window", "2", log=tmp_path / "dashboard.log") as dash:
+        page.goto(f"{dash.url}dashboard/studies/{study_id}")
+        expect(page.locator("body")).to_contain_text(f"Best Trial (number={best.number})")
+        page.goto(f"{dash.url}dashboard/studies/{study_id}/trials")
+        assert _shown_trial_count(page) == len(shown)
+        assert "'watched': the dashboard shows its trials from #3 on (2 now) and 1 best before them, of 5" in dash.output()
+
+
 # -- a study of two metrics ------------------------------------------------------------------
 
 

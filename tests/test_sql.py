@@ -5,6 +5,8 @@ written it, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import math
 import threading
 from collections import Counter
@@ -556,11 +558,11 @@ def test_the_dashboard_reads_trials_incrementally_as_optuna_would_read_them(url)
     """What `tuner dashboard` hands optuna-dashboard (which asks for every trial every few
     seconds): the same trials as Optuna's own read, field for field, as trials are added, end,
     and the study is deleted and made again; the finished ones read once."""
-    from tuner.dashboard import ConstraintsShown
+    from tuner.dashboard import DashboardView
 
     _, _, rdb = _study(url)
     study = optuna.load_study(study_name="s", storage=rdb)
-    shown = ConstraintsShown(rdb)
+    shown = DashboardView(rdb)
 
     def same() -> None:
         want = rdb.get_all_trials(study._study_id, deepcopy=False)
@@ -590,6 +592,77 @@ def test_the_dashboard_reads_trials_incrementally_as_optuna_would_read_them(url)
     study = optuna.create_study(study_name="s", storage=rdb)  # SQLite may give it the same id
     study.tell(study.ask(), 1.0)
     same()
+
+
+def _api(app: Any, path: str) -> dict[str, Any]:
+    """One GET of optuna-dashboard's WSGI app, as its page sends it."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"PATH_INFO": path.partition("?")[0], "QUERY_STRING": path.partition("?")[2]}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:300])
+    return json.loads(body)
+
+
+def test_a_large_study_is_shown_as_its_latest_trials_and_its_best_before_them(url):
+    """`tuner dashboard --window N`: a study of more than N trials reaches optuna-dashboard as its
+    last N trials, those after them, and the best before them (of all, and of the feasible: one
+    metric, then the Pareto front of two). The page's best trial and front are the whole study's,
+    its incremental asks (`after=`, a count of the trials it holds) stay right as trials are added
+    and end, and the server says once which trials the page shows."""
+    import optuna_dashboard
+
+    from tuner.dashboard import DEFAULT_WINDOW, DashboardView
+    from tuner.cli import dashboard as dashboard_command
+
+    assert inspect.signature(dashboard_command).parameters["window"].default == DEFAULT_WINDOW
+    rdb = open_storage(url, create=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    one = optuna.create_study(study_name="one", storage=rdb, direction="maximize")
+    values = [0.1 * (i % 7) for i in range(30)]
+    values[3], values[5] = 5.0, 4.0  # trial 3 is the best but infeasible; 5 is the best feasible
+    for i, v in enumerate(values):
+        t = one.ask()
+        t.set_user_attr("i", i)
+        if i == 3:
+            t.set_constraint("params<=10", 1.0)  # missed
+        one.tell(t, v)
+    running = one.ask()  # in the window, unfinished
+    two = optuna.create_study(study_name="two", storage=rdb, directions=["maximize", "minimize"])
+    rng = __import__("random").Random(0)
+    for _ in range(40):
+        two.tell(two.ask(), [rng.random(), rng.random()])
+    said: list[str] = []
+    view = DashboardView(rdb, window=8, say=said.append)
+    app = optuna_dashboard.wsgi(view)
+
+    shown = _api(app, f"/api/studies/{one._study_id}")
+    numbers = [t["number"] for t in shown["trials"]]
+    assert numbers == [3, 5, *range(23, 31)]  # the best, the best feasible, then the last 8 (trial 30 running)
+    assert [t["number"] for t in shown["best_trials"]] == [5]  # Optuna's best: the best feasible
+    assert len(said) == 1 and "'one'" in said[0] and "#23" in said[0] and "of 31" in said[0] and "--window 0" in said[0]
+    held = sum(1 for t in shown["trials"] if t["state"] != "Running")  # the page holds the finished ones before the first unfinished
+    assert held == len(numbers) - 1
+    one.tell(running, 9.0)
+    one.tell(one.ask(), 0.0)
+    app._inmemory_cache._trials_last_fetched_at.clear()  # its cache lives 2 s: the page's next poll, now
+    again = _api(app, f"/api/studies/{one._study_id}?after={held}")
+    assert [(t["number"], t["state"]) for t in again["trials"]] == [(30, "Complete"), (31, "Complete")]
+    assert [t["number"] for t in again["best_trials"]] == [30]
+    assert len(said) == 1  # said once a study
+
+    shown = _api(app, f"/api/studies/{two._study_id}")
+    assert [t["number"] for t in shown["trials"]][-8:] == list(range(32, 40))
+    kept = [t["number"] for t in shown["trials"]][:-8]
+    old = [t for t in two.trials if t.number < 32]
+    front = {t.number for t in optuna.study._multi_objective._get_pareto_front_trials_by_trials(old, two.directions)}
+    assert set(kept) == front and kept == sorted(kept)
+    assert {t["number"] for t in shown["best_trials"]} == {t.number for t in two.best_trials}  # the whole study's front
+
+    unwindowed = DashboardView(rdb, say=said.append)  # --window 0
+    assert [t.number for t in unwindowed.get_all_trials(one._study_id)] == list(range(32)) and len(said) == 2
 
 
 def test_trial_times_are_stored_as_optuna_stores_them_in_any_time_zone(url, monkeypatch):

@@ -5,6 +5,7 @@ them (dominance, the front, hypervolume) checked against Optuna's own."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -78,6 +79,29 @@ def test_the_front_and_hypervolume_agree_with_optuna():
             expected = compute_hypervolume(__import__("numpy").array([losses[i] for i in ours]), __import__("numpy").array([-s * r for r, s in zip(reference, signs)]))
             assert hypervolume(points, reference, signs) == pytest.approx(expected, rel=1e-9)
     assert dominates([0.9, 100], [0.8, 100], [1, -1]) and not dominates([0.9, 100], [0.9, 100], [1, -1])
+
+
+def test_the_front_of_many_points_keeps_the_first_of_equals_and_agrees_with_optuna():
+    """The dashboard's window keeps the front of every trial before it (tuner.dashboard): the
+    front of 20,000 points, duplicates among them, is Optuna's, each point once (the first of
+    equal ones), in the points' order."""
+    import numpy as np
+    from optuna.study._multi_objective import _is_pareto_front
+
+    rng = np.random.default_rng(0)
+    for n_metrics in (1, 2, 3):
+        points = rng.integers(0, 40, size=(20_000, n_metrics)).astype(float).tolist()  # many ties
+        signs = [1.0, -1.0, 1.0][:n_metrics]
+        ours = pareto_front(points, signs)
+        on = _is_pareto_front(np.array([[-s * v for v, s in zip(p, signs)] for p in points]), assume_unique_lexsorted=False)
+        firsts = {}
+        for i, p in enumerate(points):
+            firsts.setdefault(tuple(p), i)
+        assert ours == sorted(firsts[tuple(points[i])] for i in np.flatnonzero(on) if firsts[tuple(points[i])] == i)
+        assert len({tuple(points[i]) for i in ours}) == len(ours) and set(map(tuple, np.array(points)[on].tolist())) == {tuple(points[i]) for i in ours}
+    assert pareto_front([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0]], [1.0, 1.0]) == [0, 2]
+    assert pareto_front([], [1.0]) == []
+    assert pareto_front([[0.5, math.inf], [1.0, math.inf], [0.2, 1.0]], [1.0, -1.0]) == [1, 2]  # a metric at its worst
 
 
 def test_domination_by_a_margin_needs_no_worse_everywhere_and_clearly_better_somewhere():

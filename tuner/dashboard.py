@@ -8,16 +8,21 @@ import ipaddress
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna.storages import BaseStorage
 
 from tuner.errors import TunerError
 from tuner.metrics import feasible
-from tuner.storage import DEFAULT_ARTIFACTS, mask, open_storage, resolve_url
+from tuner.sql import TrialReads, best_trial_id, count_trials
+from tuner.storage import DEFAULT_ARTIFACTS, mask, open_storage, resolve_url, sql_rdb
 
-__all__ = ["ConstraintsShown", "serve"]
+__all__ = ["DEFAULT_WINDOW", "DashboardView", "serve"]
+
+# trials of a large study served to the page (its latest, with the best before them): the page's
+# own work grows faster than its trials (figures in docs/studies.md, "Large studies")
+DEFAULT_WINDOW = 2_000
 
 
 def serve(
@@ -26,9 +31,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     artifacts: Path = DEFAULT_ARTIFACTS,
+    window: int = DEFAULT_WINDOW,
 ) -> None:
     """Serve the dashboard until Ctrl-C. Files uploaded with `optuna.artifacts.upload_artifact` to a
-    `FileSystemArtifactStore(artifacts)` are linked from their trial's or study's page."""
+    `FileSystemArtifactStore(artifacts)` are linked from their trial's or study's page. A study of
+    more than `window` trials (0: no limit) is shown as its latest `window` and its best before
+    them (DashboardView)."""
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
@@ -38,7 +46,7 @@ def serve(
         artifacts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TunerError(f"cannot use {artifacts} for artifacts: {e.strerror or e}; pass another --artifacts") from None
-    app = optuna_dashboard.wsgi(ConstraintsShown(storage), artifact_store=FileSystemArtifactStore(artifacts))
+    app = optuna_dashboard.wsgi(DashboardView(storage, window=window or None), artifact_store=FileSystemArtifactStore(artifacts))
     # Bind before saying anything (optuna_dashboard.run_server prints bottle's banner first), so a
     # taken port is one line of error and nothing else.
     try:
@@ -89,26 +97,40 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class ConstraintsShown(BaseStorage):
-    """The storage as optuna-dashboard should read it where trials have constraints. Optuna 5's
-    `Trial.set_constraint` stores each under its own key ("constraints:params<=20000"); the
-    dashboard (0.21) reads only the older list ("constraints"), so it would draw an infeasible
-    trial as feasible, and its best trial of one metric is the storage's, which ignores
-    constraints. Trials are handed to it with the list added, and the best trial is the best
-    feasible one, as Optuna's Study.best_trial has it. (Its Pareto front card of a study with
-    several metrics still ignores constraints, optuna-dashboard#772; its plot marks them.)
-    Everything else is the storage itself."""
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    def __init__(self, storage: BaseStorage) -> None:
+
+class DashboardView(BaseStorage):
+    """The storage as optuna-dashboard should read it.
+
+    Large studies: optuna-dashboard asks for every trial of a study every few seconds while its
+    page is open, and builds its page from all of them: 385 MB of JSON and a page still loading
+    after minutes at 100,000 trials. So a study that holds more than `window` trials when the
+    page first asks is handed as its latest `window` trials, every trial after them, and the best
+    of the trials before them (the best and the Pareto front, of all and of the feasible ones:
+    tuner.sql.front_before). The page's best trial, Pareto front and ranges are then the whole
+    study's; its history and tables show the recent trials. The window is chosen once a study
+    and server (the page asks for "the trials after the first N it holds", so the list must only
+    grow), and each windowed study is named on stderr.
+
+    Constraints: Optuna 5's `Trial.set_constraint` stores each under its own key
+    ("constraints:params<=20000"); the dashboard (0.21) reads only the older list ("constraints"),
+    so it would draw an infeasible trial as feasible, and its best trial of one metric is the
+    storage's, which ignores constraints. Trials are handed to it with the list added, and the
+    best trial is the best feasible one, as Optuna's Study.best_trial has it. (Its Pareto front
+    card of a study with several metrics still ignores constraints, optuna-dashboard#772; its
+    plot marks them.) Everything else is the storage itself."""
+
+    def __init__(self, storage: BaseStorage, *, window: int | None = None, say: Callable[[str], None] = _to_stderr) -> None:
         import threading
 
-        from tuner.sql import TrialReads
-        from tuner.storage import sql_rdb
-
         self._storage = storage
-        self._rdb = sql_rdb(storage)  # None where tuner's SQL does not fit the schema: Optuna's reads then
+        self._rdb = sql_rdb(storage)  # None where tuner's SQL does not fit the schema: Optuna's reads (every trial) then
         self._lock = threading.Lock()
-        self._read = TrialReads(shown=_listed, recount=True)  # another process may delete and remake a study
+        self._read = TrialReads(shown=_listed, recount=True, window=window)  # another process may delete and remake a study
+        self._said: set[tuple[int, int]] = set()  # (study id, window's first number) already named on stderr
+        self._say = say
 
     def __getattr__(self, name: str) -> Any:  # what the storage has beyond BaseStorage's methods
         return getattr(self._storage, name)
@@ -125,7 +147,21 @@ class ConstraintsShown(BaseStorage):
             return [_listed(t) for t in self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)]
         with self._lock:
             trials = self._read.trials(self._rdb, study_id)
+            self._name_window(study_id)
         return trials if states is None else [t for t in trials if t.state in states]
+
+    def _name_window(self, study_id: int) -> None:
+        """Say once on stderr which trials of a windowed study the page shows."""
+        window = self._read.window_of(study_id)
+        if window is None or (study_id, window[1]) in self._said:
+            return
+        self._said.add((study_id, window[1]))
+        n_read, first, n_kept = window
+        self._say(
+            f"study {self._storage.get_study_name_from_id(study_id)!r}: the dashboard shows its trials from #{first} on "
+            f"({n_read - n_kept:,} now) and {n_kept} best before them, of {count_trials(self._rdb, study_id):,}; "
+            "`tuner dashboard --window 0` shows every trial"
+        )
 
     def delete_study(self, study_id: int) -> None:
         self._storage.delete_study(study_id)
@@ -136,6 +172,11 @@ class ConstraintsShown(BaseStorage):
         from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
+        if self._rdb is not None:  # one query, not every trial (the page asks at each poll)
+            maximize = self._storage.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
+            best_id = best_trial_id(self._rdb, study_id, maximize=maximize)
+            if best_id is not None:
+                return _listed(self._storage.get_trial(best_id))
         best = self._storage.get_best_trial(study_id)
         if feasible(best):
             return _listed(best)
@@ -147,7 +188,7 @@ class ConstraintsShown(BaseStorage):
 
 
 def _delegate(name: str) -> Any:
-    def method(self: ConstraintsShown, *args: Any, **kwargs: Any) -> Any:
+    def method(self: DashboardView, *args: Any, **kwargs: Any) -> Any:
         return getattr(self._storage, name)(*args, **kwargs)
 
     method.__name__ = name
@@ -156,9 +197,9 @@ def _delegate(name: str) -> Any:
 
 # every other method of BaseStorage is the storage's own (its fast versions too, not BaseStorage's generic ones)
 for _name, _member in vars(BaseStorage).items():
-    if callable(_member) and not _name.startswith("_") and _name not in vars(ConstraintsShown):
-        setattr(ConstraintsShown, _name, _delegate(_name))
-abc.update_abstractmethods(ConstraintsShown)
+    if callable(_member) and not _name.startswith("_") and _name not in vars(DashboardView):
+        setattr(DashboardView, _name, _delegate(_name))
+abc.update_abstractmethods(DashboardView)
 
 
 def _listed(trial: Any) -> Any:

@@ -94,11 +94,18 @@ def dashboard(
         Path,
         typer.Option(file_okay=False, help="Folder of the artifact store (files attached to trials and studies); created if missing."),
     ] = DEFAULT_ARTIFACTS,
+    window: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="A study of more trials is shown as its latest this many and its best before them (best trial, Pareto front); 0 shows every trial.",
+        ),
+    ] = 2_000,
 ) -> None:
     """Serve optuna-dashboard on the study storage (live while workers write to it), with its artifacts."""
     from tuner.dashboard import serve
 
-    serve(storage, host=host, port=port, artifacts=artifacts)
+    serve(storage, host=host, port=port, artifacts=artifacts, window=window)
 
 
 def main() -> None:
