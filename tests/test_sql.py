@@ -18,6 +18,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from tuner import buffered as tuner_buffered
 from tuner import sql
 from tuner.buffered import BufferedStorage
 from tuner.storage import open_storage
@@ -364,6 +365,58 @@ def test_a_claim_counts_and_creates_the_next_trial_in_one_step_and_ask_takes_it(
     queued = study.ask()
     assert queued.number == 1 and queued.suggest_float("x", 0.0, 1.0) == 0.25
     assert sql.count_states(rdb, study._study_id) == {TrialState.COMPLETE: 1, TrialState.RUNNING: 1}
+
+
+def test_a_beat_the_database_holds_up_does_not_hold_up_the_trial(url, monkeypatch):
+    """A beat carries the trial's due writes to a database that may take its connect timeout or
+    longer to answer (a network partition). The trial trains on meanwhile: its reports are
+    buffered apart, not blocked behind the beat. A beat that fails puts its writes back beneath
+    the newer ones, and the trial's end writes them all, each key once with its newest value."""
+    study, buffered, rdb = _study(url)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.report(0.1, 1)
+    trial.set_user_attr("note", "first")
+    buffered._flush_s = 0.0  # every write is due at the next beat
+    inside, let_go = threading.Event(), threading.Event()
+    real = tuner_buffered.beat
+    outcome: list[str] = []
+
+    def held_up(*args: Any) -> set[int]:
+        inside.set()
+        assert let_go.wait(30), "the trial's writes never came while the beat was held up"
+        if outcome[0] == "fail":
+            raise optuna.exceptions.StorageInternalError("a trial's write failed: OperationalError: the network is down")
+        return real(*args)
+
+    monkeypatch.setattr(tuner_buffered, "beat", held_up)
+    for how in ("fail", "land"):
+        outcome[:] = [how]
+        inside.clear(), let_go.clear()
+        beating = threading.Thread(target=_quietly, args=(buffered.record_heartbeats, [trial._trial_id]))
+        beating.start()
+        assert inside.wait(30)
+        reporting = threading.Thread(target=lambda: (trial.report(0.2 if how == "fail" else 0.3, 2 if how == "fail" else 3), trial.set_user_attr("note", how), let_go.set()))
+        reporting.start()
+        reporting.join(30)
+        assert let_go.is_set(), "the trial's report waited for the beat"
+        beating.join(30)
+        assert not beating.is_alive()
+    from tuner.outage import OUTAGE
+
+    OUTAGE.answered()  # (the failed beat began an outage; this test's database is fine)
+    landed = _fresh(url, trial._trial_id)  # the second beat wrote what the first could not, and what came during it
+    assert landed.intermediate_values == {1: 0.1, 2: 0.2} and landed.params.keys() == {"x"} and landed.user_attrs["note"] == "fail"
+    study.tell(trial, 0.5)
+    done = _fresh(url, trial._trial_id)
+    assert done.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3} and done.user_attrs["note"] == "land" and done.state == TrialState.COMPLETE
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - a failed beat raises, as the heartbeat thread expects
+        pass
 
 
 def test_a_packs_beats_and_due_writes_are_one_transaction_and_skip_a_trial_failed_meanwhile(url, monkeypatch):

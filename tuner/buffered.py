@@ -87,6 +87,10 @@ class BufferedStorage(BaseStorage):
         self._refresh_s = refresh_s
         self._lock = threading.RLock()  # the heartbeat thread flushes too
         self._pending: dict[int, Pending] = {}  # trial id -> unflushed writes of a trial we run
+        # trials whose earlier writes a beat is writing without the lock (see record_heartbeats),
+        # and the condition a writer of the same trial waits on
+        self._writing: set[int] = set()
+        self._written = threading.Condition(self._lock)
         self._flushed_at: dict[int, float] = {}  # trial id -> when its writes were last committed
         self._mine_now: dict[int, FrozenTrial] = {}  # trial id -> our running trial, kept current here
         self._snapshot: dict[int, tuple[float, list[FrozenTrial]]] = {}  # study id -> (time, trials)
@@ -111,12 +115,13 @@ class BufferedStorage(BaseStorage):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"]
+        del state["_lock"], state["_written"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._written = threading.Condition(self._lock)
 
     def _drop_views(self) -> None:
         self._views.clear()
@@ -197,8 +202,11 @@ class BufferedStorage(BaseStorage):
         """Commit the trial's buffered writes in one transaction: one statement per table. Through
         an outage they wait (a trial trains on; its end writes them), tried at most by the beats."""
         with self._lock:
+            if OUTAGE.began is not None:
+                return
+            self._written.wait_for(lambda: trial_id not in self._writing)  # a beat's write of its earlier ones first
             pending = self._pending.get(trial_id)
-            if pending is None or pending.empty() or OUTAGE.began is not None:
+            if pending is None or pending.empty():
                 return
             try:
                 write_trial(self._rdb, trial_id, pending)
@@ -225,7 +233,7 @@ class BufferedStorage(BaseStorage):
         return now - self._flushed_at.get(trial_id, -math.inf) >= self._flush_s
 
     def _maybe_flush(self, trial_id: int) -> None:
-        if self._flush_due(trial_id, time.monotonic()):
+        if trial_id not in self._writing and self._flush_due(trial_id, time.monotonic()):  # a beat writing: the next one
             self.flush(trial_id)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
@@ -283,6 +291,7 @@ class BufferedStorage(BaseStorage):
             if not (state.is_finished() and trial_id in self._pending):
                 self._snapshot.clear()
                 return OUTAGE.call(self._inner.set_trial_state_values, trial_id, state, values)
+            self._written.wait_for(lambda: trial_id not in self._writing)  # (its beats have stopped: the heartbeat waits for one in progress)
             pending = self._pending[trial_id]
         # our trial ends: its buffered writes, values and state in one transaction, waited for
         # through an outage without holding the lock (the heartbeat beats for a pack's others)
@@ -522,26 +531,38 @@ class BufferedStorage(BaseStorage):
 
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
         """A beat for each of these trials of ours, with the writes of those due a flush, in one
-        transaction (tuner.sql.beat). A trial failed as lost meanwhile keeps its writes here: its
-        tell will find it finished and say so."""
+        transaction (tuner.sql.beat). The lock is not held while it is written: the database may
+        take its connect timeout to answer, or longer (a network partition), and the trial trains
+        on meanwhile, its new writes buffered apart. Writes that were not written (an error; a
+        trial failed as lost meanwhile, whose tell will find it finished and say so) are put back
+        beneath the newer ones."""
         with self._lock:
             now = time.monotonic()
             due = {
                 t: self._pending[t]
                 for t in sorted(trial_ids)
-                if t in self._pending and not self._pending[t].empty() and self._flush_due(t, now)
+                if t in self._pending and t not in self._writing and not self._pending[t].empty() and self._flush_due(t, now)
             }
-            try:
-                written = beat(self._rdb, trial_ids, due)
-            except Exception as e:
-                if OUTAGE.failed(e):
-                    for pending in due.values():
-                        pending.uncertain = True  # the next beat or the trial's end writes them as replacements
-                raise
-            OUTAGE.answered()
-            for trial_id in written:
-                self._pending[trial_id] = due[trial_id].next()
-                self._flushed_at[trial_id] = now
+            for trial_id, pending in due.items():
+                self._pending[trial_id] = pending.next()
+            self._writing.update(due)
+        written: set[int] = set()
+        cut = False
+        try:
+            written = beat(self._rdb, trial_ids, due)
+        except Exception as e:
+            cut = OUTAGE.failed(e)  # the next beat or the trial's end writes them as replacements
+            raise
+        finally:
+            with self._lock:
+                for trial_id, pending in due.items():
+                    if trial_id in written:
+                        self._flushed_at[trial_id] = now
+                    elif trial_id in self._pending:  # (not given up meanwhile: forget)
+                        self._pending[trial_id] = pending.under(self._pending[trial_id], uncertain=cut)
+                self._writing.difference_update(due)
+                self._written.notify_all()
+        OUTAGE.answered()
 
     def get_heartbeat_interval(self) -> int | None:
         return self._inner.get_heartbeat_interval()

@@ -82,6 +82,18 @@ class Pending:
     def empty(self) -> bool:
         return not (self.params or self.intermediate or self.user_attrs or self.system_attrs)
 
+    def under(self, newer: "Pending", *, uncertain: bool = False) -> "Pending":
+        """These writes, not written after all, beneath `newer` ones made meanwhile (on top of
+        these: a key in both keeps the newer value), as one pending set again."""
+        return Pending(
+            params={**self.params, **newer.params},
+            intermediate={**self.intermediate, **newer.intermediate},
+            user_attrs={**self.user_attrs, **newer.user_attrs},
+            system_attrs={**self.system_attrs, **newer.system_attrs},
+            stored=self.stored,
+            uncertain=self.uncertain or newer.uncertain or uncertain,
+        )
+
 
 def attribute_keys(user_attrs: Iterable[str], system_attrs: Iterable[str]) -> set[tuple[str, str]]:
     """The (table, key) rows that these attributes occupy."""
