@@ -198,6 +198,23 @@ def test_a_two_metric_study_prunes_on_the_front_with_reasons_naming_dominating_t
     assert "Pareto front:" in cli("study", "show", "t").out
 
 
+def test_a_front_of_more_trials_than_a_table_holds_is_cut_and_says_so(cli, space):
+    """A front of thousands of tied trials (a large study of few distinct results) reads only the
+    front's trials, and its table shows the first TABLE_LIMIT, saying how many there are; --format
+    json lists them all."""
+    from tuner.cli.inspecting import TABLE_LIMIT
+
+    assert cli("study", "create", "t", "--space", space, "--metric", "val_accuracy", "--metric", "params:minimize").code == 0
+    study = optuna.load_study(study_name="t", storage=SQLITE)
+    for _ in range(TABLE_LIMIT + 5):
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 100.0]))
+    study.add_trial(optuna.trial.create_trial(values=[0.4, 200.0]))  # dominated
+    shown = cli("study", "best", "t")
+    assert shown.code == 0, shown.err
+    assert f"the first {TABLE_LIMIT} of the front's {TABLE_LIMIT + 5} trials; --format json gives them all" in shown.out
+    assert len(json.loads(cli("study", "best", "t", "--format", "json").out)["trials"]) == TABLE_LIMIT + 5
+
+
 def test_a_constraint_with_one_metric_never_shows_an_infeasible_best(cli, space):
     result = cli("study", "run", "t", "--space", space, "--constraint", "params<=3000", "--trials", "12", "--pruner", "none", "--format", "json")
     assert result.code == 0, result.err

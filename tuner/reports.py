@@ -27,6 +27,7 @@ skipped, and the report says why. Every file is written atomically.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -122,8 +123,12 @@ class _Best:
     trials: tuple[FrozenTrial, ...]
     front: bool = False  # several metrics: the trials are the front's
 
+    @functools.cached_property
+    def _numbers(self) -> frozenset[int]:
+        return frozenset(b.number for b in self.trials)
+
     def has(self, t: FrozenTrial) -> bool:
-        return any(t.number == b.number for b in self.trials)
+        return t.number in self._numbers  # a front of thousands (ties) against 100,000 trials
 
     def label(self, t: FrozenTrial) -> str:
         return "Pareto front" if self.front else f"best (trial {t.number})"
@@ -517,7 +522,7 @@ def _plot_front(trials: list[FrozenTrial], *, objectives: Sequence[Metric], best
     if len(objectives) == 2:
         fig = _figure(8.0, 6.0)
         ax = fig.add_subplot()
-        _draw_pair(ax, complete, best, objectives, (0, 1), staircase=True, numbered=True)
+        _draw_pair(ax, complete, best, objectives, (0, 1), staircase=True, numbered=len(best.trials) <= MAX_FRONT_LABELS)
         ax.legend(loc="best", fontsize=8)
         ax.set_title(f"Pareto front: {_count(len(best.trials), 'trial')} of {_count(len(complete), 'complete trial')}")
         return fig

@@ -44,6 +44,7 @@ __all__ = [
     "count_and_create",
     "count_states",
     "count_trials",
+    "complete_values",
     "create_running",
     "ensure_indexes",
     "last_numbers",
@@ -712,36 +713,50 @@ def window_start(rdb: optuna.storages.RDBStorage, study_id: int, n: int) -> int:
     return 0 if row is None else int(row[0]) + 1
 
 
+def complete_values(rdb: optuna.storages.RDBStorage, study_id: int, *, before_id: int | None = None) -> tuple[dict[int, tuple[int, list[float]]], set[int]]:
+    """The study's complete trials (with ids below `before_id`) that have a value for each metric:
+    trial id -> (number, values); and the ids of those that miss a constraint (a value above 0).
+    Two plain queries, where reading the trials whole took 80 s and 3.5 GB at 100,000."""
+    bound, args = ("", (study_id,)) if before_id is None else (" AND t.trial_id < ?", (study_id, before_id))
+    n_metrics = len(rdb.get_study_directions(study_id))
+    with _transaction(rdb) as cur:
+        rows = cur.execute(
+            "SELECT t.trial_id, t.number, v.objective, v.value, v.value_type FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+            f"WHERE t.study_id = ?{bound} AND t.state = 'COMPLETE' ORDER BY t.trial_id",
+            args,
+        ).fetchall()
+        # the infeasible on their own: _FEASIBLE's lookup a trial took 1.8 s at 100,000 trials on SQLite
+        missed = {r[0] for r in cur.execute(
+            "SELECT c.trial_id FROM trial_system_attributes c JOIN trials t ON t.trial_id = c.trial_id "
+            f"WHERE t.study_id = ?{bound} AND t.state = 'COMPLETE' AND SUBSTR(c.key, 1, 12) = 'constraints:' AND CAST(c.value_json AS REAL) > 0",
+            args,
+        ).fetchall()}  # fmt: skip
+    values: dict[int, tuple[int, list[float]]] = {}
+    for trial_id, number, objective, value, kind in rows:
+        values.setdefault(trial_id, (int(number), [math.nan] * n_metrics))[1][objective] = value if kind == "FINITE" else _SPECIAL[kind]
+    return {t: v for t, v in values.items() if not any(map(math.isnan, v[1]))}, missed
+
+
 def front_before(rdb: optuna.storages.RDBStorage, study_id: int, before_id: int) -> list[int]:
     """The ids of the best complete trials with ids below `before_id`: the best (with several
     metrics, the Pareto front) of them all, and of the feasible ones (constraints met). Those and
     any later trials hold the best, and the front, of the whole study: a trial that beats one of
     the earlier trials is beaten by one of these, or is one of them."""
-    from optuna.study import StudyDirection
-
     from tuner.metrics import pareto_front
 
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in rdb.get_study_directions(study_id)]
-    with _transaction(rdb) as cur:
-        rows = cur.execute(
-            "SELECT t.trial_id, v.objective, v.value, v.value_type FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
-            "WHERE t.study_id = ? AND t.trial_id < ? AND t.state = 'COMPLETE' ORDER BY t.trial_id",
-            (study_id, before_id),
-        ).fetchall()
-        # the infeasible on their own: _FEASIBLE's lookup a trial took 1.8 s at 100,000 trials on SQLite
-        missed = {r[0] for r in cur.execute(
-            "SELECT c.trial_id FROM trial_system_attributes c JOIN trials t ON t.trial_id = c.trial_id WHERE t.study_id = ? AND t.trial_id < ? "
-            "AND t.state = 'COMPLETE' AND SUBSTR(c.key, 1, 12) = 'constraints:' AND CAST(c.value_json AS REAL) > 0",
-            (study_id, before_id),
-        ).fetchall()}  # fmt: skip
-    values: dict[int, list[float]] = {}
-    for trial_id, objective, value, kind in rows:
-        values.setdefault(trial_id, [math.nan] * len(signs))[objective] = value if kind == "FINITE" else _SPECIAL[kind]
-    ids = [t for t, v in values.items() if not any(map(math.isnan, v))]
-    kept = {ids[i] for i in pareto_front([values[t] for t in ids], signs)}
-    feasible = [t for t in ids if t not in missed]
-    kept |= {feasible[i] for i in pareto_front([values[t] for t in feasible], signs)}
+    signs = _signs(rdb, study_id)
+    values, missed = complete_values(rdb, study_id, before_id=before_id)
+    kept: set[int] = set()
+    for ids in (list(values), [t for t in values if t not in missed]):
+        kept |= {ids[i] for i in pareto_front([values[t][1] for t in ids], signs)}
     return sorted(kept)
+
+
+def _signs(rdb: optuna.storages.RDBStorage, study_id: int) -> list[float]:
+    """+1 for each metric to maximize, -1 for each to minimize."""
+    from optuna.study import StudyDirection
+
+    return [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in rdb.get_study_directions(study_id)]
 
 
 def last_numbers(rdb: optuna.storages.RDBStorage, study_id: int, n: int, *, states: Iterable[TrialState] | None = None) -> list[int]:

@@ -161,10 +161,16 @@ def chosen_trial(loaded: Any, number: Optional[int]) -> Any:
                     f"`tuner study trials {name}` shows by how much (run more trials, or pick one with --trial N)"
                 ) from None
             raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
-    trials = loaded.study.get_trials(deepcopy=False)
-    found = next((t for t in trials if t.number == number), None)
+    from tuner.study import trials_numbered
+
+    found = next(iter(trials_numbered(loaded.study, [number])), None)
     if found is None:
-        raise SpecError(f"study '{name}' has no trial {number} (its trials are 0..{len(trials) - 1})")
+        from tuner import sql
+        from tuner.storage import sql_rdb
+
+        rdb = sql_rdb(loaded.study._storage)
+        n_trials = sql.count_trials(rdb, loaded.study._study_id) if rdb is not None else len(loaded.study.get_trials(deepcopy=False))
+        raise SpecError(f"study '{name}' has no trial {number} (its trials are 0..{n_trials - 1})")
     if found.state != TrialState.COMPLETE:
         raise SpecError(f"trial {number} of study '{name}' is {found.state.name.lower()}, not complete; `tuner study best {name}` lists the complete ones that are best")
     return found
@@ -183,21 +189,24 @@ def _print_front(loaded: Any, front: dict[str, Any], *, fmt: Format, retrain: bo
         console.print(f"`tuner best {name} --trial N --retrain` saves the model of trial N", markup=False, highlight=False)
 
 
-def _front_rows(loaded: Any, front: dict[str, Any]) -> list[dict[str, Any]]:
-    from tuner.study import trial_dict
+def _front_rows(loaded: Any, front: dict[str, Any], *, first: int | None = None) -> list[dict[str, Any]]:
+    """The front's trials as rows (the `first` of them), each read alone, not the study's every trial."""
+    from tuner.study import trial_dict, trials_numbered
 
-    by_number = {t.number: t for t in loaded.study.get_trials(deepcopy=False)}
-    return [trial_dict(by_number[n]) for n in front["trials"]]
+    return [trial_dict(t) for t in trials_numbered(loaded.study, front["trials"][:first])]
 
 
 def print_front(loaded: Any, front: dict[str, Any]) -> bool:
-    """The front (tuner.study.front_summary) as a table and its hypervolume, as `study best` and
-    the end of `study run` show it; False (said so) where no trial is on it yet."""
-    rows = _front_rows(loaded, front)
+    """The front (tuner.study.front_summary) as a table (its first TABLE_LIMIT trials) and its
+    hypervolume, as `study best` and the end of `study run` show it; False (said so) where no
+    trial is on it yet."""
+    rows = _front_rows(loaded, front, first=TABLE_LIMIT)
     if not rows:
         console.print(f"no complete{' feasible' if loaded.spec.constraints else ''} trial yet")
         return False
     _print_trials(rows, loaded)
+    if front["size"] > len(rows):
+        console.print(f"the first {len(rows)} of the front's {front['size']} trials; --format json gives them all", markup=False, highlight=False)
     console.print(_front_line(front), markup=False, highlight=False)
     return True
 

@@ -23,7 +23,7 @@ from tuner.study.store import (
 )
 from tuner.study.lost import fail_lost, lost_reason, release_trials, requeue, running_trials
 from tuner.study.objective import make_objective, trial_workload
-from tuner.study.results import best_trial, export_trials, front, front_summary, fail_reason, list_studies, reproduce_command, study_summary, trial_dict, trial_rows
+from tuner.study.results import best_trial, export_trials, front, front_summary, fail_reason, list_studies, reproduce_command, study_summary, trial_dict, trial_rows, trials_numbered
 from tuner.study.run import (
     FINISHED,
     Interrupted,
@@ -74,5 +74,6 @@ __all__ = [
     "summarize",
     "trial_dict",
     "trial_rows",
+    "trials_numbered",
     "trial_workload",
 ]
