@@ -128,7 +128,7 @@ class _Best:
         return frozenset(b.number for b in self.trials)
 
     def has(self, t: FrozenTrial) -> bool:
-        return t.number in self._numbers  # a front of thousands (ties) against 100,000 trials
+        return t.number in self._numbers  # asked of every trial: a front of thousands of ties is no list to scan
 
     def label(self, t: FrozenTrial) -> str:
         return "Pareto front" if self.front else f"best (trial {t.number})"

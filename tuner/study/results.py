@@ -63,8 +63,8 @@ def trials_numbered(study: optuna.Study, numbers: list[int]) -> list[FrozenTrial
 def _front_points(study: optuna.Study) -> tuple[list[tuple[int, list[float]]], list[list[float]]]:
     """Several metrics: the front's trials as (number, values), ordered as `front` orders them
     (Optuna's best_trials: ties all listed), and the values of every feasible complete trial.
-    Where tuner's SQL runs, from the trials' values alone: reading the trials whole took 80 s and
-    3.5 GB at 100,000 trials."""
+    Where tuner's SQL runs, from the trials' values alone (tuner.sql.complete_values), not from
+    every trial read whole (docs/studies.md, "Large studies")."""
     from tuner import sql
     from tuner.metrics import pareto_front
     from tuner.storage import sql_rdb
