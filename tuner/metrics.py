@@ -27,6 +27,7 @@ __all__ = [
     "VALIDATION",
     "Constraint",
     "Metric",
+    "direction_signs",
     "dominates",
     "feasible",
     "hypervolume",
@@ -118,6 +119,11 @@ def feasible(trial: Any) -> bool:
     """Whether a trial meets its study's constraints: Optuna's rule, every constraint value at most
     0 (a trial of a study without constraints has none to miss)."""
     return all(c <= 0 for c in trial.constraints.values())
+
+
+def direction_signs(directions: Sequence[Any]) -> list[float]:
+    """+1 for each of a study's directions (Optuna's StudyDirection) to maximize, -1 to minimize."""
+    return [1.0 if d.name == "MAXIMIZE" else -1.0 for d in directions]
 
 
 def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float], margins: Sequence[float] | None = None) -> bool:

@@ -26,7 +26,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import attrs as A
-from tuner.metrics import dominates
+from tuner.metrics import direction_signs, dominates
 
 __all__ = ["OneMetric", "ParetoPruner"]
 
@@ -57,7 +57,7 @@ class ParetoPruner(BasePruner):
         mine = vectors[step]
         if int(step) <= self.n_warmup_steps:
             return []
-        signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+        signs = direction_signs(study.directions)
         others = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             theirs = (t.user_attrs.get(A.VECTORS) or {}).get(step)

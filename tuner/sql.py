@@ -742,21 +742,14 @@ def front_before(rdb: optuna.storages.RDBStorage, study_id: int, before_id: int)
     metrics, the Pareto front) of them all, and of the feasible ones (constraints met). Those and
     any later trials hold the best, and the front, of the whole study: a trial that beats one of
     the earlier trials is beaten by one of these, or is one of them."""
-    from tuner.metrics import pareto_front
+    from tuner.metrics import direction_signs, pareto_front
 
-    signs = _signs(rdb, study_id)
+    signs = direction_signs(rdb.get_study_directions(study_id))
     values, missed = complete_values(rdb, study_id, before_id=before_id)
     kept: set[int] = set()
     for ids in (list(values), [t for t in values if t not in missed]):
         kept |= {ids[i] for i in pareto_front([values[t][1] for t in ids], signs)}
     return sorted(kept)
-
-
-def _signs(rdb: optuna.storages.RDBStorage, study_id: int) -> list[float]:
-    """+1 for each metric to maximize, -1 for each to minimize."""
-    from optuna.study import StudyDirection
-
-    return [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in rdb.get_study_directions(study_id)]
 
 
 def last_numbers(rdb: optuna.storages.RDBStorage, study_id: int, n: int, *, states: Iterable[TrialState] | None = None) -> list[int]:

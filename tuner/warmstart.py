@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpecError
-from tuner.metrics import feasible
+from tuner.metrics import direction_signs, feasible
 
 __all__ = ["DEFAULT_K", "WarmStart", "parse_warm_start", "plan"]
 
@@ -97,7 +97,7 @@ def _best(source: optuna.Study, k: int) -> list[FrozenTrial]:
     """The earlier study's K best complete, feasible trials (several metrics: its Pareto front,
     the first metric's best first)."""
     complete = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and feasible(t) and all(math.isfinite(v) for v in t.values)]
-    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in source.directions]
+    signs = direction_signs(source.directions)
     if len(signs) > 1:
         from tuner.metrics import pareto_front
 

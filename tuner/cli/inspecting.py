@@ -161,16 +161,11 @@ def chosen_trial(loaded: Any, number: Optional[int]) -> Any:
                     f"`tuner study trials {name}` shows by how much (run more trials, or pick one with --trial N)"
                 ) from None
             raise SpecError(f"study '{name}' has no complete trial yet; run it with `tuner study run {name}`") from None
-    from tuner.study import trials_numbered
+    from tuner.study import n_trials, trials_numbered
 
     found = next(iter(trials_numbered(loaded.study, [number])), None)
     if found is None:
-        from tuner import sql
-        from tuner.storage import sql_rdb
-
-        rdb = sql_rdb(loaded.study._storage)
-        n_trials = sql.count_trials(rdb, loaded.study._study_id) if rdb is not None else len(loaded.study.get_trials(deepcopy=False))
-        raise SpecError(f"study '{name}' has no trial {number} (its trials are 0..{n_trials - 1})")
+        raise SpecError(f"study '{name}' has no trial {number} (its trials are 0..{n_trials(loaded.study) - 1})")
     if found.state != TrialState.COMPLETE:
         raise SpecError(f"trial {number} of study '{name}' is {found.state.name.lower()}, not complete; `tuner study best {name}` lists the complete ones that are best")
     return found
@@ -321,11 +316,9 @@ def trials(
         return
     _print_trials(rows, loaded, columns=columns, wide=wide)
     if last is not None and len(rows) == last:
-        from tuner import sql
-        from tuner.storage import sql_rdb
+        from tuner.study import n_trials
 
-        rdb = sql_rdb(loaded.study._storage)
-        total = sql.count_trials(rdb, loaded.study._study_id, states=states) if rdb is not None else len(loaded.study.get_trials(deepcopy=False, states=states))
+        total = n_trials(loaded.study, states=states)
         if total > last:
             console.print(f"the last {last} of {total} trials; --limit 0 shows every one, --format json gives them all to a script", markup=False, highlight=False)
 

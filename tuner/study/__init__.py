@@ -23,7 +23,7 @@ from tuner.study.store import (
 )
 from tuner.study.lost import fail_lost, lost_reason, release_trials, requeue, running_trials
 from tuner.study.objective import make_objective, trial_workload
-from tuner.study.results import best_trial, export_trials, front, front_summary, fail_reason, list_studies, reproduce_command, study_summary, trial_dict, trial_rows, trials_numbered
+from tuner.study.results import best_trial, export_trials, front, front_summary, fail_reason, list_studies, n_trials, reproduce_command, study_summary, trial_dict, trial_rows, trials_numbered
 from tuner.study.run import (
     FINISHED,
     Interrupted,
@@ -73,6 +73,7 @@ __all__ = [
     "study_summary",
     "summarize",
     "trial_dict",
+    "n_trials",
     "trial_rows",
     "trials_numbered",
     "trial_workload",

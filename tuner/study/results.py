@@ -24,7 +24,7 @@ from tuner.study.store import SPEC_ATTR, Loaded
 if TYPE_CHECKING:
     from tuner.health import Causes
 
-__all__ = ["best_trial", "export_trials", "front", "fail_reason", "health_causes", "judged", "list_studies", "reproduce_command", "study_summary", "trial_dict", "trial_rows", "trials_numbered"]
+__all__ = ["best_trial", "export_trials", "front", "fail_reason", "health_causes", "judged", "list_studies", "n_trials", "reproduce_command", "study_summary", "trial_dict", "trial_rows", "trials_numbered"]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -60,15 +60,25 @@ def trials_numbered(study: optuna.Study, numbers: list[int]) -> list[FrozenTrial
     return [by_number[n] for n in numbers if n in by_number]
 
 
+def n_trials(study: optuna.Study, *, states: tuple[TrialState, ...] | None = None) -> int:
+    """How many trials the study holds (in `states`): counted, not read, where tuner's SQL runs."""
+    from tuner import sql
+    from tuner.storage import sql_rdb
+
+    rdb = sql_rdb(study._storage)
+    return sql.count_trials(rdb, study._study_id, states=states) if rdb is not None else len(study.get_trials(deepcopy=False, states=states))
+
+
 def _front_points(study: optuna.Study) -> tuple[list[tuple[int, list[float]]], list[list[float]]]:
     """Several metrics: the front's trials as (number, values), ordered as `front` orders them
     (Optuna's best_trials: ties all listed), and the values of every feasible complete trial.
     Where tuner's SQL runs, from the trials' values alone (tuner.sql.complete_values), not from
     every trial read whole (docs/studies.md, "Large studies")."""
     from tuner import sql
-    from tuner.metrics import pareto_front
+    from tuner.metrics import direction_signs, pareto_front
     from tuner.storage import sql_rdb
 
+    signs = direction_signs(study.directions)
     rdb = sql_rdb(study._storage)
     if rdb is None:
         points = [(t.number, list(t.values)) for t in study.best_trials]
@@ -77,11 +87,9 @@ def _front_points(study: optuna.Study) -> tuple[list[tuple[int, list[float]]], l
         values, missed = sql.complete_values(rdb, study._study_id)
         feasible_ones = [v for t, v in values.items() if t not in missed]  # (number, values)
         met = [v for _, v in feasible_ones]
-        signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
         on = {tuple(met[i]) for i in pareto_front(met, signs)}
         points = [(n, v) for n, v in feasible_ones if tuple(v) in on]
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(points, key=lambda p: (sign * p[1][0], p[0])), met
+    return sorted(points, key=lambda p: (-signs[0] * p[1][0], p[0])), met  # the first metric's best first
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
